@@ -1,0 +1,1 @@
+"""The conversation: configuration, models, the local LLM, per-session state."""

@@ -1,0 +1,167 @@
+"""The agent's configuration: a YAML file validated against this schema.
+
+Every section forbids unknown keys, so a typo in a config is an error that names the key
+instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.models import ModelRef
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid; the message names the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ASRConfig(_Section):
+    model: ModelRef
+    compute_type: str = "int8"
+    device: str = "cpu"
+    language: str = "en"
+    # Whisper's own no-speech probability above which a segment is dropped as noise.
+    no_speech_prob: float = Field(0.6, ge=0, le=1)
+    beam_size: int = Field(1, ge=1, le=10)
+
+
+class VADConfig(_Section):
+    confidence: float = Field(0.7, gt=0, lt=1)
+    start_secs: float = Field(0.2, ge=0.05, le=2)
+    stop_secs: float = Field(0.2, ge=0.05, le=3)
+    min_volume: float = Field(0.6, ge=0, le=1)
+
+
+class TurnConfig(_Section):
+    # smart-turn: Pipecat's bundled Smart Turn v3 model decides whether the user is done
+    # after each pause; silence: the turn ends after a fixed silence.
+    end_detection: Literal["smart-turn", "silence"] = "smart-turn"
+    silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
+    # Audio kept before the VAD's start of speech when a user turn is captured.
+    pre_roll_secs: float = Field(0.3, ge=0, le=2)
+    # After the bot's audio has played, input stays closed this long so the tail of the
+    # bot's own voice (room echo, a speaker's decay) is not heard as the user.
+    echo_tail_secs: float = Field(0.2, ge=0, le=3)
+    # If no reply is heard this long after a user turn (an LLM that hangs), listen again.
+    max_reply_wait_secs: float = Field(60, ge=1)
+
+
+class LLMConfig(_Section):
+    backend: Literal["llama-cpp", "openai"] = "llama-cpp"
+    # llama-cpp: a GGUF file. openai: unused.
+    model: ModelRef | None = None
+    # openai: any OpenAI-compatible server (Ollama, vLLM, llama.cpp server).
+    base_url: str | None = None
+    api_key: str = "not-needed"
+    model_name: str | None = None
+    system_prompt: str = (
+        "You are a friendly voice assistant. Answer in one or two short spoken sentences. "
+        "Use plain words only: no lists, no markdown, no emojis, no code."
+    )
+    max_tokens: int = Field(80, ge=1, le=4096)
+    temperature: float = Field(0.3, ge=0, le=2)
+    seed: int | None = 0
+    context_tokens: int = Field(2048, ge=256)
+    threads: int | None = Field(None, ge=1)
+    # The oldest user/assistant exchanges are dropped past this many, to bound the prompt.
+    max_history_turns: int = Field(6, ge=1)
+
+    @model_validator(mode="after")
+    def _backend_needs(self):
+        if self.backend == "llama-cpp" and self.model is None:
+            raise ValueError("llm.backend 'llama-cpp' needs llm.model (a GGUF file)")
+        if self.backend == "openai" and not (self.base_url and self.model_name):
+            raise ValueError("llm.backend 'openai' needs llm.base_url and llm.model_name")
+        return self
+
+
+class PiperVoiceConfig(_Section):
+    model: ModelRef
+    # Piper's own knobs: <1 speaks faster; noise scales set how varied the voice sounds.
+    length_scale: float = Field(1.0, gt=0.3, lt=3)
+    noise_scale: float = Field(0.667, ge=0, le=2)
+    noise_w_scale: float = Field(0.8, ge=0, le=2)
+    volume: float = Field(1.0, gt=0, le=4)
+
+
+class TTSConfig(_Section):
+    engine: Literal["piper"] = "piper"
+    piper: PiperVoiceConfig | None = None
+
+    @model_validator(mode="after")
+    def _engine_needs(self):
+        if self.engine == "piper" and self.piper is None:
+            raise ValueError("tts.engine 'piper' needs a tts.piper section")
+        return self
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+    max_sessions: int = Field(4, ge=1)
+    # An SDP offer is a few kB; anything far larger is not an offer.
+    max_offer_bytes: int = Field(64 * 1024, ge=1024)
+
+
+class AgentConfig(_Section):
+    asr: ASRConfig
+    vad: VADConfig = VADConfig()
+    turn: TurnConfig = TurnConfig()
+    llm: LLMConfig
+    tts: TTSConfig
+    server: ServerConfig = ServerConfig()
+    # Rate of the audio the pipeline works with inside; Whisper and Silero want 16 kHz.
+    audio_in_sample_rate: Literal[16000] = 16000
+    audio_out_sample_rate: int = Field(24000, ge=8000, le=48000)
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{where}'")
+        else:
+            lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config given as a path, or as a name of a file in ``configs/`` (``default``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if named.exists():
+        return named
+    raise ConfigError(f"config '{name_or_path}' not found (neither a file nor configs/{name_or_path}.yaml)")
+
+
+def load_config(name_or_path: str | Path = "default") -> AgentConfig:
+    """Read and validate a config; raise ConfigError naming what is wrong."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: object, source: str = "<dict>") -> AgentConfig:
+    """Validate an already-parsed config mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None

@@ -1,0 +1,69 @@
+"""The in-process LLM: a GGUF model run by llama-cpp-python, shared by every session.
+
+llama.cpp keeps one KV cache per model instance, so generations are serialised with a
+lock; with a 0.5B model a reply takes a second or two, and a second session simply waits
+its turn. Tokens stream out through a thread-safe callback as they are sampled.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class LocalLLM:
+    """A chat model in process. ``stream_chat`` yields OpenAI-style chunk dicts."""
+
+    def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int | None = None):
+        from llama_cpp import Llama
+
+        self.model_path = Path(model_path)
+        self._llama = Llama(
+            model_path=str(model_path),
+            n_ctx=context_tokens,
+            n_threads=threads or os.cpu_count() or 2,
+            verbose=False,
+        )
+        self.context_tokens = context_tokens
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.model_path.stem
+
+    def stream_chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        should_stop: threading.Event | None = None,
+    ) -> Iterator[dict]:
+        """Yield chat-completion chunks for ``messages``; stop early when ``should_stop`` is set."""
+        with self._lock:
+            stream = self._llama.create_chat_completion(
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                stream=True,
+            )
+            try:
+                for chunk in stream:
+                    if should_stop is not None and should_stop.is_set():
+                        break
+                    yield chunk
+            finally:
+                close = getattr(stream, "close", None)
+                if close:
+                    close()
+
+    def warm_up(self) -> None:
+        """Run one tiny completion so the first user does not pay for lazy set-up."""
+        for _ in self.stream_chat(
+            [{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0, seed=0
+        ):
+            pass

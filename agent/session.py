@@ -1,0 +1,50 @@
+"""Per-session conversation state that outlives single frames: what the user said and how.
+
+Each finished user turn is kept as the audio the user actually spoke (from a short
+pre-roll before the VAD heard speech until the VAD heard it end) together with its
+transcript. The speech engine reads the latest one to condition its reply on the user's
+voice; nothing captured while the bot was replying is ever recorded, because the
+half-duplex gate stops that audio before it reaches the recorder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from tts.base import SpeechContext, SpokenAudio
+
+# Enough history for any engine's context window, bounded so a long call does not grow.
+MAX_KEPT_TURNS = 8
+
+
+@dataclass
+class SessionState:
+    """One conversation's captured user turns and the bot's spoken replies."""
+
+    session_id: str
+    user_turns: deque[SpokenAudio] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_TURNS))
+    bot_replies: deque[SpokenAudio] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_TURNS))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_user_turn(self, turn: SpokenAudio) -> None:
+        with self._lock:
+            self.user_turns.append(turn)
+
+    def add_bot_reply(self, reply: SpokenAudio) -> None:
+        with self._lock:
+            self.bot_replies.append(reply)
+
+    @property
+    def last_user_turn(self) -> SpokenAudio | None:
+        with self._lock:
+            return self.user_turns[-1] if self.user_turns else None
+
+    def speech_context(self) -> SpeechContext:
+        """The context a speech engine gets for the reply being spoken now."""
+        with self._lock:
+            return SpeechContext(
+                user_turn=self.user_turns[-1] if self.user_turns else None,
+                bot_replies=tuple(self.bot_replies),
+            )

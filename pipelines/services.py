@@ -1,0 +1,178 @@
+"""Thin Pipecat services around the models that are loaded once and shared by sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import numpy as np
+from loguru import logger
+from openai.types.chat import ChatCompletionChunk
+from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.tts_service import TTSService
+from pipecat.services.whisper.stt import WhisperSTTService
+
+from agent.llm import LocalLLM
+from agent.session import SessionState
+from tts.base import SpeechEngine, SpokenAudio
+
+_DONE = object()
+
+
+class SharedWhisperSTTService(WhisperSTTService):
+    """Pipecat's faster-whisper service, reading a WhisperModel loaded once per process."""
+
+    def __init__(self, *, model, beam_size: int = 1, **kwargs):
+        # WhisperSTTService.__init__ calls _load(); the shared model must be in place first.
+        self._shared_model = model
+        self._beam_size = beam_size
+        super().__init__(**kwargs)
+
+    def _load(self):
+        self._model = _WhisperWithOptions(self._shared_model, beam_size=self._beam_size)
+
+
+class _WhisperWithOptions:
+    """Passes decoding options Pipecat's service does not expose (greedy decoding is 3x faster)."""
+
+    def __init__(self, model, **options):
+        self._model = model
+        self._options = options
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def transcribe(self, audio, **kwargs):
+        return self._model.transcribe(audio, **{**self._options, **kwargs})
+
+
+class LocalLLMService(OpenAILLMService):
+    """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
+
+    llama-cpp-python already speaks the OpenAI chunk format, so everything else Pipecat's
+    OpenAI service does (context handling, text frames, metrics, errors) is reused as is.
+    """
+
+    def __init__(self, *, llm: LocalLLM, max_history_turns: int, **kwargs):
+        super().__init__(api_key="in-process", base_url="http://in-process.invalid/v1", **kwargs)
+        self._llm = llm
+        self._max_history_turns = max_history_turns
+
+    async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
+        adapter = self.get_llm_adapter()
+        params = await adapter.get_llm_invocation_params(
+            context,
+            system_instruction=self._settings.system_instruction,
+            convert_developer_to_user=True,
+        )
+        messages = trim_history(list(params["messages"]), self._max_history_turns)
+        return _ThreadedChunkStream(
+            self._llm,
+            messages,
+            max_tokens=self._settings.max_tokens,
+            temperature=self._settings.temperature,
+            seed=self._settings.seed,
+        )
+
+
+def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
+    """Keep system messages and the last ``max_turns`` user/assistant exchanges."""
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    return system + rest[-2 * max_turns + 1 :] if len(rest) > 2 * max_turns else system + rest
+
+
+class _ThreadedChunkStream:
+    """An async iterator over chunks produced by LocalLLM in a worker thread."""
+
+    def __init__(self, llm: LocalLLM, messages: list[dict], **options):
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._stop = threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def produce():
+            try:
+                for chunk in llm.stream_chat(messages, should_stop=self._stop, **options):
+                    loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+            except Exception as e:  # surfaced to Pipecat, which reports it as an ErrorFrame
+                loop.call_soon_threadsafe(self._queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(self._queue.put_nowait, _DONE)
+
+        self._thread = threading.Thread(target=produce, name="llm-generate", daemon=True)
+        self._thread.start()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        item = await self._queue.get()
+        if item is _DONE:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            raise item
+        item.setdefault("object", "chat.completion.chunk")
+        return ChatCompletionChunk.model_validate(item)
+
+    async def aclose(self):
+        # An interruption or a closing session stops generation at the next token.
+        self._stop.set()
+
+
+class EngineTTSService(TTSService):
+    """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio."""
+
+    def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
+        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        self._engine = engine
+        self._session = session
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        engine = self._engine
+        speech_context = self._session.speech_context()
+        spoken: list[np.ndarray] = []
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def produce():
+            try:
+                for chunk in engine.synthesize(text, speech_context):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except Exception as e:
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                spoken.append(item)
+                yield item.tobytes()
+
+        await self.start_tts_usage_metrics(text)
+        worker = threading.Thread(target=produce, name="tts-synthesize", daemon=True)
+        worker.start()
+        try:
+            async for frame in self._stream_audio_frames_from_iterator(
+                chunks(), in_sample_rate=engine.sample_rate, context_id=context_id
+            ):
+                await self.stop_ttfb_metrics()
+                yield frame
+        except Exception as e:
+            logger.error(f"{self}: speech synthesis failed for {text!r}: {e}")
+            yield ErrorFrame(error=f"speech synthesis failed: {e}")
+        finally:
+            await self.stop_ttfb_metrics()
+        if spoken:
+            self._session.add_bot_reply(
+                SpokenAudio(np.concatenate(spoken), engine.sample_rate, text.strip())
+            )

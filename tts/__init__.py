@@ -1,0 +1,1 @@
+"""Speech engines behind one interface (see tts.base). Nothing here depends on Pipecat."""

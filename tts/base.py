@@ -1,0 +1,58 @@
+"""The interface every speech engine implements, and what it may condition on.
+
+An engine turns one piece of reply text (a sentence or clause) into 16-bit mono PCM,
+yielded in chunks as soon as they exist so playback can start early. It is loaded once
+per process and shared by all sessions, so it keeps no per-conversation state: whatever
+it may condition on arrives in a SpeechContext with every call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpokenAudio:
+    """A stretch of speech with its words: mono int16 samples at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+    text: str
+
+    @property
+    def duration_secs(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class SpeechContext:
+    """What an engine may listen to before it speaks.
+
+    ``user_turn`` is the user's own speech of the turn being answered, as captured by the
+    pipeline (None before the first turn or when nothing was captured). ``bot_replies``
+    are the bot's earlier utterances in this conversation, oldest first, including the
+    sentences of the current reply already spoken.
+    """
+
+    user_turn: SpokenAudio | None = None
+    bot_replies: tuple[SpokenAudio, ...] = field(default_factory=tuple)
+
+
+class SpeechEngine(ABC):
+    """A text-to-speech model: loaded once, then called from any thread."""
+
+    #: Rate of the PCM that ``synthesize`` yields.
+    sample_rate: int
+
+    @abstractmethod
+    def synthesize(self, text: str, context: SpeechContext) -> Iterator[np.ndarray]:
+        """Yield int16 mono chunks speaking ``text``; raise ValueError for unusable text."""
+
+    def warm_up(self) -> None:
+        """Run once at start so the first real reply does not pay for lazy initialisation."""
+        for _ in self.synthesize("Hello.", SpeechContext()):
+            pass
