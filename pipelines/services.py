@@ -11,6 +11,7 @@ from loguru import logger
 from openai.types.chat import ChatCompletionChunk
 from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
@@ -125,9 +126,16 @@ class EngineTTSService(TTSService):
     """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio."""
 
     def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model=None, voice=None, language=None),
+            **kwargs,
+        )
         self._engine = engine
         self._session = session
+        # Fired as synthesis of each sentence begins; the turn timeline uses it.
+        self._register_event_handler("on_synthesis_started")
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -159,6 +167,7 @@ class EngineTTSService(TTSService):
                 yield item.tobytes()
 
         await self.start_tts_usage_metrics(text)
+        await self._call_event_handler("on_synthesis_started", text)
         worker = threading.Thread(target=produce, name="tts-synthesize", daemon=True)
         worker.start()
         try:

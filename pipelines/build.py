@@ -1,0 +1,163 @@
+"""Assembles one session's Pipecat pipeline around any transport.
+
+    transport.input → half-duplex gate → user-turn recorder → Whisper STT
+      → user aggregator (Silero VAD, turn-end detection) → LLM → TTS
+      → transport.output → reply-played watcher → assistant aggregator
+
+The models come from a ModelStack loaded once per process; everything built here is
+per session and cheap.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_stop import (
+    SpeechTimeoutUserTurnStopStrategy,
+    TurnAnalyzerUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from agent.config import AgentConfig
+from agent.session import SessionState
+from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
+from pipelines.services import EngineTTSService, LocalLLMService, SharedWhisperSTTService
+from pipelines.stack import ModelStack
+from pipelines.turn_recorder import UserTurnRecorder
+from pipelines.turn_timeline import TurnTimeline
+
+
+@dataclass
+class Session:
+    """One conversation: its pipeline worker and the pieces tests and runners look at."""
+
+    worker: PipelineWorker
+    state: SessionState
+    context: LLMContext
+    gate: HalfDuplexGate
+    timeline: TurnTimeline
+
+
+def vad_params(config: AgentConfig) -> VADParams:
+    vad = config.vad
+    return VADParams(
+        confidence=vad.confidence,
+        start_secs=vad.start_secs,
+        stop_secs=vad.stop_secs,
+        min_volume=vad.min_volume,
+    )
+
+
+def _turn_strategies(config: AgentConfig) -> UserTurnStrategies:
+    start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
+    if config.turn.end_detection == "smart-turn":
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+    else:
+        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)]
+    return UserTurnStrategies(start=start, stop=stop)
+
+
+def _llm_service(stack: ModelStack):
+    llm = stack.config.llm
+    settings = OpenAILLMService.Settings(
+        model=llm.model_name or (stack.llm.name if stack.llm else None),
+        system_instruction=llm.system_prompt,
+        temperature=llm.temperature,
+        max_tokens=llm.max_tokens,
+        seed=llm.seed,
+    )
+    if stack.llm is not None:
+        return LocalLLMService(
+            llm=stack.llm, max_history_turns=llm.max_history_turns, settings=settings
+        )
+    return OpenAILLMService(api_key=llm.api_key, base_url=llm.base_url, settings=settings)
+
+
+def build_session(
+    stack: ModelStack, transport: BaseTransport, *, session_id: str | None = None
+) -> Session:
+    config = stack.config
+    state = SessionState(session_id=session_id or uuid.uuid4().hex[:12])
+
+    gate = HalfDuplexGate(
+        echo_tail_secs=config.turn.echo_tail_secs,
+        max_reply_wait_secs=config.turn.max_reply_wait_secs,
+    )
+    recorder = UserTurnRecorder(
+        session=state, pre_roll_secs=config.turn.pre_roll_secs, vad_start_secs=config.vad.start_secs
+    )
+    stt = SharedWhisperSTTService(
+        model=stack.whisper,
+        beam_size=config.asr.beam_size,
+        settings=SharedWhisperSTTService.Settings(
+            language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
+        ),
+    )
+    llm = _llm_service(stack)
+    tts = EngineTTSService(engine=stack.speech, session=state)
+    watcher = ReplyPlayedWatcher(gate)
+
+    context = LLMContext()
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=SileroVADAnalyzer(params=vad_params(config)),
+            user_turn_strategies=_turn_strategies(config),
+        ),
+    )
+
+    timeline = TurnTimeline(
+        vad_stop_secs=config.vad.stop_secs, llm=llm, tts=tts, reply_watcher=watcher
+    )
+
+    @aggregators.user().event_handler("on_user_turn_stopped")
+    async def _on_user_turn_stopped(_aggregator, _strategy, message):
+        if not message.content:
+            gate.nothing_to_reply()
+            timeline.no_reply()
+
+    @tts.event_handler("on_synthesis_started")
+    async def _on_synthesis_started(_tts, _text):
+        timeline.mark_tts_start()
+
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            gate,
+            recorder,
+            stt,
+            aggregators.user(),
+            llm,
+            tts,
+            transport.output(),
+            watcher,
+            aggregators.assistant(),
+        ]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=config.audio_in_sample_rate,
+            audio_out_sample_rate=config.audio_out_sample_rate,
+            enable_metrics=True,
+        ),
+        observers=[timeline],
+        idle_timeout_secs=None,
+        enable_rtvi=False,
+    )
+    return Session(worker=worker, state=state, context=context, gate=gate, timeline=timeline)

@@ -1,0 +1,181 @@
+"""File mode: whole spoken turns from WAV files through the live pipeline, offline.
+
+Each input file is played into the pipeline as the user's turn, followed by silence
+until the bot's reply has been played out; then the next file follows. The bot's audio
+is written to one WAV (replies in order, separated by a short pause) and a JSON log
+records, per turn, the transcript, the reply, where the reply sits in the output WAV and
+the stage latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import EndFrame
+from pipecat.transports.base_transport import TransportParams
+from pipecat.workers.runner import WorkerRunner
+
+from pipelines.build import build_session
+from pipelines.file_transport import FileTransport, load_input_wav, speech_end_offset
+from pipelines.stack import ModelStack
+
+GAP_BETWEEN_REPLIES_SECS = 0.5
+
+
+@dataclass
+class FileTurn:
+    """One input turn; ``during_reply`` is extra audio played while the bot replies."""
+
+    path: Path
+    during_reply: np.ndarray | None = None
+    during_reply_delay_secs: float = 0.3
+
+
+@dataclass
+class FileRunResult:
+    turns: list[dict]
+    conversions: list[str]
+    output_path: Path | None
+    output_sample_rate: int
+    reply_audio: list[np.ndarray] = field(default_factory=list)
+    dropped_input_secs: float = 0.0
+
+    def as_log(self) -> dict:
+        return {
+            "turns": self.turns,
+            "conversions": self.conversions,
+            "output_wav": str(self.output_path) if self.output_path else None,
+            "output_sample_rate": self.output_sample_rate,
+            "input_ignored_while_bot_replied_secs": round(self.dropped_input_secs, 3),
+        }
+
+
+async def run_files(
+    stack: ModelStack,
+    turns: list[FileTurn],
+    *,
+    output_path: Path | None = None,
+    log_path: Path | None = None,
+    reply_timeout_secs: float = 90.0,
+    pause_between_turns_secs: float = 1.0,
+) -> FileRunResult:
+    config = stack.config
+    in_rate = config.audio_in_sample_rate
+    out_rate = config.audio_out_sample_rate
+
+    # Every input is checked before anything runs, so a bad file costs nothing.
+    inputs, conversions = [], []
+    for turn in turns:
+        samples, notes = load_input_wav(turn.path, in_rate)
+        inputs.append(samples)
+        conversions += notes
+    for note in conversions:
+        logger.warning(f"input converted: {note}")
+
+    transport = FileTransport(
+        TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=in_rate,
+            audio_out_sample_rate=out_rate,
+        )
+    )
+    session = build_session(stack, transport, session_id="file")
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(session.worker)
+    run_task = asyncio.create_task(runner.run())
+    mic, speaker = transport.input(), transport.output()
+    await asyncio.wait_for(mic.ready.wait(), timeout=30)
+
+    records, boundaries = [], []
+    try:
+        await mic.play_silence(0.5)
+        for turn, samples in zip(turns, inputs):
+            before = len(session.timeline.turns)
+            end = speech_end_offset(samples, in_rate)
+            await mic.play(samples, on_offset=(end, session.timeline.mark_speech_end))
+            record = await _keep_line_open_until_reply(
+                mic, session, before, turn, reply_timeout_secs
+            )
+            boundaries.append(len(speaker.chunks))
+            records.append(record)
+            await mic.play_silence(pause_between_turns_secs)
+    finally:
+        await session.worker.queue_frame(EndFrame())
+        await asyncio.wait_for(run_task, timeout=30)
+
+    reply_audio, start = [], 0
+    for boundary in boundaries:
+        chunk_list = [c for _, c in speaker.chunks[start:boundary]]
+        reply_audio.append(np.concatenate(chunk_list) if chunk_list else np.zeros(0, np.int16))
+        start = boundary
+
+    log_turns, offset = [], 0.0
+    for turn, record, audio in zip(turns, records, reply_audio):
+        entry = {
+            "input": str(turn.path),
+            "transcript": record.transcript if record else "",
+            "reply": record.reply if record else "",
+            "reply_audio": {"start_secs": round(offset, 3), "duration_secs": round(len(audio) / out_rate, 3)},
+            "latency_secs": record.stages() if record else {},
+        }
+        if record is None:
+            entry["error"] = "no user turn was detected in this input"
+        log_turns.append(entry)
+        offset += len(audio) / out_rate + GAP_BETWEEN_REPLIES_SECS
+
+    result = FileRunResult(
+        turns=log_turns,
+        conversions=conversions,
+        output_path=output_path,
+        output_sample_rate=out_rate,
+        reply_audio=reply_audio,
+        dropped_input_secs=session.gate.dropped_audio_secs,
+    )
+    if output_path:
+        write_replies_wav(output_path, reply_audio, out_rate)
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(json.dumps(result.as_log(), indent=2))
+    return result
+
+
+async def _keep_line_open_until_reply(mic, session, turns_before, turn: FileTurn, timeout: float):
+    """Feed silence (and any barge-in audio) until the reply to this turn has played."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    barge_in = turn.during_reply
+    waited = 0.0
+    while loop.time() < deadline:
+        timeline = session.timeline
+        record = timeline.turns[-1] if len(timeline.turns) > turns_before else None
+        if record is not None and record.done.is_set():
+            return record
+        if barge_in is not None and waited >= turn.during_reply_delay_secs:
+            await mic.play(barge_in)
+            barge_in = None
+        else:
+            await mic.play_silence(0.1)
+            waited += 0.1
+    logger.error(f"no reply to {turn.path} within {timeout:.0f}s")
+    return session.timeline.turns[-1] if len(session.timeline.turns) > turns_before else None
+
+
+def write_replies_wav(path: Path, replies: list[np.ndarray], sample_rate: int) -> None:
+    gap = np.zeros(int(GAP_BETWEEN_REPLIES_SECS * sample_rate), np.int16)
+    parts = []
+    for reply in replies:
+        parts += [reply, gap]
+    audio = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(audio.tobytes())
