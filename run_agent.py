@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Run the voice agent: in the browser (webrtc), on this machine's audio (local), or on WAV files (file)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--transport", choices=["webrtc", "local", "file"], default="webrtc")
+    parser.add_argument("--config", default="default", help="a config name in configs/ or a YAML path")
+    parser.add_argument("--host", help="webrtc: address to bind (default from the config, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
+    parser.add_argument("--input", action="append", default=[], help="file: a WAV of one user turn; repeat for more turns")
+    parser.add_argument("--output", help="file: WAV to write the bot's replies to")
+    parser.add_argument("--log", help="file: JSON log to write (default: OUTPUT with .json)")
+    parser.add_argument("--input-device", help="local: sounddevice input device (name or index)")
+    parser.add_argument("--output-device", help="local: sounddevice output device (name or index)")
+    args = parser.parse_args(argv)
+    if args.transport == "file" and (not args.input or not args.output):
+        parser.error("--transport file needs at least one --input WAV and an --output WAV")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from agent.config import ConfigError, load_config
+    from agent.models import ModelNotFoundError
+    from pipelines.file_transport import WavInputError, load_input_wav
+
+    try:
+        config = load_config(args.config)
+        if args.transport == "file":
+            for path in args.input:  # fail on a bad input before loading any model
+                load_input_wav(path, config.audio_in_sample_rate)
+        from pipelines.stack import load_stack
+
+        stack = load_stack(config)
+    except (ConfigError, ModelNotFoundError, WavInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.transport == "file":
+        return asyncio.run(_run_file(stack, args))
+    if args.transport == "local":
+        return asyncio.run(_run_local(stack, args))
+    return _run_webrtc(stack, args)
+
+
+async def _run_file(stack, args) -> int:
+    from pipelines.file_mode import FileTurn, run_files
+
+    output = Path(args.output)
+    log = Path(args.log) if args.log else output.with_suffix(".json")
+    result = await run_files(stack, [FileTurn(Path(p)) for p in args.input], output_path=output, log_path=log)
+    for turn in result.turns:
+        print(json.dumps({k: turn[k] for k in ("input", "transcript", "reply", "latency_secs")}))
+    print(f"bot audio: {output}\nlog: {log}")
+    return 0
+
+
+async def _run_local(stack, args) -> int:
+    from pipecat.transports.base_transport import TransportParams
+    from pipecat.workers.runner import WorkerRunner
+
+    from pipelines.build import build_session
+    from pipelines.sounddevice_transport import SoundDeviceTransport
+
+    def device(value):
+        return int(value) if value and value.isdigit() else value
+
+    config = stack.config
+    transport = SoundDeviceTransport(
+        TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=config.audio_in_sample_rate,
+            audio_out_sample_rate=config.audio_out_sample_rate,
+        ),
+        input_device=device(args.input_device),
+        output_device=device(args.output_device),
+    )
+    session = build_session(stack, transport, session_id="local")
+    print("Listening. Speak, then pause; Ctrl-C to stop.")
+    runner = WorkerRunner()
+    await runner.add_workers(session.worker)
+    await runner.run()
+    return 0
+
+
+def _run_webrtc(stack, args) -> int:
+    import uvicorn
+
+    from pipelines.webrtc_server import create_app
+
+    host = args.host or stack.config.server.host
+    port = args.port or stack.config.server.port
+    print(f"Open http://{host}:{port}/ in a browser and press Talk.")
+    uvicorn.run(create_app(stack), host=host, port=port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
