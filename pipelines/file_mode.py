@@ -14,6 +14,7 @@ import json
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from loguru import logger
@@ -21,7 +22,7 @@ from pipecat.frames.frames import EndFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-from pipelines.build import build_session
+from pipelines.build import Session, build_session
 from pipelines.file_transport import FileTransport, load_input_wav, speech_end_offset
 from pipelines.stack import ModelStack
 
@@ -30,11 +31,16 @@ GAP_BETWEEN_REPLIES_SECS = 0.5
 
 @dataclass
 class FileTurn:
-    """One input turn; ``during_reply`` is extra audio played while the bot replies."""
+    """One input turn.
+
+    ``during_reply`` is more speech played into the line while the bot is busy with this
+    turn: from the moment the turn has ended ("thinking") or the bot has started to speak
+    ("speaking"). A half-duplex bot must not hear it.
+    """
 
     path: Path
     during_reply: np.ndarray | None = None
-    during_reply_delay_secs: float = 0.3
+    during_reply_when: Literal["thinking", "speaking"] = "thinking"
 
 
 @dataclass
@@ -45,6 +51,7 @@ class FileRunResult:
     output_sample_rate: int
     reply_audio: list[np.ndarray] = field(default_factory=list)
     dropped_input_secs: float = 0.0
+    session: Session | None = None
 
     def as_log(self) -> dict:
         return {
@@ -137,6 +144,7 @@ async def run_files(
         output_sample_rate=out_rate,
         reply_audio=reply_audio,
         dropped_input_secs=session.gate.dropped_audio_secs,
+        session=session,
     )
     if output_path:
         write_replies_wav(output_path, reply_audio, out_rate)
@@ -151,18 +159,19 @@ async def _keep_line_open_until_reply(mic, session, turns_before, turn: FileTurn
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     barge_in = turn.during_reply
-    waited = 0.0
     while loop.time() < deadline:
         timeline = session.timeline
         record = timeline.turns[-1] if len(timeline.turns) > turns_before else None
         if record is not None and record.done.is_set():
             return record
-        if barge_in is not None and waited >= turn.during_reply_delay_secs:
+        busy_since = None
+        if record is not None:
+            busy_since = record.turn_end if turn.during_reply_when == "thinking" else record.bot_started
+        if barge_in is not None and busy_since is not None:
             await mic.play(barge_in)
             barge_in = None
         else:
-            await mic.play_silence(0.1)
-            waited += 0.1
+            await mic.play_silence(0.02)
     logger.error(f"no reply to {turn.path} within {timeout:.0f}s")
     return session.timeline.turns[-1] if len(session.timeline.turns) > turns_before else None
 

@@ -1,0 +1,76 @@
+"""File mode end to end with real Silero, Whisper, a real small LLM and the Piper voice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipelines.file_mode import FileTurn, run_files
+from tests.conftest import BARGE_IN, speak, wer
+
+
+async def test_spoken_questions_get_spoken_answers(stack, question_wavs, transcribe, tmp_path):
+    chosen = question_wavs[:2]
+    output, log = tmp_path / "reply.wav", tmp_path / "reply.json"
+    result = await run_files(stack, [FileTurn(p) for p, _ in chosen], output_path=output, log_path=log)
+
+    assert len(result.turns) == 2
+    rate = result.output_sample_rate
+    for (path, question), turn, audio in zip(chosen, result.turns, result.reply_audio):
+        assert wer(question, turn["transcript"]) <= 0.2, turn
+        assert turn["reply"].strip(), turn
+        assert len(audio) / rate > 0.3
+        # What the bot said out loud is what the LLM wrote.
+        assert wer(turn["reply"], transcribe(audio, rate)) <= 0.35, turn
+        stages = turn["latency_secs"]
+        for stage in ("voice_to_voice", "turn_end_detection", "asr", "llm_first_sentence", "tts_first_audio"):
+            assert stages[stage] is not None and stages[stage] >= 0, (stage, stages)
+
+    logged = json.loads(log.read_text())
+    assert [t["transcript"] for t in logged["turns"]] == [t["transcript"] for t in result.turns]
+    assert output.exists() and output.stat().st_size > 44
+
+    # The conversation remembers both exchanges, in order.
+    messages = result.session.context.get_messages()
+    roles = [m["role"] for m in messages if m["role"] in ("user", "assistant")]
+    assert roles == ["user", "assistant", "user", "assistant"]
+
+
+async def test_each_user_turn_is_captured_with_its_transcript(stack, question_wavs, tmp_path):
+    path, question = question_wavs[2]
+    result = await run_files(stack, [FileTurn(path)])
+    turns = list(result.session.state.user_turns)
+    assert len(turns) == 1
+    captured = turns[0]
+    assert captured.sample_rate == 16000
+    assert wer(question, captured.text) <= 0.2
+    # The capture holds the question's speech (plus pre-roll), not the silence around it.
+    spoken = speak(stack, question)
+    voiced = np.flatnonzero(np.abs(spoken) > 300)
+    speech_secs = (voiced[-1] - voiced[0]) / 16000
+    assert speech_secs - 0.1 <= captured.duration_secs <= speech_secs + 0.9, (
+        captured.duration_secs,
+        speech_secs,
+    )
+    # The bot's reply is kept too, for engines that condition on it.
+    assert len(result.session.state.bot_replies) >= 1
+
+
+async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, question_wavs, tmp_path):
+    barge_in = speak(stack, BARGE_IN)
+    (q1, text1), (q2, text2) = question_wavs[0], question_wavs[1]
+    turns = [
+        FileTurn(q1, during_reply=barge_in, during_reply_when="thinking"),
+        FileTurn(q2, during_reply=barge_in[: len(barge_in) // 3], during_reply_when="speaking"),
+    ]
+    result = await run_files(stack, turns)
+
+    user_messages = [m["content"] for m in result.session.context.get_messages() if m["role"] == "user"]
+    assert len(user_messages) == 2, user_messages
+    assert wer(text1, user_messages[0]) <= 0.2 and wer(text2, user_messages[1]) <= 0.2, user_messages
+    assert not any("banana" in m.lower() for m in user_messages)
+    assert not any("banana" in t.text.lower() for t in result.session.state.user_turns)
+    # All of the barge-in audio was dropped at the gate, before speech recognition.
+    barge_in_secs = (len(barge_in) + len(barge_in) // 3) / 16000
+    assert result.dropped_input_secs >= barge_in_secs - 0.1
