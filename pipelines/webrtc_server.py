@@ -154,8 +154,8 @@ def create_app(stack: ModelStack) -> FastAPI:
 
     @app.post("/api/offer")
     async def offer(request: Request):
-        body = await _read_limited(request, server.config.server.max_offer_bytes)
         try:
+            body = await _read_limited(request, server.config.server.max_offer_bytes)
             answer = await server.answer(parse_offer(body, server.config.server.max_offer_bytes))
         except OfferError as e:
             logger.warning(f"rejected offer: {e}")
@@ -164,13 +164,13 @@ def create_app(stack: ModelStack) -> FastAPI:
 
     @app.patch("/api/offer")
     async def ice_candidates(request: Request):
-        body = await _read_limited(request, server.config.server.max_offer_bytes)
         try:
+            body = await _read_limited(request, server.config.server.max_offer_bytes)
             data = json.loads(body)
             pc_id, candidates = data["pc_id"], data["candidates"]
             if not isinstance(candidates, list):
                 raise TypeError("'candidates' must be a list")
-        except (ValueError, KeyError, TypeError) as e:
+        except (OfferError, ValueError, KeyError, TypeError) as e:
             return JSONResponse({"error": f"bad ICE candidate request: {e}"}, status_code=400)
         try:
             await server.add_ice_candidates(pc_id, candidates)
@@ -191,10 +191,10 @@ async def _read_limited(request: Request, max_bytes: int) -> bytes:
     """Read the body, refusing to buffer more than a little past ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(status_code=400, detail=f"request body over {max_bytes} bytes")
+        raise OfferError(f"request body of {declared} bytes is over the {max_bytes} allowed")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
-            raise HTTPException(status_code=400, detail=f"request body over {max_bytes} bytes")
+            raise OfferError(f"request body is over the {max_bytes} bytes allowed")
     return bytes(body)

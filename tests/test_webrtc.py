@@ -1,0 +1,94 @@
+"""The browser transport over a real WebRTC connection on loopback (aiortc on both ends)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import aiohttp
+import pytest
+import uvicorn
+
+from pipelines.webrtc_client import WebRTCCaller
+from pipelines.webrtc_server import create_app
+from tests.conftest import wer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+async def server(stack):
+    app = create_app(stack)
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    yield app, f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(server, question_wavs, transcribe):
+    app, url = server
+    import soundfile as sf
+
+    path, question = question_wavs[0]
+    samples, rate = sf.read(str(path), dtype="int16")
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    try:
+        await asyncio.sleep(0.5)
+        caller.mic.say(samples, rate)
+        await caller.mic.clip_finished.wait()
+        reply_audio = await caller.wait_for_reply(time.monotonic(), timeout=90)
+        session = app.state.server.sessions[caller.pc_id]
+        messages = session.context.get_messages()
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        # The assistant message is written once the reply has played; allow it a moment.
+        for _ in range(50):
+            assistants = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+            if assistants:
+                break
+            await asyncio.sleep(0.1)
+        assert len(users) == 1 and wer(question, users[0]) <= 0.2, users
+        assert assistants, messages
+        heard = transcribe(reply_audio, caller.record_rate)
+        assert wer(assistants[0], heard) <= 0.35, (assistants[0], heard)
+    finally:
+        await caller.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b'["an", "array"]',
+        b'{"type": "answer", "sdp": "v=0"}',
+        b'{"type": "offer", "sdp": 42}',
+        b'{"type": "offer", "sdp": "v=0\\r\\no=- 0 0 IN IP4 0.0.0.0\\r\\nm=audio garbage\\r\\n"}',
+        b'{"type": "offer", "sdp": "v=0\\r\\n' + b"a=x" * 40000 + b'"}',
+    ],
+    ids=["not-json", "not-object", "not-offer", "sdp-not-string", "garbage-sdp", "oversized"],
+)
+async def test_bad_offers_get_400_and_the_server_keeps_serving(server, body):
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/offer", data=body) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]
+        async with http.get(f"{url}/api/health") as response:
+            assert response.status == 200
+
+
+async def test_after_bad_offers_a_real_call_still_connects(server):
+    _, url = server
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    assert caller.pc.connectionState == "connected"
+    await caller.close()
