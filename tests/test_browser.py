@@ -1,0 +1,57 @@
+"""The page at / in a real headless Chromium, talking through its (fake) microphone."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import wer, write_wav
+from tests.test_webrtc import server  # noqa: F401  (the running server fixture)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question_wavs, tmp_path):  # noqa: F811
+    app, url = server
+    import soundfile as sf
+
+    path, question = question_wavs[3]
+    speech, rate = sf.read(str(path), dtype="int16")
+    # Chromium loops the file as its microphone: speech, then a long pause to answer in.
+    pause = np.zeros(rate * 8, np.int16)
+    mic = write_wav(tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate)
+    before = set(app.state.server.sessions)
+    browser = subprocess.Popen(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
+            f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0",
+            f"{url}/?autostart=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        session = None
+        for _ in range(600):  # up to 60 s for the call to come up and the bot to answer
+            await asyncio.sleep(0.1)
+            new = [s for pc, s in app.state.server.sessions.items() if pc not in before]
+            if new:
+                session = new[0]
+                if any(m["role"] == "assistant" for m in session.context.get_messages()):
+                    break
+        assert session is not None, "the page never called the server"
+        messages = session.context.get_messages()
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assert users and wer(question, users[0]) <= 0.25, users
+        assert any(m["role"] == "assistant" and m["content"].strip() for m in messages), messages
+    finally:
+        browser.terminate()
+        browser.wait(timeout=10)
