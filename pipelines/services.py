@@ -32,7 +32,14 @@ class SharedWhisperSTTService(WhisperSTTService):
         super().__init__(**kwargs)
 
     def _load(self):
-        self._model = _WhisperWithOptions(self._shared_model, beam_size=self._beam_size)
+        # Greedy decoding without timestamps: one short utterance needs neither beams
+        # nor segment times, and both cost latency on a CPU.
+        self._model = _WhisperWithOptions(
+            self._shared_model,
+            beam_size=self._beam_size,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+        )
 
 
 class _WhisperWithOptions:
@@ -79,10 +86,20 @@ class LocalLLMService(OpenAILLMService):
 
 
 def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
-    """Keep system messages and the last ``max_turns`` user/assistant exchanges."""
+    """Keep system messages and at most ``max_turns`` recent exchanges plus the new question.
+
+    Old exchanges are dropped in blocks of half the limit, not one per turn: llama.cpp
+    reuses its cache for an unchanged prompt prefix, and dropping one exchange every turn
+    would change the prefix, and re-read the whole history, on every turn.
+    """
     system = [m for m in messages if m.get("role") == "system"]
     rest = [m for m in messages if m.get("role") != "system"]
-    return system + rest[-2 * max_turns + 1 :] if len(rest) > 2 * max_turns else system + rest
+    exchanges = (len(rest) - 1) // 2  # complete user/assistant pairs before the new question
+    if exchanges <= max_turns:
+        return system + rest
+    block = max(1, max_turns // 2)
+    drop = -(-(exchanges - max_turns) // block) * block
+    return system + rest[2 * drop :]
 
 
 class _ThreadedChunkStream:

@@ -52,6 +52,7 @@ class TurnRecord:
             "voice_to_voice": span(self.speech_end, self.bot_started),
             "turn_end_detection": span(self.speech_end, self.turn_end),
             "asr": span(self.vad_stop, self.transcript_at),
+            "llm_first_token": span(self.turn_end, self.first_llm_text),
             "llm_first_sentence": span(self.turn_end, self.tts_start),
             "tts_first_audio": span(self.tts_start, self.first_tts_audio),
             "reply_total": span(self.speech_end, self.reply_played),

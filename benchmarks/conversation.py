@@ -1,0 +1,146 @@
+"""Voice-to-voice latency and word error rates of whole spoken turns, in file mode.
+
+    python -m benchmarks.conversation [--config default] [--turns 10] [--voice piper|espeak]
+
+Questions are spoken by the bundled Piper voice (or espeak-ng, a different voice, when
+installed) and played through the real pipeline in real time. Reported:
+  * question WER: Whisper's transcript of each question vs the question text;
+  * reply round-trip WER: Whisper on the bot's reply audio vs the reply text;
+  * latency p50/p95 of each stage, from the end of the user's speech.
+Writes a JSON report (default out/benchmarks/conversation.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soxr
+
+from agent.config import load_config
+from pipelines.file_mode import FileTurn, run_files
+from pipelines.stack import load_stack
+from tts.base import SpeechContext
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What color is the sky on a clear day?",
+    "Can you name a fruit that is yellow?",
+    "What do bees make?",
+    "How many legs does a dog have?",
+    "What is the opposite of hot?",
+    "Which animal is known as the king of the jungle?",
+    "What do you call frozen water?",
+    "How many hours are in a day?",
+    "What is the largest planet in our solar system?",
+    "What language do people speak in Spain?",
+]
+
+
+def clean(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
+    pairs = [(clean(r), clean(h)) for r, h in zip(references, hypotheses) if clean(r)]
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int):
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.astype(np.int16).tobytes())
+
+
+def speak_questions(stack, voice: str, folder: Path, count: int) -> list[tuple[Path, str]]:
+    items = []
+    for i in range(count):
+        text = QUESTIONS[i % len(QUESTIONS)]
+        path = folder / f"q{i:02d}.wav"
+        if voice == "espeak":
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
+        else:
+            audio = np.concatenate(list(stack.speech.synthesize(text, SpeechContext())))
+            audio = soxr.resample(audio.astype(np.float32) / 32768, stack.speech.sample_rate, 16000)
+            write_wav(path, (np.clip(audio, -1, 1) * 32767).astype(np.int16), 16000)
+        items.append((path, text))
+    return items
+
+
+async def run(args) -> dict:
+    started = time.perf_counter()
+    stack = load_stack(load_config(args.config))
+    load_secs = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        questions = speak_questions(stack, args.voice, Path(tmp), args.turns)
+        result = await run_files(stack, [FileTurn(p) for p, _ in questions])
+
+    def transcribe(audio: np.ndarray, rate: int) -> str:
+        if not len(audio):
+            return ""
+        x = soxr.resample(audio.astype(np.float32) / 32768, rate, 16000)
+        segments, _ = stack.whisper.transcribe(x, beam_size=1, language="en")
+        return " ".join(s.text.strip() for s in segments)
+
+    heard = [transcribe(a, result.output_sample_rate) for a in result.reply_audio]
+    turns = result.turns
+    stages = sorted({k for t in turns for k in t["latency_secs"]})
+    report = {
+        "config": args.config,
+        "voice": args.voice,
+        "turns": len(turns),
+        "model_load_secs": round(load_secs, 2),
+        "question_wer": round(corpus_wer([t for _, t in questions], [t["transcript"] for t in turns]), 4),
+        "reply_round_trip_wer": round(corpus_wer([t["reply"] for t in turns], heard), 4),
+        "latency_secs": {
+            stage: {
+                "p50": percentile([t["latency_secs"].get(stage) for t in turns], 50),
+                "p95": percentile([t["latency_secs"].get(stage) for t in turns], 95),
+            }
+            for stage in stages
+        },
+        "per_turn": [
+            {**t, "question": q, "reply_heard_as": h} for t, (_, q), h in zip(turns, questions, heard)
+        ],
+    }
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--voice", choices=["piper", "espeak"], default="piper")
+    parser.add_argument("--out", default="out/benchmarks/conversation.json")
+    args = parser.parse_args()
+    if args.voice == "espeak" and not shutil.which("espeak-ng"):
+        parser.error("--voice espeak needs espeak-ng (apt-get install espeak-ng)")
+    report = asyncio.run(run(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    summary = {k: report[k] for k in ("config", "voice", "turns", "question_wer", "reply_round_trip_wer", "latency_secs")}
+    print(json.dumps(summary, indent=2))
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()

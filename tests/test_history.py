@@ -1,0 +1,29 @@
+"""The LLM prompt stays bounded, and its prefix stays put so llama.cpp can reuse its cache."""
+
+from pipelines.services import trim_history
+
+
+def _conversation(exchanges: int) -> list[dict]:
+    messages = [{"role": "system", "content": "be brief"}]
+    for i in range(exchanges):
+        messages += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    return messages + [{"role": "user", "content": "now"}]
+
+
+def test_short_conversations_are_untouched():
+    messages = _conversation(3)
+    assert trim_history(messages, 6) == messages
+
+
+def test_long_conversations_are_bounded_and_end_with_the_question():
+    for exchanges in range(7, 40):
+        kept = trim_history(_conversation(exchanges), 6)
+        assert kept[0]["role"] == "system" and kept[-1]["content"] == "now"
+        assert kept[1]["role"] == "user"
+        assert 3 < (len(kept) - 2) // 2 <= 6, (exchanges, len(kept))
+
+
+def test_the_prefix_changes_only_once_per_block():
+    firsts = [trim_history(_conversation(n), 6)[1]["content"] for n in range(6, 30)]
+    changes = sum(a != b for a, b in zip(firsts, firsts[1:]))
+    assert changes <= (30 - 6) // 3 + 1
