@@ -73,8 +73,9 @@ class LLMConfig(_Section):
     seed: int | None = 0
     context_tokens: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
-    # The oldest user/assistant exchanges are dropped past this many, to bound the prompt.
-    max_history_turns: int = Field(6, ge=1)
+    # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
+    # pipelines.services.trim_history), which bounds the prompt within context_tokens.
+    max_history_turns: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _backend_needs(self):

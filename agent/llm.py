@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -28,6 +29,15 @@ class LocalLLM:
         )
         self.context_tokens = context_tokens
         self._lock = threading.Lock()
+        # Every generation runs on this one thread. llama.cpp's OpenMP worker team
+        # belongs to the calling thread, and an idle team keeps spinning for a while:
+        # with calls from two threads, generation ran at half speed on 2 cores
+        # (70 vs 35 ms/token, benchmarks/llm_threads.py).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+
+    def submit(self, work: Callable[[], None]) -> Future:
+        """Run ``work`` (which calls stream_chat) on the model's own thread."""
+        return self._executor.submit(work)
 
     @property
     def name(self) -> str:
@@ -63,7 +73,11 @@ class LocalLLM:
 
     def warm_up(self) -> None:
         """Run one tiny completion so the first user does not pay for lazy set-up."""
-        for _ in self.stream_chat(
-            [{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0, seed=0
-        ):
-            pass
+
+        def run():
+            for _ in self.stream_chat(
+                [{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0, seed=0
+            ):
+                pass
+
+        self.submit(run).result()

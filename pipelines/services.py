@@ -119,8 +119,7 @@ class _ThreadedChunkStream:
             finally:
                 loop.call_soon_threadsafe(self._queue.put_nowait, _DONE)
 
-        self._thread = threading.Thread(target=produce, name="llm-generate", daemon=True)
-        self._thread.start()
+        llm.submit(produce)
 
     def __aiter__(self):
         return self
