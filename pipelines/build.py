@@ -34,6 +34,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from agent.config import AgentConfig
 from agent.session import SessionState
 from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
+from pipelines.smart_turn import SharedSmartTurnAnalyzer
 from pipelines.services import EngineTTSService, LocalLLMService, SharedWhisperSTTService
 from pipelines.stack import ModelStack
 from pipelines.turn_recorder import UserTurnRecorder
@@ -61,12 +62,12 @@ def vad_params(config: AgentConfig) -> VADParams:
     )
 
 
-def _turn_strategies(config: AgentConfig) -> UserTurnStrategies:
+def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
+    config = stack.config
     start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     if config.turn.end_detection == "smart-turn":
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+        analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn)
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)]
     return UserTurnStrategies(start=start, stop=stop)
@@ -117,7 +118,7 @@ def build_session(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer(params=vad_params(config)),
-            user_turn_strategies=_turn_strategies(config),
+            user_turn_strategies=_turn_strategies(stack),
         ),
     )
 

@@ -20,6 +20,7 @@ class ModelStack:
     whisper: object
     llm: LocalLLM | None  # None when the LLM is an OpenAI-compatible server
     speech: SpeechEngine
+    smart_turn: object | None = None  # shared Smart Turn ONNX session, when turn.end_detection uses it
     load_secs: dict[str, float] = field(default_factory=dict)
 
 
@@ -32,7 +33,10 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     start = time.perf_counter()
     asr_path = resolve_model(config.asr.model, "asr")
     whisper = WhisperModel(
-        str(asr_path), device=config.asr.device, compute_type=config.asr.compute_type
+        str(asr_path),
+        device=config.asr.device,
+        compute_type=config.asr.compute_type,
+        cpu_threads=config.asr.cpu_threads,
     )
     times["asr"] = time.perf_counter() - start
 
@@ -51,6 +55,12 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     speech = load_speech_engine(config)
     times["tts"] = time.perf_counter() - start
 
+    smart_turn = None
+    if config.turn.end_detection == "smart-turn":
+        from pipelines.smart_turn import load_smart_turn_session
+
+        smart_turn = load_smart_turn_session()
+
     if warm_up:
         start = time.perf_counter()
         list(whisper.transcribe(np.zeros(16000, np.float32), beam_size=1)[0])
@@ -59,7 +69,9 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         speech.warm_up()
         times["warm_up"] = time.perf_counter() - start
     logger.info("models loaded: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-    return ModelStack(config=config, whisper=whisper, llm=llm, speech=speech, load_secs=times)
+    return ModelStack(
+        config=config, whisper=whisper, llm=llm, speech=speech, smart_turn=smart_turn, load_secs=times
+    )
 
 
 def load_speech_engine(config: AgentConfig) -> SpeechEngine:

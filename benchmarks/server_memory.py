@@ -1,0 +1,137 @@
+"""Resident memory of the WebRTC server, and what each extra session adds.
+
+    python -m benchmarks.server_memory [--config default] [--sessions 4]
+
+Starts `run_agent.py --transport webrtc` as a separate process, waits until its models
+are loaded, then opens sessions one at a time with real WebRTC callers over loopback;
+each caller asks one spoken question and waits for the spoken answer, and stays
+connected. Reports the server's RSS after start-up, after each session, the mean growth
+per session, the CPU the server burns while the open sessions are silent, and RSS after
+every caller has hung up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import psutil
+import soxr
+
+from agent.config import load_config
+from pipelines.stack import load_speech_engine
+from pipelines.webrtc_client import WebRTCCaller
+from tts.base import SpeechContext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mib(process: psutil.Process) -> float:
+    return round(process.memory_info().rss / 2**20, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"server exited with {server.returncode}")
+            try:
+                async with http.get(f"{url}/api/health") as response:
+                    if response.status == 200:
+                        return await response.json()
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError("server did not come up")
+
+
+async def run(args) -> dict:
+    config = load_config(args.config)
+    engine = load_speech_engine(config)
+    question = np.concatenate(list(engine.synthesize("What is the capital of France?", SpeechContext())))
+    question = (soxr.resample(question.astype(np.float32) / 32768, engine.sample_rate, 16000) * 32767).astype(np.int16)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "run_agent.py", "--config", args.config, "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    process = psutil.Process(server.pid)
+    callers: list[WebRTCCaller] = []
+    report: dict = {"config": args.config}
+    try:
+        await wait_healthy(url, server)
+        await asyncio.sleep(2)
+        report["rss_after_start_mib"] = mib(process)
+        after_each = []
+        for _ in range(args.sessions):
+            caller = WebRTCCaller(url)
+            await caller.connect()
+            callers.append(caller)
+            await asyncio.sleep(0.5)
+            caller.mic.say(question, 16000)
+            await caller.mic.clip_finished.wait()
+            await caller.wait_for_reply(time.monotonic(), timeout=120)
+            await asyncio.sleep(1)
+            after_each.append(mib(process))
+        report["rss_after_each_session_mib"] = after_each
+        steps = np.diff([report["rss_after_start_mib"], *after_each])
+        report["rss_growth_per_session_mib"] = {
+            "first": round(float(steps[0]), 1),
+            "mean_of_later": round(float(steps[1:].mean()), 1) if len(steps) > 1 else None,
+        }
+        cpu_before = process.cpu_times()
+        wall = time.monotonic()
+        await asyncio.sleep(5)
+        cpu_after = process.cpu_times()
+        used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+        report["server_cpu_cores_with_silent_sessions"] = round(used / (time.monotonic() - wall), 3)
+        for caller in callers:
+            await caller.close()
+        callers.clear()
+        await asyncio.sleep(3)
+        report["rss_after_hangups_mib"] = mib(process)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/health") as response:
+                report["sessions_left_after_hangups"] = (await response.json())["sessions"]
+    finally:
+        for caller in callers:
+            await caller.close()
+        server.terminate()
+        server.wait(timeout=30)
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--out", default="out/benchmarks/server_memory.json")
+    args = parser.parse_args()
+    report = asyncio.run(run(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
