@@ -62,7 +62,7 @@ async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, quest
     (q1, text1), (q2, text2) = question_wavs[0], question_wavs[1]
     turns = [
         FileTurn(q1, during_reply=barge_in, during_reply_when="thinking"),
-        FileTurn(q2, during_reply=barge_in[: len(barge_in) // 3], during_reply_when="speaking"),
+        FileTurn(q2, during_reply=barge_in, during_reply_when="speaking"),
     ]
     result = await run_files(stack, turns)
 
@@ -72,5 +72,5 @@ async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, quest
     assert not any("banana" in m.lower() for m in user_messages)
     assert not any("banana" in t.text.lower() for t in result.session.state.user_turns)
     # All of the barge-in audio was dropped at the gate, before speech recognition.
-    barge_in_secs = (len(barge_in) + len(barge_in) // 3) / 16000
+    barge_in_secs = 2 * len(barge_in) / 16000
     assert result.dropped_input_secs >= barge_in_secs - 0.1
