@@ -13,10 +13,19 @@ from pathlib import Path
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--transport", choices=["webrtc", "local", "file"], default="webrtc")
-    parser.add_argument("--config", default="default", help="a config name in configs/ or a YAML path")
-    parser.add_argument("--host", help="webrtc: address to bind (default from the config, 127.0.0.1)")
+    parser.add_argument(
+        "--config", default="default", help="a config name in configs/ or a YAML path"
+    )
+    parser.add_argument(
+        "--host", help="webrtc: address to bind (default from the config, 127.0.0.1)"
+    )
     parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
-    parser.add_argument("--input", action="append", default=[], help="file: a WAV of one user turn; repeat for more turns")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        help="file: a WAV of one user turn; repeat for more turns",
+    )
     parser.add_argument("--output", help="file: WAV to write the bot's replies to")
     parser.add_argument("--log", help="file: JSON log to write (default: OUTPUT with .json)")
     parser.add_argument("--input-device", help="local: sounddevice input device (name or index)")
@@ -57,7 +66,9 @@ async def _run_file(stack, args) -> int:
 
     output = Path(args.output)
     log = Path(args.log) if args.log else output.with_suffix(".json")
-    result = await run_files(stack, [FileTurn(Path(p)) for p in args.input], output_path=output, log_path=log)
+    result = await run_files(
+        stack, [FileTurn(Path(p)) for p in args.input], output_path=output, log_path=log
+    )
     for turn in result.turns:
         print(json.dumps({k: turn[k] for k in ("input", "transcript", "reply", "latency_secs")}))
     print(f"bot audio: {output}\nlog: {log}")

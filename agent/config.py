@@ -147,7 +147,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     named = CONFIG_DIR / f"{name_or_path}.yaml"
     if named.exists():
         return named
-    raise ConfigError(f"config '{name_or_path}' not found (neither a file nor configs/{name_or_path}.yaml)")
+    raise ConfigError(
+        f"config '{name_or_path}' not found (neither a file nor configs/{name_or_path}.yaml)"
+    )
 
 
 def load_config(name_or_path: str | Path = "default") -> AgentConfig:

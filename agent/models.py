@@ -50,7 +50,9 @@ class ModelRef(BaseModel):
                 f"a model reference needs exactly one of path, package, parts, hf; got {sources or 'none'}"
             )
         if self.parts is not None and not self.file:
-            raise ValueError("a model assembled from parts needs 'file', the name to assemble it to")
+            raise ValueError(
+                "a model assembled from parts needs 'file', the name to assemble it to"
+            )
         return self
 
 
@@ -165,7 +167,9 @@ def _from_hub(ref: ModelRef, role: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelNotFoundError(
-            _missing(role, f"'{ref.hf}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1", ref)
+            _missing(
+                role, f"'{ref.hf}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1", ref
+            )
         )
     try:
         path = Path(snapshot_download(ref.hf))

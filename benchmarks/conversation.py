@@ -76,7 +76,9 @@ def speak_questions(stack, voice: str, folder: Path, count: int) -> list[tuple[P
         text = QUESTIONS[i % len(QUESTIONS)]
         path = folder / f"q{i:02d}.wav"
         if voice == "espeak":
-            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
+            subprocess.run(
+                ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True
+            )
         else:
             audio = np.concatenate(list(stack.speech.synthesize(text, SpeechContext())))
             audio = soxr.resample(audio.astype(np.float32) / 32768, stack.speech.sample_rate, 16000)
@@ -108,7 +110,9 @@ async def run(args) -> dict:
         "voice": args.voice,
         "turns": len(turns),
         "model_load_secs": round(load_secs, 2),
-        "question_wer": round(corpus_wer([t for _, t in questions], [t["transcript"] for t in turns]), 4),
+        "question_wer": round(
+            corpus_wer([t for _, t in questions], [t["transcript"] for t in turns]), 4
+        ),
         "reply_round_trip_wer": round(corpus_wer([t["reply"] for t in turns], heard), 4),
         "latency_secs": {
             stage: {
@@ -118,14 +122,17 @@ async def run(args) -> dict:
             for stage in stages
         },
         "per_turn": [
-            {**t, "question": q, "reply_heard_as": h} for t, (_, q), h in zip(turns, questions, heard)
+            {**t, "question": q, "reply_heard_as": h}
+            for t, (_, q), h in zip(turns, questions, heard)
         ],
     }
     return report
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="default")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--voice", choices=["piper", "espeak"], default="piper")
@@ -137,7 +144,17 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    summary = {k: report[k] for k in ("config", "voice", "turns", "question_wer", "reply_round_trip_wer", "latency_secs")}
+    summary = {
+        k: report[k]
+        for k in (
+            "config",
+            "voice",
+            "turns",
+            "question_wer",
+            "reply_round_trip_wer",
+            "latency_secs",
+        )
+    }
     print(json.dumps(summary, indent=2))
     print(f"report: {out}")
 

@@ -33,15 +33,22 @@ def main():
     parser.add_argument("--config", default="default")
     args = parser.parse_args()
     config = load_config(args.config)
-    llm = LocalLLM(resolve_model(config.llm.model, "llm"), context_tokens=config.llm.context_tokens,
-                   threads=config.llm.threads)
+    llm = LocalLLM(
+        resolve_model(config.llm.model, "llm"),
+        context_tokens=config.llm.context_tokens,
+        threads=config.llm.threads,
+    )
     llm.warm_up()
-    messages = [{"role": "system", "content": config.llm.system_prompt},
-                {"role": "user", "content": "Tell me about the city of Paris."}]
+    messages = [
+        {"role": "system", "content": config.llm.system_prompt},
+        {"role": "user", "content": "Tell me about the city of Paris."},
+    ]
     report = {
         "model_thread_ms_per_token": llm.submit(lambda: ms_per_token(llm, messages)).result(),
         "main_thread_ms_per_token": ms_per_token(llm, messages),
-        "model_thread_after_main_ms_per_token": llm.submit(lambda: ms_per_token(llm, messages)).result(),
+        "model_thread_after_main_ms_per_token": llm.submit(
+            lambda: ms_per_token(llm, messages)
+        ).result(),
     }
     print(json.dumps(report, indent=2))
 

@@ -64,14 +64,20 @@ async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300)
 async def run(args) -> dict:
     config = load_config(args.config)
     engine = load_speech_engine(config)
-    question = np.concatenate(list(engine.synthesize("What is the capital of France?", SpeechContext())))
-    question = (soxr.resample(question.astype(np.float32) / 32768, engine.sample_rate, 16000) * 32767).astype(np.int16)
+    question = np.concatenate(
+        list(engine.synthesize("What is the capital of France?", SpeechContext()))
+    )
+    question = (
+        soxr.resample(question.astype(np.float32) / 32768, engine.sample_rate, 16000) * 32767
+    ).astype(np.int16)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "run_agent.py", "--config", args.config, "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     process = psutil.Process(server.pid)
@@ -121,7 +127,9 @@ async def run(args) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="default")
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--out", default="out/benchmarks/server_memory.json")

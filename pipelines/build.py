@@ -69,7 +69,9 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
         analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn)
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
-        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)]
+        stop = [
+            SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)
+        ]
     return UserTurnStrategies(start=start, stop=stop)
 
 

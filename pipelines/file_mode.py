@@ -129,7 +129,10 @@ async def run_files(
             "input": str(turn.path),
             "transcript": record.transcript if record else "",
             "reply": record.reply if record else "",
-            "reply_audio": {"start_secs": round(offset, 3), "duration_secs": round(len(audio) / out_rate, 3)},
+            "reply_audio": {
+                "start_secs": round(offset, 3),
+                "duration_secs": round(len(audio) / out_rate, 3),
+            },
             "latency_secs": record.stages() if record else {},
         }
         if record is None:
@@ -166,7 +169,9 @@ async def _keep_line_open_until_reply(mic, session, turns_before, turn: FileTurn
             return record
         busy_since = None
         if record is not None:
-            busy_since = record.turn_end if turn.during_reply_when == "thinking" else record.bot_started
+            busy_since = (
+                record.turn_end if turn.during_reply_when == "thinking" else record.bot_started
+            )
         if barge_in is not None and busy_since is not None:
             await mic.play(barge_in)
             barge_in = None

@@ -45,7 +45,9 @@ class HalfDuplexGate(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
             if self._closed:
-                self.dropped_audio_secs += len(frame.audio) / (2 * frame.sample_rate * frame.num_channels)
+                self.dropped_audio_secs += len(frame.audio) / (
+                    2 * frame.sample_rate * frame.num_channels
+                )
                 return
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._close()

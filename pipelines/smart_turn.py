@@ -16,7 +16,9 @@ def load_smart_turn_session() -> ort.InferenceSession:
     """The bundled Smart Turn model, built with the options Pipecat's analyzer uses."""
     from importlib import resources
 
-    path = resources.files("pipecat.audio.turn.smart_turn.data").joinpath("smart-turn-v3.2-cpu.onnx")
+    path = resources.files("pipecat.audio.turn.smart_turn.data").joinpath(
+        "smart-turn-v3.2-cpu.onnx"
+    )
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1

@@ -83,7 +83,9 @@ class SoundDeviceOutput(BaseOutputTransport):
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if self._stream is None:
             return False
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._stream.write, frame.audio)
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._stream.write, frame.audio
+        )
         return True
 
     async def cleanup(self):

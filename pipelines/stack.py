@@ -20,7 +20,9 @@ class ModelStack:
     whisper: object
     llm: LocalLLM | None  # None when the LLM is an OpenAI-compatible server
     speech: SpeechEngine
-    smart_turn: object | None = None  # shared Smart Turn ONNX session, when turn.end_detection uses it
+    smart_turn: object | None = (
+        None  # shared Smart Turn ONNX session, when turn.end_detection uses it
+    )
     load_secs: dict[str, float] = field(default_factory=dict)
 
 
@@ -70,7 +72,12 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         times["warm_up"] = time.perf_counter() - start
     logger.info("models loaded: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
     return ModelStack(
-        config=config, whisper=whisper, llm=llm, speech=speech, smart_turn=smart_turn, load_secs=times
+        config=config,
+        whisper=whisper,
+        llm=llm,
+        speech=speech,
+        smart_turn=smart_turn,
+        load_secs=times,
     )
 
 

@@ -32,7 +32,9 @@ MAX_TURN_SECS = 120.0
 class UserTurnRecorder(FrameProcessor):
     """Stores each finished user turn (audio + transcript) in the session state."""
 
-    def __init__(self, *, session: SessionState, pre_roll_secs: float, vad_start_secs: float, **kwargs):
+    def __init__(
+        self, *, session: SessionState, pre_roll_secs: float, vad_start_secs: float, **kwargs
+    ):
         super().__init__(**kwargs)
         self._session = session
         self._lead_secs = pre_roll_secs + vad_start_secs
@@ -82,7 +84,9 @@ class UserTurnRecorder(FrameProcessor):
         if self._turn is not None:
             return  # the user resumed within the same turn
         lead = np.concatenate(self._recent) if self._recent else np.zeros(0, np.int16)
-        lead = lead[-int(self._lead_secs * self._sample_rate) :] if self._lead_secs > 0 else lead[:0]
+        lead = (
+            lead[-int(self._lead_secs * self._sample_rate) :] if self._lead_secs > 0 else lead[:0]
+        )
         self._turn = [lead]
         self._turn_samples = len(lead)
         self._speech_end_samples = 0

@@ -38,7 +38,9 @@ class ScriptedMicrophone(MediaStreamTrack):
         if sample_rate != self.sample_rate:
             import soxr
 
-            samples = soxr.resample(samples.astype(np.float32) / 32768, sample_rate, self.sample_rate)
+            samples = soxr.resample(
+                samples.astype(np.float32) / 32768, sample_rate, self.sample_rate
+            )
             samples = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         self.clip_finished.clear()
         self._pending = np.concatenate([self._pending, samples])
@@ -90,19 +92,25 @@ class WebRTCCaller:
             except Exception:
                 return
             for out in resampler.resample(frame):
-                self._heard.append((time.monotonic(), out.to_ndarray().reshape(-1).astype(np.int16)))
+                self._heard.append(
+                    (time.monotonic(), out.to_ndarray().reshape(-1).astype(np.int16))
+                )
 
     async def connect(self, timeout: float = 30.0):
         self.pc.addTrack(self.mic)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/api/offer", json=offer, timeout=timeout) as response:
+            async with http.post(
+                f"{self.base_url}/api/offer", json=offer, timeout=timeout
+            ) as response:
                 body = await response.json()
                 if response.status != 200:
                     raise RuntimeError(f"offer refused ({response.status}): {body}")
         self.pc_id = body["pc_id"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=body["sdp"], type=body["type"])
+        )
         deadline = time.monotonic() + timeout
         while self.pc.connectionState != "connected":
             if time.monotonic() > deadline:
@@ -113,8 +121,9 @@ class WebRTCCaller:
         chunks = [c for t, c in self._heard if t >= since]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
-    async def wait_for_reply(self, since: float, *, timeout: float = 60.0, quiet_secs: float = 1.5,
-                             level: int = 500) -> np.ndarray:
+    async def wait_for_reply(
+        self, since: float, *, timeout: float = 60.0, quiet_secs: float = 1.5, level: int = 500
+    ) -> np.ndarray:
         """Wait until the bot has spoken after ``since`` and then been quiet ``quiet_secs``."""
         deadline = time.monotonic() + timeout
         spoke_at = None
@@ -125,7 +134,9 @@ class WebRTCCaller:
                 spoke_at = loud[-1]
                 if time.monotonic() - spoke_at > quiet_secs:
                     return self.heard_since(since)
-        raise TimeoutError("the bot did not answer" if spoke_at is None else "the bot did not stop speaking")
+        raise TimeoutError(
+            "the bot did not answer" if spoke_at is None else "the bot did not stop speaking"
+        )
 
     async def close(self):
         await self.pc.close()

@@ -55,7 +55,9 @@ def parse_offer(body: bytes, max_bytes: int) -> SmallWebRTCRequest:
         raise OfferError("the offer has no audio track")
     if pc_id is not None and not isinstance(pc_id, str):
         raise OfferError("'pc_id' must be a string")
-    return SmallWebRTCRequest(sdp=sdp, type=kind, pc_id=pc_id, restart_pc=bool(data.get("restart_pc")))
+    return SmallWebRTCRequest(
+        sdp=sdp, type=kind, pc_id=pc_id, restart_pc=bool(data.get("restart_pc"))
+    )
 
 
 class WebRTCServer:

@@ -15,7 +15,9 @@ from tests.test_webrtc import server  # noqa: F401  (the running server fixture)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
 async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question_wavs, tmp_path):  # noqa: F811
     app, url = server
     import soundfile as sf
@@ -24,15 +26,26 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
     speech, rate = sf.read(str(path), dtype="int16")
     # Chromium loops the file as its microphone: speech, then a long pause to answer in.
     pause = np.zeros(rate * 8, np.int16)
-    mic = write_wav(tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate)
+    mic = write_wav(
+        tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate
+    )
     before = set(app.state.server.sessions)
     browser = subprocess.Popen(
         [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-            f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0",
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}",
+            "--autoplay-policy=no-user-gesture-required",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--remote-debugging-port=0",
             f"{url}/?autostart=1",
         ],
         stdout=subprocess.DEVNULL,

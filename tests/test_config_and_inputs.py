@@ -62,16 +62,31 @@ def test_unknown_key_from_the_command_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     run = subprocess.run(
-        [sys.executable, "run_agent.py", "--config", str(bad), "--transport", "file",
-         "--input", "x.wav", "--output", "y.wav"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "run_agent.py",
+            "--config",
+            str(bad),
+            "--transport",
+            "file",
+            "--input",
+            "x.wav",
+            "--output",
+            "y.wav",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert "unknown key 'tts.pitch'" in run.stderr
 
 
 def test_missing_package_says_what_to_install():
-    ref = ModelRef(package="no_such_model_package", file="m.bin", install="pip install no-such-model-package")
+    ref = ModelRef(
+        package="no_such_model_package", file="m.bin", install="pip install no-such-model-package"
+    )
     with pytest.raises(ModelNotFoundError, match="pip install no-such-model-package"):
         resolve_model(ref, "asr")
 
@@ -104,7 +119,9 @@ def split_package(tmp_path, monkeypatch):
 
 def test_split_parts_are_assembled_once_and_checked(split_package):
     blob, parts = split_package
-    ref = ModelRef(parts=parts, file="model.bin", size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    ref = ModelRef(
+        parts=parts, file="model.bin", size=len(blob), sha256=hashlib.sha256(blob).hexdigest()
+    )
     path = resolve_model(ref, "llm")
     assert path.read_bytes() == blob
     mtime = path.stat().st_mtime_ns
@@ -126,6 +143,7 @@ def test_wrong_size_parts_are_refused(split_package):
 
 
 # --- WAV inputs of file mode ---------------------------------------------------------
+
 
 def _tone(secs: float, rate: int) -> np.ndarray:
     t = np.arange(int(secs * rate)) / rate
@@ -152,7 +170,9 @@ def test_empty_wav(tmp_path):
 
 def test_stereo_wav_is_mixed_down_and_said_so(tmp_path):
     mono = _tone(0.5, 16000)
-    stereo = write_wav(tmp_path / "stereo.wav", np.stack([mono, mono], axis=1).reshape(-1), 16000, channels=2)
+    stereo = write_wav(
+        tmp_path / "stereo.wav", np.stack([mono, mono], axis=1).reshape(-1), 16000, channels=2
+    )
     samples, notes = load_input_wav(stereo, 16000)
     assert len(samples) == len(mono)
     assert any("mixed down to mono" in n for n in notes)
@@ -168,9 +188,22 @@ def test_other_rate_is_resampled_and_said_so(tmp_path):
 def test_cli_reports_a_bad_wav_without_loading_models(tmp_path):
     empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000)
     run = subprocess.run(
-        [sys.executable, "run_agent.py", "--config", "tiny", "--transport", "file",
-         "--input", str(empty), "--output", str(tmp_path / "out.wav")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "run_agent.py",
+            "--config",
+            "tiny",
+            "--transport",
+            "file",
+            "--input",
+            str(empty),
+            "--output",
+            str(tmp_path / "out.wav"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert "no audio" in run.stderr and "empty.wav" in run.stderr

@@ -13,7 +13,9 @@ from tests.conftest import BARGE_IN, speak, wer
 async def test_spoken_questions_get_spoken_answers(stack, question_wavs, transcribe, tmp_path):
     chosen = question_wavs[:2]
     output, log = tmp_path / "reply.wav", tmp_path / "reply.json"
-    result = await run_files(stack, [FileTurn(p) for p, _ in chosen], output_path=output, log_path=log)
+    result = await run_files(
+        stack, [FileTurn(p) for p, _ in chosen], output_path=output, log_path=log
+    )
 
     assert len(result.turns) == 2
     rate = result.output_sample_rate
@@ -24,7 +26,13 @@ async def test_spoken_questions_get_spoken_answers(stack, question_wavs, transcr
         # What the bot said out loud is what the LLM wrote.
         assert wer(turn["reply"], transcribe(audio, rate)) <= 0.35, turn
         stages = turn["latency_secs"]
-        for stage in ("voice_to_voice", "turn_end_detection", "asr", "llm_first_sentence", "tts_first_audio"):
+        for stage in (
+            "voice_to_voice",
+            "turn_end_detection",
+            "asr",
+            "llm_first_sentence",
+            "tts_first_audio",
+        ):
             assert stages[stage] is not None and stages[stage] >= 0, (stage, stages)
 
     logged = json.loads(log.read_text())
@@ -66,9 +74,13 @@ async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, quest
     ]
     result = await run_files(stack, turns)
 
-    user_messages = [m["content"] for m in result.session.context.get_messages() if m["role"] == "user"]
+    user_messages = [
+        m["content"] for m in result.session.context.get_messages() if m["role"] == "user"
+    ]
     assert len(user_messages) == 2, user_messages
-    assert wer(text1, user_messages[0]) <= 0.2 and wer(text2, user_messages[1]) <= 0.2, user_messages
+    assert wer(text1, user_messages[0]) <= 0.2 and wer(text2, user_messages[1]) <= 0.2, (
+        user_messages
+    )
     assert not any("banana" in m.lower() for m in user_messages)
     assert not any("banana" in t.text.lower() for t in result.session.state.user_turns)
     # All of the barge-in audio was dropped at the gate, before speech recognition.

@@ -6,7 +6,10 @@ from pipelines.services import trim_history
 def _conversation(exchanges: int) -> list[dict]:
     messages = [{"role": "system", "content": "be brief"}]
     for i in range(exchanges):
-        messages += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+        messages += [
+            {"role": "user", "content": f"q{i}"},
+            {"role": "assistant", "content": f"a{i}"},
+        ]
     return messages + [{"role": "user", "content": "now"}]
 
 

@@ -34,7 +34,9 @@ async def server(stack):
     await asyncio.wait_for(task, timeout=30)
 
 
-async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(server, question_wavs, transcribe):
+async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
+    server, question_wavs, transcribe
+):
     app, url = server
     import soundfile as sf
 
@@ -52,7 +54,9 @@ async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(server, questi
         users = [m["content"] for m in messages if m["role"] == "user"]
         # The assistant message is written once the reply has played; allow it a moment.
         for _ in range(50):
-            assistants = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+            assistants = [
+                m["content"] for m in session.context.get_messages() if m["role"] == "assistant"
+            ]
             if assistants:
                 break
             await asyncio.sleep(0.1)
