@@ -33,6 +33,9 @@ class ASRConfig(_Section):
     # Whisper's own no-speech probability above which a segment is dropped as noise.
     no_speech_prob: float = Field(0.6, ge=0, le=1)
     beam_size: int = Field(1, ge=1, le=10)
+    # Encode each turn over its own length (at least 10 s) instead of Whisper's 30 s
+    # window: 4-5x faster on a CPU for the same words (agent/asr.py).
+    utterance_window: bool = True
     # CTranslate2 threads; 0 lets it choose. On 2 cores, 2 leaves nothing oversubscribed.
     cpu_threads: int = Field(0, ge=0)
 

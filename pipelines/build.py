@@ -107,6 +107,7 @@ def build_session(
     stt = SharedWhisperSTTService(
         model=stack.whisper,
         beam_size=config.asr.beam_size,
+        utterance_window=config.asr.utterance_window,
         settings=SharedWhisperSTTService.Settings(
             language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
         ),

@@ -15,6 +15,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
+from agent.asr import ShortUtteranceWhisper
 from agent.llm import LocalLLM
 from agent.session import SessionState
 from tts.base import SpeechEngine, SpokenAudio
@@ -25,35 +26,15 @@ _DONE = object()
 class SharedWhisperSTTService(WhisperSTTService):
     """Pipecat's faster-whisper service, reading a WhisperModel loaded once per process."""
 
-    def __init__(self, *, model, beam_size: int = 1, **kwargs):
+    def __init__(self, *, model, beam_size: int = 1, utterance_window: bool = True, **kwargs):
         # WhisperSTTService.__init__ calls _load(); the shared model must be in place first.
-        self._shared_model = model
-        self._beam_size = beam_size
+        self._shared_model = ShortUtteranceWhisper(
+            model, beam_size=beam_size, utterance_window=utterance_window
+        )
         super().__init__(**kwargs)
 
     def _load(self):
-        # Greedy decoding without timestamps: one short utterance needs neither beams
-        # nor segment times, and both cost latency on a CPU.
-        self._model = _WhisperWithOptions(
-            self._shared_model,
-            beam_size=self._beam_size,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-        )
-
-
-class _WhisperWithOptions:
-    """Passes decoding options Pipecat's service does not expose (greedy decoding is 3x faster)."""
-
-    def __init__(self, model, **options):
-        self._model = model
-        self._options = options
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def transcribe(self, audio, **kwargs):
-        return self._model.transcribe(audio, **{**self._options, **kwargs})
+        self._model = self._shared_model
 
 
 class LocalLLMService(OpenAILLMService):

@@ -1,0 +1,39 @@
+"""Whisper over the utterance's own window hears what the full 30 s window hears."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.asr import ShortUtteranceWhisper
+from tests.conftest import QUESTIONS, speak, wer
+
+
+def test_utterance_window_transcribes_like_the_full_window(stack):
+    short = ShortUtteranceWhisper(stack.whisper, utterance_window=True)
+    full = ShortUtteranceWhisper(stack.whisper, utterance_window=False)
+    refs, short_hyps, full_hyps = [], [], []
+    for question in QUESTIONS:
+        audio = speak(stack, question).astype(np.float32) / 32768
+        audio = np.concatenate([audio, np.zeros(8000, np.float32)])
+        refs.append(question)
+        short_hyps.append(" ".join(s.text for s in short.transcribe(audio, language="en")[0]))
+        full_hyps.append(" ".join(s.text for s in full.transcribe(audio, language="en")[0]))
+    short_wer = np.mean([wer(r, h) for r, h in zip(refs, short_hyps)])
+    full_wer = np.mean([wer(r, h) for r, h in zip(refs, full_hyps)])
+    assert short_wer <= full_wer + 0.05, (short_hyps, full_hyps)
+    assert short_wer <= 0.15, short_hyps
+
+
+def test_silence_is_not_transcribed_as_words(stack):
+    short = ShortUtteranceWhisper(stack.whisper)
+    segments, _ = short.transcribe(np.zeros(16000 * 2, np.float32), language="en")
+    # Pipecat's service drops segments Whisper itself thinks are not speech.
+    assert all(s.no_speech_prob > 0.5 or not s.text.strip() for s in segments), segments
+
+
+def test_long_audio_uses_the_ordinary_path(stack):
+    short = ShortUtteranceWhisper(stack.whisper, max_short_secs=1.0)
+    audio = speak(stack, QUESTIONS[0]).astype(np.float32) / 32768
+    segments, info = short.transcribe(audio, language="en")
+    assert info is not None  # faster-whisper's own result, with its TranscriptionInfo
+    assert wer(QUESTIONS[0], " ".join(s.text for s in segments)) <= 0.2
