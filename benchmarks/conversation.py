@@ -49,7 +49,11 @@ QUESTIONS = [
 
 
 def clean(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+    """Lower case, no punctuation, numbers as words ("7" and "seven" are the same word)."""
+    from num2words import num2words
+
+    text = re.sub(r"\d+", lambda m: f" {num2words(int(m.group()))} ", text.lower())
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split())
 
 
 def corpus_wer(references: list[str], hypotheses: list[str]) -> float:

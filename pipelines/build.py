@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -34,7 +33,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from agent.config import AgentConfig
 from agent.session import SessionState
 from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
-from pipelines.smart_turn import SharedSmartTurnAnalyzer
+from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.services import EngineTTSService, LocalLLMService, SharedWhisperSTTService
 from pipelines.stack import ModelStack
 from pipelines.turn_recorder import UserTurnRecorder
@@ -120,7 +119,7 @@ def build_session(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=SileroVADAnalyzer(params=vad_params(config)),
+            vad_analyzer=SharedSileroVADAnalyzer(session=stack.silero, params=vad_params(config)),
             user_turn_strategies=_turn_strategies(stack),
         ),
     )

@@ -20,9 +20,10 @@ class ModelStack:
     whisper: object
     llm: LocalLLM | None  # None when the LLM is an OpenAI-compatible server
     speech: SpeechEngine
-    smart_turn: object | None = (
-        None  # shared Smart Turn ONNX session, when turn.end_detection uses it
-    )
+    # Shared ONNX sessions of the per-session analyzers (pipelines/shared_analyzers.py);
+    # smart_turn is None unless turn.end_detection is smart-turn.
+    silero: object | None = None
+    smart_turn: object | None = None
     load_secs: dict[str, float] = field(default_factory=dict)
 
 
@@ -57,11 +58,10 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     speech = load_speech_engine(config)
     times["tts"] = time.perf_counter() - start
 
-    smart_turn = None
-    if config.turn.end_detection == "smart-turn":
-        from pipelines.smart_turn import load_smart_turn_session
+    from pipelines.shared_analyzers import load_silero_session, load_smart_turn_session
 
-        smart_turn = load_smart_turn_session()
+    silero = load_silero_session()
+    smart_turn = load_smart_turn_session() if config.turn.end_detection == "smart-turn" else None
 
     if warm_up:
         start = time.perf_counter()
@@ -76,6 +76,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         whisper=whisper,
         llm=llm,
         speech=speech,
+        silero=silero,
         smart_turn=smart_turn,
         load_secs=times,
     )

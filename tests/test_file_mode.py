@@ -46,7 +46,7 @@ async def test_spoken_questions_get_spoken_answers(stack, question_wavs, transcr
 
 
 async def test_each_user_turn_is_captured_with_its_transcript(stack, question_wavs, tmp_path):
-    path, question = question_wavs[2]
+    path, question = question_wavs[0]
     result = await run_files(stack, [FileTurn(path)])
     turns = list(result.session.state.user_turns)
     assert len(turns) == 1

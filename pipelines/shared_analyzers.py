@@ -1,0 +1,68 @@
+"""Pipecat's Silero VAD and Smart Turn v3 analyzers with their ONNX sessions shared.
+
+Each analyzer keeps per-conversation state (Silero's recurrent state, Smart Turn's audio),
+so each session needs its own instance, but the models are read-only: loading each once
+saves its memory in every session. onnxruntime sessions may be run from several threads
+at once.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import onnxruntime as ort
+from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+
+
+def _single_thread_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = 1
+    return options
+
+
+def load_silero_session() -> ort.InferenceSession:
+    """Pipecat's bundled Silero VAD model, with the options its analyzer uses."""
+    path = resources.files("pipecat.audio.vad.data").joinpath("silero_vad.onnx")
+    return ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"], sess_options=_single_thread_options()
+    )
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    def __init__(self, *, session: ort.InferenceSession, params: VADParams, **kwargs):
+        # Skips SileroVADAnalyzer.__init__, which loads the model, and sets what it sets.
+        VADAnalyzer.__init__(self, params=params, **kwargs)
+        model = SileroOnnxModel.__new__(SileroOnnxModel)
+        model.session = session
+        model.sample_rates = [8000, 16000]
+        model.reset_states()
+        self._model = model
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+
+
+def load_smart_turn_session() -> ort.InferenceSession:
+    """The bundled Smart Turn model, built with the options Pipecat's analyzer uses."""
+    from importlib import resources
+
+    path = resources.files("pipecat.audio.turn.smart_turn.data").joinpath(
+        "smart-turn-v3.2-cpu.onnx"
+    )
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options)
+
+
+class SharedSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
+    def __init__(self, *, session: ort.InferenceSession, **kwargs):
+        # Skips LocalSmartTurnAnalyzerV3.__init__, whose only other job is loading the model.
+        BaseSmartTurn.__init__(self, **kwargs)
+        self._log_data = False
+        self._session = session
