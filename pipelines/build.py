@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import OutputTransportMessageUrgentFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -128,11 +129,23 @@ def build_session(
         vad_stop_secs=config.vad.stop_secs, llm=llm, tts=tts, reply_watcher=watcher
     )
 
+    async def tell_client(role: str, text: str):
+        # Reaches the browser page over the WebRTC data channel; other transports drop it.
+        message = {"type": "conversation", "role": role, "text": text}
+        await worker.queue_frame(OutputTransportMessageUrgentFrame(message=message))
+
     @aggregators.user().event_handler("on_user_turn_stopped")
     async def _on_user_turn_stopped(_aggregator, _strategy, message):
         if not message.content:
             gate.nothing_to_reply()
             timeline.no_reply()
+        else:
+            await tell_client("user", message.content)
+
+    @aggregators.assistant().event_handler("on_assistant_turn_stopped")
+    async def _on_assistant_turn_stopped(_aggregator, message):
+        if message.content:
+            await tell_client("bot", message.content)
 
     @tts.event_handler("on_synthesis_started")
     async def _on_synthesis_started(_tts, _text):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import time
 
 import aiohttp
@@ -78,6 +79,8 @@ class WebRTCCaller:
         self._heard: list[tuple[float, np.ndarray]] = []
         self._reader: asyncio.Task | None = None
         self.pc_id: str | None = None
+        # Messages the server sends over the data channel (what it heard and answered).
+        self.messages: list[dict] = []
 
         @self.pc.on("track")
         def on_track(track):
@@ -98,6 +101,15 @@ class WebRTCCaller:
 
     async def connect(self, timeout: float = 30.0):
         self.pc.addTrack(self.mic)
+        channel = self.pc.createDataChannel("messages")
+
+        @channel.on("message")
+        def on_message(data):
+            try:
+                self.messages.append(json.loads(data))
+            except (TypeError, ValueError):
+                pass
+
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
         async with aiohttp.ClientSession() as http:

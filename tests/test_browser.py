@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import socket
 import subprocess
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -13,6 +16,29 @@ from tests.conftest import wer, write_wav
 from tests.test_webrtc import server  # noqa: F401  (the running server fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def page_text(devtools_port: int, element_id: str) -> str:
+    """The text of an element of the open page, read over Chromium's DevTools protocol."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{devtools_port}/json") as response:
+            pages = [t for t in await response.json() if t["type"] == "page"]
+        async with http.ws_connect(pages[0]["webSocketDebuggerUrl"]) as ws:
+            expression = f"document.getElementById({json.dumps(element_id)}).innerText"
+            await ws.send_json(
+                {"id": 1, "method": "Runtime.evaluate", "params": {"expression": expression}}
+            )
+            async for message in ws:
+                data = json.loads(message.data)
+                if data.get("id") == 1:
+                    return data["result"]["result"].get("value", "")
+    return ""
 
 
 @pytest.mark.skipif(
@@ -30,6 +56,7 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
         tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate
     )
     before = set(app.state.server.sessions)
+    devtools_port = _free_port()
     browser = subprocess.Popen(
         [
             CHROMIUM,
@@ -45,7 +72,7 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
             f"--use-file-for-fake-audio-capture={mic}",
             "--autoplay-policy=no-user-gesture-required",
             f"--user-data-dir={tmp_path / 'profile'}",
-            "--remote-debugging-port=0",
+            f"--remote-debugging-port={devtools_port}",
             f"{url}/?autostart=1",
         ],
         stdout=subprocess.DEVNULL,
@@ -65,6 +92,15 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
         users = [m["content"] for m in messages if m["role"] == "user"]
         assert users and wer(question, users[0]) <= 0.25, users
         assert any(m["role"] == "assistant" and m["content"].strip() for m in messages), messages
+        # The page shows the conversation it had.
+        reply = next(m["content"] for m in messages if m["role"] == "assistant")
+        shown = ""
+        for _ in range(50):
+            shown = await page_text(devtools_port, "conversation")
+            if "Bot:" in shown:
+                break
+            await asyncio.sleep(0.1)
+        assert f"You: {users[0]}" in shown and f"Bot: {reply}" in shown, shown
     finally:
         browser.terminate()
         browser.wait(timeout=10)

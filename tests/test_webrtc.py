@@ -64,6 +64,15 @@ async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
         assert assistants, messages
         heard = transcribe(reply_audio, caller.record_rate)
         assert wer(assistants[0], heard) <= 0.35, (assistants[0], heard)
+        # The page is told what was heard and answered, over the data channel.
+        for _ in range(50):
+            if any(m.get("role") == "bot" for m in caller.messages):
+                break
+            await asyncio.sleep(0.1)
+        conversation = [
+            (m["role"], m["text"]) for m in caller.messages if m.get("type") == "conversation"
+        ]
+        assert conversation == [("user", users[0]), ("bot", assistants[0])], caller.messages
     finally:
         await caller.close()
 
