@@ -129,10 +129,13 @@ def build_session(
         vad_stop_secs=config.vad.stop_secs, llm=llm, tts=tts, reply_watcher=watcher
     )
 
-    async def tell_client(role: str, text: str):
+    async def tell_client(message: dict):
         # Reaches the browser page over the WebRTC data channel; other transports drop it.
-        message = {"type": "conversation", "role": role, "text": text}
         await worker.queue_frame(OutputTransportMessageUrgentFrame(message=message))
+
+    @gate.event_handler("on_listening_changed")
+    async def _on_listening_changed(_gate, listening: bool):
+        await tell_client({"type": "state", "state": "listening" if listening else "replying"})
 
     @aggregators.user().event_handler("on_user_turn_stopped")
     async def _on_user_turn_stopped(_aggregator, _strategy, message):
@@ -140,12 +143,12 @@ def build_session(
             gate.nothing_to_reply()
             timeline.no_reply()
         else:
-            await tell_client("user", message.content)
+            await tell_client({"type": "conversation", "role": "user", "text": message.content})
 
     @aggregators.assistant().event_handler("on_assistant_turn_stopped")
     async def _on_assistant_turn_stopped(_aggregator, message):
         if message.content:
-            await tell_client("bot", message.content)
+            await tell_client({"type": "conversation", "role": "bot", "text": message.content})
 
     @tts.event_handler("on_synthesis_started")
     async def _on_synthesis_started(_tts, _text):

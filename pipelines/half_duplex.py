@@ -12,7 +12,6 @@ bot is audibly speaking, not the gap while the LLM and TTS are still working.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -35,7 +34,8 @@ class HalfDuplexGate(FrameProcessor):
         self._closed = False
         self._reopen_task: asyncio.Task | None = None
         self.dropped_audio_secs = 0.0
-        self.closed_at: float | None = None
+        # on_listening_changed(gate, listening: bool): for clients that show the bot's state.
+        self._register_event_handler("on_listening_changed")
 
     @property
     def listening(self) -> bool:
@@ -50,7 +50,10 @@ class HalfDuplexGate(FrameProcessor):
                 )
                 return
         elif isinstance(frame, UserStoppedSpeakingFrame):
+            was_listening = not self._closed
             self._close()
+            if was_listening:
+                await self._call_event_handler("on_listening_changed", False)
         elif isinstance(frame, ErrorFrame) and self._closed:
             # A failed reply would otherwise leave the user unheard until the time-out.
             self.reply_finished(tail_secs=0.0)
@@ -60,7 +63,6 @@ class HalfDuplexGate(FrameProcessor):
         if not self._closed:
             logger.debug(f"{self}: user turn ended, not listening until the reply has played")
         self._closed = True
-        self.closed_at = time.monotonic()
         # If no reply ever plays (an LLM that hangs), listen again after a while.
         self._schedule_reopen(self._max_reply_wait_secs)
 
@@ -82,6 +84,7 @@ class HalfDuplexGate(FrameProcessor):
         await asyncio.sleep(delay)
         self._closed = False
         logger.debug(f"{self}: listening again")
+        await self._call_event_handler("on_listening_changed", True)
 
     async def cleanup(self):
         if self._reopen_task and not self._reopen_task.done():

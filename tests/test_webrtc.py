@@ -69,6 +69,13 @@ async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
             if any(m.get("role") == "bot" for m in caller.messages):
                 break
             await asyncio.sleep(0.1)
+        # ...and when the bot stops and starts listening again.
+        for _ in range(50):
+            states = [m["state"] for m in caller.messages if m.get("type") == "state"]
+            if states[-1:] == ["listening"]:
+                break
+            await asyncio.sleep(0.1)
+        assert states == ["replying", "listening"], caller.messages
         conversation = [
             (m["role"], m["text"]) for m in caller.messages if m.get("type") == "conversation"
         ]
