@@ -102,6 +102,10 @@ class PiperVoiceConfig(_Section):
 
 class TTSConfig(_Section):
     engine: Literal["piper"] = "piper"
+    # A reply's first clause (up to a comma, semicolon or colon) is spoken on its own once
+    # it has this many words, so the voice starts before the first sentence is written.
+    # 0 speaks whole sentences only.
+    first_clause_min_words: int = Field(4, ge=0)
     piper: PiperVoiceConfig | None = None
 
     @model_validator(mode="after")

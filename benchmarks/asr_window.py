@@ -37,8 +37,19 @@ def human_recordings() -> list[tuple[str, np.ndarray]]:
     if not root.exists():
         SPEECH_DIR.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             "pocketsphinx==5.1.1", "-d", str(SPEECH_DIR)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "pocketsphinx==5.1.1",
+                "-d",
+                str(SPEECH_DIR),
+            ],
             check=True,
         )
         with tarfile.open(SPEECH_DIR / "pocketsphinx-5.1.1.tar.gz") as archive:
@@ -46,7 +57,9 @@ def human_recordings() -> list[tuple[str, np.ndarray]]:
     clips = []
     for wav in sorted(glob.glob(str(root / "librivox" / "*.wav"))):
         audio, rate = sf.read(wav, dtype="float32")
-        clips.append((Path(wav).with_suffix(".txt").read_text().strip(), soxr.resample(audio, rate, 16000)))
+        clips.append(
+            (Path(wav).with_suffix(".txt").read_text().strip(), soxr.resample(audio, rate, 16000))
+        )
     raw = np.fromfile(root / "goforward.raw", dtype=np.int16).astype(np.float32) / 32768
     clips.append(("go forward ten meters", raw))
     return clips
@@ -57,7 +70,9 @@ def piper_questions(config) -> list[tuple[str, np.ndarray]]:
     clips = []
     for question in QUESTIONS:
         audio = np.concatenate(list(engine.synthesize(question, SpeechContext())))
-        clips.append((question, soxr.resample(audio.astype(np.float32) / 32768, engine.sample_rate, 16000)))
+        clips.append(
+            (question, soxr.resample(audio.astype(np.float32) / 32768, engine.sample_rate, 16000))
+        )
     return clips
 
 
@@ -72,12 +87,17 @@ def evaluate(transcriber, clips) -> dict:
         times.append(time.perf_counter() - start)
         refs.append(clean(ref))
         hyps.append(clean(" ".join(s.text for s in segments)))
-    return {"wer": round(jiwer.wer(refs, hyps), 4), "ms_p50": round(float(np.median(times)) * 1000),
-            "ms_p95": round(float(np.percentile(times, 95)) * 1000)}
+    return {
+        "wer": round(jiwer.wer(refs, hyps), 4),
+        "ms_p50": round(float(np.median(times)) * 1000),
+        "ms_p95": round(float(np.percentile(times, 95)) * 1000),
+    }
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="default")
     args = parser.parse_args()
     from faster_whisper import WhisperModel
@@ -85,13 +105,21 @@ def main():
     from agent.models import resolve_model
 
     config = load_config(args.config)
-    model = WhisperModel(str(resolve_model(config.asr.model, "asr")), compute_type=config.asr.compute_type,
-                         cpu_threads=config.asr.cpu_threads)
-    sets = {"human (pocketsphinx sdist)": human_recordings(), "piper questions": piper_questions(config)}
+    model = WhisperModel(
+        str(resolve_model(config.asr.model, "asr")),
+        compute_type=config.asr.compute_type,
+        cpu_threads=config.asr.cpu_threads,
+    )
+    sets = {
+        "human (pocketsphinx sdist)": human_recordings(),
+        "piper questions": piper_questions(config),
+    }
     report = {}
     for name, clips in sets.items():
         report[name] = {
-            window: evaluate(ShortUtteranceWhisper(model, utterance_window=window == "utterance"), clips)
+            window: evaluate(
+                ShortUtteranceWhisper(model, utterance_window=window == "utterance"), clips
+            )
             for window in ("full", "utterance")
         }
         report[name]["clips"] = len(clips)

@@ -48,6 +48,23 @@ QUESTIONS = [
 ]
 
 
+# Questions that get answers of more than a few words, where clause streaming can matter.
+OPEN_QUESTIONS = [
+    "Tell me about the city of Paris.",
+    "Why do leaves change color in autumn?",
+    "How does a bicycle stay upright?",
+    "What should I pack for a beach trip?",
+    "Why is the ocean salty?",
+    "How do bees make honey?",
+    "What is a good way to start learning to cook?",
+    "Why do we need sleep?",
+    "How do airplanes fly?",
+    "What makes a good friend?",
+    "Why is exercise good for you?",
+    "How do plants grow?",
+]
+
+
 def clean(text: str) -> str:
     """Lower case, no punctuation, numbers as words ("7" and "seven" are the same word)."""
     from num2words import num2words
@@ -74,10 +91,12 @@ def write_wav(path: Path, samples: np.ndarray, rate: int):
         out.writeframes(samples.astype(np.int16).tobytes())
 
 
-def speak_questions(stack, voice: str, folder: Path, count: int) -> list[tuple[Path, str]]:
+def speak_questions(
+    stack, voice: str, folder: Path, count: int, questions: list[str]
+) -> list[tuple[Path, str]]:
     items = []
     for i in range(count):
-        text = QUESTIONS[i % len(QUESTIONS)]
+        text = questions[i % len(questions)]
         path = folder / f"q{i:02d}.wav"
         if voice == "espeak":
             subprocess.run(
@@ -93,10 +112,14 @@ def speak_questions(stack, voice: str, folder: Path, count: int) -> list[tuple[P
 
 async def run(args) -> dict:
     started = time.perf_counter()
-    stack = load_stack(load_config(args.config))
+    config = load_config(args.config)
+    if args.first_clause_min_words is not None:
+        config.tts.first_clause_min_words = args.first_clause_min_words
+    stack = load_stack(config)
     load_secs = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        questions = speak_questions(stack, args.voice, Path(tmp), args.turns)
+        asked = OPEN_QUESTIONS if args.questions == "open" else QUESTIONS
+        questions = speak_questions(stack, args.voice, Path(tmp), args.turns, asked)
         result = await run_files(stack, [FileTurn(p) for p, _ in questions])
 
     def transcribe(audio: np.ndarray, rate: int) -> str:
@@ -112,6 +135,8 @@ async def run(args) -> dict:
     report = {
         "config": args.config,
         "voice": args.voice,
+        "questions": args.questions,
+        "first_clause_min_words": config.tts.first_clause_min_words,
         "turns": len(turns),
         "model_load_secs": round(load_secs, 2),
         "question_wer": round(
@@ -140,6 +165,17 @@ def main():
     parser.add_argument("--config", default="default")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--voice", choices=["piper", "espeak"], default="piper")
+    parser.add_argument(
+        "--questions",
+        choices=["short", "open"],
+        default="short",
+        help="short: factual one-liners; open: questions with longer answers",
+    )
+    parser.add_argument(
+        "--first-clause-min-words",
+        type=int,
+        help="override tts.first_clause_min_words (0: whole sentences only)",
+    )
     parser.add_argument("--out", default="out/benchmarks/conversation.json")
     args = parser.parse_args()
     if args.voice == "espeak" and not shutil.which("espeak-ng"):
@@ -153,6 +189,8 @@ def main():
         for k in (
             "config",
             "voice",
+            "questions",
+            "first_clause_min_words",
             "turns",
             "question_wer",
             "reply_round_trip_wer",

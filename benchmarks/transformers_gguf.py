@@ -29,7 +29,10 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     print("load_secs", round(time.perf_counter() - start, 1))
     messages = [
-        {"role": "system", "content": "You are a friendly voice assistant. Answer in one or two short spoken sentences."},
+        {
+            "role": "system",
+            "content": "You are a friendly voice assistant. Answer in one or two short spoken sentences.",
+        },
         {"role": "user", "content": "Tell me about the city of Paris."},
     ]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")

@@ -113,7 +113,11 @@ def build_session(
         ),
     )
     llm = _llm_service(stack)
-    tts = EngineTTSService(engine=stack.speech, session=state)
+    tts = EngineTTSService(
+        engine=stack.speech,
+        session=state,
+        first_clause_min_words=config.tts.first_clause_min_words,
+    )
     watcher = ReplyPlayedWatcher(gate)
 
     context = LLMContext()

@@ -12,12 +12,13 @@ from openai.types.chat import ChatCompletionChunk
 from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TTSService
+from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agent.asr import ShortUtteranceWhisper
 from agent.llm import LocalLLM
 from agent.session import SessionState
+from pipelines.first_clause import FirstClauseAggregator
 from tts.base import SpeechEngine, SpokenAudio
 
 _DONE = object()
@@ -122,13 +123,28 @@ class _ThreadedChunkStream:
 class EngineTTSService(TTSService):
     """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio."""
 
-    def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
+    def __init__(
+        self,
+        *,
+        engine: SpeechEngine,
+        session: SessionState,
+        first_clause_min_words: int = 0,
+        **kwargs,
+    ):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
             settings=TTSSettings(model=None, voice=None, language=None),
             **kwargs,
         )
+        if first_clause_min_words > 0:
+            # TTSService builds its sentence aggregator itself and offers no argument for
+            # another one; this replaces it right after construction, before any text.
+            self._text_aggregator = FirstClauseAggregator(
+                min_words=first_clause_min_words,
+                aggregation_type=TextAggregationMode.SENTENCE,
+                language=self._text_aggregator.language,
+            )
         self._engine = engine
         self._session = session
         # Fired as synthesis of each sentence begins; the turn timeline uses it.
