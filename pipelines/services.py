@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 
 import numpy as np
 from loguru import logger
@@ -84,40 +84,66 @@ def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
     return system + rest[2 * drop :]
 
 
-class _ThreadedChunkStream:
-    """An async iterator over chunks produced by LocalLLM in a worker thread."""
+class _ThreadFedIterator:
+    """The items a blocking iterator yields on another thread, as an async iterator.
 
-    def __init__(self, llm: LocalLLM, messages: list[dict], **options):
+    ``run`` starts ``produce`` on some thread. Items cross to the event loop through a
+    queue; an exception raised by the iterator is raised again by ``__anext__``.
+    """
+
+    def __init__(self, items: Callable[[], Iterable], run: Callable[[Callable[[], None]], object]):
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._stop = threading.Event()
         loop = asyncio.get_running_loop()
+        put = self._queue.put_nowait
 
         def produce():
             try:
-                for chunk in llm.stream_chat(messages, should_stop=self._stop, **options):
-                    loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
-            except Exception as e:  # surfaced to Pipecat, which reports it as an ErrorFrame
-                loop.call_soon_threadsafe(self._queue.put_nowait, e)
+                for item in items():
+                    loop.call_soon_threadsafe(put, item)
+            except Exception as e:
+                loop.call_soon_threadsafe(put, e)
             finally:
-                loop.call_soon_threadsafe(self._queue.put_nowait, _DONE)
+                loop.call_soon_threadsafe(put, _DONE)
 
-        llm.submit(produce)
+        run(produce)
 
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> ChatCompletionChunk:
+    async def __anext__(self):
         item = await self._queue.get()
         if item is _DONE:
             raise StopAsyncIteration
         if isinstance(item, Exception):
             raise item
-        item.setdefault("object", "chat.completion.chunk")
-        return ChatCompletionChunk.model_validate(item)
+        return item
+
+
+class _ThreadedChunkStream:
+    """LocalLLM's chunks, generated on the model's own thread, as Pipecat's chunk stream."""
+
+    def __init__(self, llm: LocalLLM, messages: list[dict], **options):
+        self._stop = threading.Event()
+        self._chunks = _ThreadFedIterator(
+            lambda: llm.stream_chat(messages, should_stop=self._stop, **options), llm.submit
+        )
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        # Errors are surfaced to Pipecat, which reports them as an ErrorFrame.
+        chunk = await self._chunks.__anext__()
+        chunk.setdefault("object", "chat.completion.chunk")
+        return ChatCompletionChunk.model_validate(chunk)
 
     async def aclose(self):
         # An interruption or a closing session stops generation at the next token.
         self._stop.set()
+
+
+def _start_thread(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, name="tts-synthesize", daemon=True).start()
 
 
 class EngineTTSService(TTSService):
@@ -157,35 +183,18 @@ class EngineTTSService(TTSService):
         engine = self._engine
         speech_context = self._session.speech_context()
         spoken: list[np.ndarray] = []
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
 
-        def produce():
-            try:
-                for chunk in engine.synthesize(text, speech_context):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except Exception as e:
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, Exception):
-                    raise item
+        async def chunks(audio) -> AsyncIterator[bytes]:
+            async for item in audio:
                 spoken.append(item)
                 yield item.tobytes()
 
         await self.start_tts_usage_metrics(text)
         await self._call_event_handler("on_synthesis_started", text)
-        worker = threading.Thread(target=produce, name="tts-synthesize", daemon=True)
-        worker.start()
+        audio = _ThreadFedIterator(lambda: engine.synthesize(text, speech_context), _start_thread)
         try:
             async for frame in self._stream_audio_frames_from_iterator(
-                chunks(), in_sample_rate=engine.sample_rate, context_id=context_id
+                chunks(audio), in_sample_rate=engine.sample_rate, context_id=context_id
             ):
                 await self.stop_ttfb_metrics()
                 yield frame
