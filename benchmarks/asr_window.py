@@ -27,7 +27,6 @@ from agent.asr import ShortUtteranceWhisper
 from agent.config import load_config
 from benchmarks.conversation import QUESTIONS, clean
 from pipelines.stack import load_speech_engine
-from tts.base import SpeechContext
 
 SPEECH_DIR = Path("out/speech")
 
@@ -69,10 +68,7 @@ def piper_questions(config) -> list[tuple[str, np.ndarray]]:
     engine = load_speech_engine(config)
     clips = []
     for question in QUESTIONS:
-        audio = np.concatenate(list(engine.synthesize(question, SpeechContext())))
-        clips.append(
-            (question, soxr.resample(audio.astype(np.float32) / 32768, engine.sample_rate, 16000))
-        )
+        clips.append((question, engine.synthesize_all(question, 16000).astype(np.float32) / 32768))
     return clips
 
 

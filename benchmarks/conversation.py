@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import jiwer
@@ -29,8 +28,8 @@ import soxr
 
 from agent.config import load_config
 from pipelines.file_mode import FileTurn, run_files
+from pipelines.file_transport import write_wav
 from pipelines.stack import load_stack
-from tts.base import SpeechContext
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -83,12 +82,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int):
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.astype(np.int16).tobytes())
+def transcribe(whisper, samples: np.ndarray, rate: int) -> str:
+    """Whisper's words for int16 ``samples`` at ``rate`` (full window, greedy)."""
+    if not len(samples):
+        return ""
+    audio = samples.astype(np.float32) / 32768
+    if rate != 16000:
+        audio = soxr.resample(audio, rate, 16000)
+    segments, _ = whisper.transcribe(audio, beam_size=1, language="en")
+    return " ".join(s.text.strip() for s in segments)
 
 
 def speak_questions(
@@ -103,9 +105,7 @@ def speak_questions(
                 ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True
             )
         else:
-            audio = np.concatenate(list(stack.speech.synthesize(text, SpeechContext())))
-            audio = soxr.resample(audio.astype(np.float32) / 32768, stack.speech.sample_rate, 16000)
-            write_wav(path, (np.clip(audio, -1, 1) * 32767).astype(np.int16), 16000)
+            write_wav(path, stack.speech.synthesize_all(text, 16000), 16000)
         items.append((path, text))
     return items
 
@@ -122,14 +122,7 @@ async def run(args) -> dict:
         questions = speak_questions(stack, args.voice, Path(tmp), args.turns, asked)
         result = await run_files(stack, [FileTurn(p) for p, _ in questions])
 
-    def transcribe(audio: np.ndarray, rate: int) -> str:
-        if not len(audio):
-            return ""
-        x = soxr.resample(audio.astype(np.float32) / 32768, rate, 16000)
-        segments, _ = stack.whisper.transcribe(x, beam_size=1, language="en")
-        return " ".join(s.text.strip() for s in segments)
-
-    heard = [transcribe(a, result.output_sample_rate) for a in result.reply_audio]
+    heard = [transcribe(stack.whisper, a, result.output_sample_rate) for a in result.reply_audio]
     turns = result.turns
     stages = sorted({k for t in turns for k in t["latency_secs"]})
     report = {

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,24 +24,16 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
-import soxr
 
 from agent.config import load_config
 from pipelines.stack import load_speech_engine
-from pipelines.webrtc_client import WebRTCCaller
-from tts.base import SpeechContext
+from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def mib(process: psutil.Process) -> float:
     return round(process.memory_info().rss / 2**20, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300) -> dict:
@@ -64,14 +55,9 @@ async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300)
 async def run(args) -> dict:
     config = load_config(args.config)
     engine = load_speech_engine(config)
-    question = np.concatenate(
-        list(engine.synthesize("What is the capital of France?", SpeechContext()))
-    )
-    question = (
-        soxr.resample(question.astype(np.float32) / 32768, engine.sample_rate, 16000) * 32767
-    ).astype(np.int16)
+    question = engine.synthesize_all("What is the capital of France?", 16000)
 
-    port = free_port()
+    port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "run_agent.py", "--config", args.config, "--port", str(port)],

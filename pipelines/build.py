@@ -34,8 +34,8 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from agent.config import AgentConfig
 from agent.session import SessionState
 from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
-from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.services import EngineTTSService, LocalLLMService, SharedWhisperSTTService
+from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.stack import ModelStack
 from pipelines.turn_recorder import UserTurnRecorder
 from pipelines.turn_timeline import TurnTimeline

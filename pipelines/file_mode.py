@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,7 @@ from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
 from pipelines.build import Session, build_session
-from pipelines.file_transport import FileTransport, load_input_wav, speech_end_offset
+from pipelines.file_transport import FileTransport, load_input_wav, speech_end_offset, write_wav
 from pipelines.stack import ModelStack
 
 GAP_BETWEEN_REPLIES_SECS = 0.5
@@ -186,10 +185,4 @@ def write_replies_wav(path: Path, replies: list[np.ndarray], sample_rate: int) -
     parts = []
     for reply in replies:
         parts += [reply, gap]
-    audio = np.concatenate(parts) if parts else np.zeros(0, np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(audio.tobytes())
+    write_wav(path, np.concatenate(parts) if parts else np.zeros(0, np.int16), sample_rate)

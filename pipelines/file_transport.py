@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,18 @@ def load_input_wav(path: str | Path, sample_rate: int) -> tuple[np.ndarray, list
     if not np.all(np.isfinite(mono)):
         raise WavInputError(f"input WAV contains invalid samples (NaN/inf): {path}")
     return (np.clip(mono, -1, 1) * 32767).astype(np.int16), notes
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int, channels: int = 1) -> Path:
+    """Write int16 samples (interleaved when ``channels`` > 1) as a WAV file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(samples.astype(np.int16).tobytes())
+    return path
 
 
 def speech_end_offset(samples: np.ndarray, sample_rate: int) -> int:

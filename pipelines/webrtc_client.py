@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import socket
 import time
 
 import aiohttp
@@ -18,6 +19,13 @@ from av import AudioFrame
 from av.audio.resampler import AudioResampler
 
 FRAME_SECS = 0.02
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server to call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ScriptedMicrophone(MediaStreamTrack):

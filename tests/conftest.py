@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import jiwer
 import numpy as np
 import pytest
-import soxr
 
 from agent.config import load_config
 from benchmarks.conversation import QUESTIONS as SPOKEN_QUESTIONS
 from benchmarks.conversation import clean
+from benchmarks.conversation import transcribe as transcribe_reply
+from pipelines.file_transport import write_wav
 from pipelines.stack import ModelStack, load_stack
-from tts.base import SpeechContext
 
 QUESTIONS = SPOKEN_QUESTIONS[:5]
 # Short enough to fit in the time the bot is busy with a turn, so none of it spills
@@ -36,18 +35,7 @@ def stack() -> ModelStack:
 
 def speak(stack: ModelStack, text: str, rate: int = 16000) -> np.ndarray:
     """The bundled voice saying ``text``, as int16 at ``rate``."""
-    audio = np.concatenate(list(stack.speech.synthesize(text, SpeechContext())))
-    audio = soxr.resample(audio.astype(np.float32) / 32768, stack.speech.sample_rate, rate)
-    return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.astype(np.int16).tobytes())
-    return path
+    return stack.speech.synthesize_all(text, rate)
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +49,4 @@ def question_wavs(stack, tmp_path_factory) -> list[tuple[Path, str]]:
 
 @pytest.fixture(scope="session")
 def transcribe(stack):
-    def run(samples: np.ndarray, rate: int) -> str:
-        audio = samples.astype(np.float32) / 32768
-        if rate != 16000:
-            audio = soxr.resample(audio, rate, 16000)
-        segments, _ = stack.whisper.transcribe(audio, beam_size=1, language="en")
-        return " ".join(s.text.strip() for s in segments)
-
-    return run
+    return lambda samples, rate: transcribe_reply(stack.whisper, samples, rate)

@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 
 import aiohttp
 import numpy as np
 import pytest
 
+from pipelines.webrtc_client import free_loopback_port
 from tests.conftest import wer, write_wav
 from tests.test_webrtc import server  # noqa: F401  (the running server fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def page_text(devtools_port: int, element_id: str) -> str:
@@ -56,7 +50,7 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
         tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate
     )
     before = set(app.state.server.sessions)
-    devtools_port = _free_port()
+    devtools_port = free_loopback_port()
     browser = subprocess.Popen(
         [
             CHROMIUM,

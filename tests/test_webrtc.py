@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import aiohttp
 import pytest
 import uvicorn
 
-from pipelines.webrtc_client import WebRTCCaller
+from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 from pipelines.webrtc_server import create_app
 from tests.conftest import wer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 async def server(stack):
     app = create_app(stack)
-    port = _free_port()
+    port = free_loopback_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(uv.serve())
     while not uv.started:

@@ -52,6 +52,17 @@ class SpeechEngine(ABC):
     def synthesize(self, text: str, context: SpeechContext) -> Iterator[np.ndarray]:
         """Yield int16 mono chunks speaking ``text``; raise ValueError for unusable text."""
 
+    def synthesize_all(self, text: str, sample_rate: int | None = None) -> np.ndarray:
+        """The whole of ``text`` spoken with no context, as int16 at ``sample_rate``
+        (the engine's own rate by default): for making test and benchmark speech."""
+        audio = np.concatenate(list(self.synthesize(text, SpeechContext())))
+        if sample_rate is None or sample_rate == self.sample_rate:
+            return audio
+        import soxr
+
+        audio = soxr.resample(audio.astype(np.float32) / 32768, self.sample_rate, sample_rate)
+        return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
     def warm_up(self) -> None:
         """Run once at start so the first real reply does not pay for lazy initialisation."""
         for _ in self.synthesize("Hello.", SpeechContext()):
