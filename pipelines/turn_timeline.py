@@ -89,6 +89,8 @@ class TurnTimeline(BaseObserver):
             turn.tts_start = time.monotonic()
 
     def _open_turn(self, now: float) -> TurnRecord:
+        # Only the current turn's frames can come round again, so the set stays small.
+        self._seen.clear()
         turn = TurnRecord(index=len(self.turns), started=now)
         self.turns.append(turn)
         self._known_speech_end = None
@@ -101,9 +103,9 @@ class TurnTimeline(BaseObserver):
         now = time.monotonic()
         turn = self.current
         if isinstance(frame, UserStartedSpeakingFrame):
-            self._seen.add(frame.id)
             if turn is None or turn.turn_end is not None:
                 self._open_turn(now)
+            self._seen.add(frame.id)
             return
         if turn is None:
             return
@@ -123,18 +125,16 @@ class TurnTimeline(BaseObserver):
         elif isinstance(frame, LLMContextUserTurnFrame):
             self._seen.add(frame.id)
             turn.transcript = frame.text.strip()
+        # Frames matched on their source are pushed by it once: no need to remember them.
         elif isinstance(frame, LLMTextFrame) and data.source is self._llm:
-            self._seen.add(frame.id)
             turn.first_llm_text = turn.first_llm_text or now
             turn.reply += frame.text
         elif isinstance(frame, TTSAudioRawFrame) and data.source is self._tts:
-            self._seen.add(frame.id)
             turn.first_tts_audio = turn.first_tts_audio or now
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._seen.add(frame.id)
             turn.bot_started = turn.bot_started or now
         elif isinstance(frame, LLMFullResponseEndFrame) and data.source is self._reply_watcher:
-            self._seen.add(frame.id)
             turn.reply_played = now
             turn.reply = turn.reply.strip()
             turn.done.set()

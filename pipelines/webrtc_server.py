@@ -37,9 +37,8 @@ class OfferError(ValueError):
     """The body of an offer request is not a usable SDP offer."""
 
 
-def parse_offer(body: bytes, max_bytes: int) -> SmallWebRTCRequest:
-    if len(body) > max_bytes:
-        raise OfferError(f"offer is {len(body)} bytes, more than the {max_bytes} allowed")
+def parse_offer(body: bytes) -> SmallWebRTCRequest:
+    """The SDP offer in a request body that _read_limited has already bounded in size."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -158,7 +157,7 @@ def create_app(stack: ModelStack) -> FastAPI:
     async def offer(request: Request):
         try:
             body = await _read_limited(request, server.config.server.max_offer_bytes)
-            answer = await server.answer(parse_offer(body, server.config.server.max_offer_bytes))
+            answer = await server.answer(parse_offer(body))
         except OfferError as e:
             logger.warning(f"rejected offer: {e}")
             return JSONResponse({"error": str(e)}, status_code=400)
