@@ -1,0 +1,351 @@
+"""The MisoTTS network: a backbone over time and a depth decoder over RVQ codebooks.
+
+Same architecture and numerics as the public MisoTTS / Sesame CSM reference (which builds
+on torchtune); written on plain torch so it needs neither torchtune nor Pipecat.
+
+A frame of input has ``audio_num_codebooks + 1`` columns: one token per codebook and a
+text token last. Each column is embedded (audio codebook ``k`` uses rows
+``k * audio_vocab_size ...`` of one shared table), masked, and the columns are summed into
+one backbone position. The backbone predicts codebook 0 of the next audio frame from its
+last position; the depth decoder then runs over codebooks 1..N-1 of that frame, starting
+from the backbone state and codebook 0's embedding.
+
+Module and parameter names follow the reference's state dict (``backbone.layers.N.attn.
+q_proj.weight``, ``...sa_norm.scale``, ``...mlp.w1.weight``...) so release checkpoints
+load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tts.miso.flavors import TransformerSizes
+
+
+@dataclass(frozen=True)
+class MisoConfig:
+    backbone: TransformerSizes
+    decoder: TransformerSizes
+    text_vocab_size: int = 128_256
+    audio_vocab_size: int = 2051
+    audio_num_codebooks: int = 32
+
+
+# ---------------------------------------------------------------------------------------
+# Transformer pieces (torchtune conventions)
+
+
+def llama3_scaled_frequencies(
+    head_dim: int,
+    base: float,
+    scale_factor: float,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    old_context_len: int = 8192,
+) -> torch.Tensor:
+    """Rotary frequencies with Llama-3's long-context scaling: low frequencies are divided
+    by ``scale_factor``, high ones kept, the band between blended. float32, as torchtune
+    computes them (the same float32 operations in the same order, so results are bit-equal).
+    """
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * freqs / scale_factor + smooth * freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / scale_factor, blended)
+    return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
+
+
+def rope_table(sizes: TransformerSizes, device: torch.device) -> torch.Tensor:
+    """(max_seq_len, head_dim/2, 2) cos/sin per position, kept in float32 whatever the
+    model dtype: bf16 angles would blur positions near the end of the context."""
+    theta = llama3_scaled_frequencies(sizes.head_dim, sizes.rope_base, sizes.scale_factor)
+    positions = torch.arange(sizes.max_seq_len, dtype=theta.dtype)
+    angles = torch.einsum("i,j->ij", positions, theta).float()
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1).to(device)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (batch, seq, heads, head_dim) by position. Like torchtune (and Meta's
+    Llama) the rotated pairs are adjacent elements (0,1), (2,3)..., not the two halves."""
+    cos_sin = table[input_pos].unsqueeze(2)  # (batch, seq, 1, head_dim/2, 2)
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+    rotated = torch.stack(
+        [pairs[..., 0] * cos - pairs[..., 1] * sin, pairs[..., 1] * cos + pairs[..., 0] * sin],
+        dim=-1,
+    )
+    return rotated.flatten(3).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 even for bf16 weights, then scale, as the reference does.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.scale).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Fixed-size key/value store written at the given positions: shapes never change, so
+    a step has no host synchronisation and compiles to one graph."""
+
+    def __init__(self, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        shape = (batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # Every row of a batch shares its positions (as in the reference generator).
+        positions = input_pos[0]
+        self.k.index_copy_(2, positions, k)
+        self.v.index_copy_(2, positions, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, sizes: TransformerSizes):
+        super().__init__()
+        self.num_heads = sizes.num_heads
+        self.num_kv_heads = sizes.num_kv_heads
+        self.head_dim = sizes.head_dim
+        self.q_proj = nn.Linear(sizes.embed_dim, sizes.num_heads * sizes.head_dim, bias=False)
+        self.k_proj = nn.Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
+        self.v_proj = nn.Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
+        self.output_proj = nn.Linear(sizes.num_heads * sizes.head_dim, sizes.embed_dim,
+                                     bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, rope, input_pos, mask):
+        b, s, _ = x.shape
+        q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), rope, input_pos)
+        k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), rope,
+                       input_pos)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        if self.num_kv_heads != self.num_heads:
+            # Query head h reads key/value head h // (num_heads / num_kv_heads).
+            group = self.num_heads // self.num_kv_heads
+            k = k.unsqueeze(2).expand(b, self.num_kv_heads, group, -1, self.head_dim).flatten(1, 2)
+            v = v.unsqueeze(2).expand(b, self.num_kv_heads, group, -1, self.head_dim).flatten(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :, :])
+        return self.output_proj(out.transpose(1, 2).contiguous().view(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, sizes: TransformerSizes):
+        super().__init__()
+        self.w1 = nn.Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
+        self.w2 = nn.Linear(sizes.intermediate_dim, sizes.embed_dim, bias=False)
+        self.w3 = nn.Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, sizes: TransformerSizes):
+        super().__init__()
+        self.sa_norm = RMSNorm(sizes.embed_dim, sizes.norm_eps)
+        self.attn = Attention(sizes)
+        self.mlp_norm = RMSNorm(sizes.embed_dim, sizes.norm_eps)
+        self.mlp = FeedForward(sizes)
+
+    def forward(self, x, rope, input_pos, mask):
+        h = x + self.attn(self.sa_norm(x), rope, input_pos, mask)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nn.Module):
+    """A Llama-3.2 decoder stack without token embedding or output projection (MisoTTS
+    feeds it summed frame embeddings and reads its hidden states)."""
+
+    def __init__(self, sizes: TransformerSizes):
+        super().__init__()
+        self.sizes = sizes
+        self.layers = nn.ModuleList(TransformerLayer(sizes) for _ in range(sizes.num_layers))
+        self.norm = RMSNorm(sizes.embed_dim, sizes.norm_eps)
+        self.rope: torch.Tensor | None = None
+
+    def setup_caches(self, batch_size: int, cache_len: int, dtype, device) -> None:
+        self.rope = rope_table(self.sizes, device)
+        for layer in self.layers:
+            layer.attn.kv_cache = KVCache(batch_size, self.sizes.num_kv_heads, cache_len,
+                                          self.sizes.head_dim, dtype, device)
+
+    def caches_are_enabled(self) -> bool:
+        return self.rope is not None
+
+    def reset_caches(self) -> None:
+        for layer in self.layers:
+            if layer.attn.kv_cache is not None:
+                layer.attn.kv_cache.reset()
+
+    def forward(self, h, input_pos, mask):
+        """``mask`` (batch, seq, cache_len): which cached positions each query may see."""
+        for layer in self.layers:
+            h = layer(h, self.rope, input_pos, mask)
+        return self.norm(h)
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_topk(logits: torch.Tensor, topk: int, temperature: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from the ``topk`` most likely at ``temperature``: (batch, 1) int.
+
+    Drawn as argmax(p / Exp(1)) rather than torch.multinomial, which synchronises with the
+    host on CUDA; same distribution, and topk=1 is exactly greedy."""
+    logits = logits / temperature
+    kth_best = torch.topk(logits, topk)[0][..., -1, None]
+    logits = logits.masked_fill(logits < kth_best, -float("inf"))
+    probs = F.softmax(F.log_softmax(logits, dim=-1), dim=-1)
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / noise, dim=-1, keepdim=True).to(torch.int)
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+
+class MisoModel(nn.Module):
+    def __init__(self, config: MisoConfig):
+        super().__init__()
+        self.config = config
+        backbone_dim, decoder_dim = config.backbone.embed_dim, config.decoder.embed_dim
+        self.backbone = Transformer(config.backbone)
+        self.decoder = Transformer(config.decoder)
+        self.text_embeddings = nn.Embedding(config.text_vocab_size, backbone_dim)
+        self.audio_embeddings = nn.Embedding(
+            config.audio_vocab_size * config.audio_num_codebooks, backbone_dim
+        )
+        self.projection = nn.Linear(backbone_dim, decoder_dim, bias=False)
+        self.codebook0_head = nn.Linear(backbone_dim, config.audio_vocab_size, bias=False)
+        self.audio_head = nn.Parameter(
+            torch.empty(config.audio_num_codebooks - 1, decoder_dim, config.audio_vocab_size)
+        )
+        self._decoder_step = self._decoder_step_eager
+
+    # -- caches ------------------------------------------------------------------------
+
+    def setup_caches(self, batch_size: int) -> None:
+        """Allocate key/value caches (and rotary tables) on the model's device and dtype.
+        Call after the model is on its final device/dtype."""
+        param = next(self.parameters())
+        dtype, device = param.dtype, param.device
+        num_codebooks = self.config.audio_num_codebooks
+        self.backbone.setup_caches(batch_size, self.config.backbone.max_seq_len, dtype, device)
+        # The depth decoder only ever sees one frame: its state then codebooks 0..N-2.
+        self.decoder.setup_caches(batch_size, num_codebooks, dtype, device)
+        self.backbone_causal_mask = torch.tril(
+            torch.ones(self.config.backbone.max_seq_len, self.config.backbone.max_seq_len,
+                       dtype=torch.bool, device=device)
+        )
+        self.decoder_causal_mask = torch.tril(
+            torch.ones(num_codebooks, num_codebooks, dtype=torch.bool, device=device)
+        )
+        self._decoder_positions = torch.arange(num_codebooks, device=device)
+
+    def reset_caches(self) -> None:
+        self.backbone.reset_caches()
+        self.decoder.reset_caches()
+
+    def compile_decoder_step(self, **compile_options) -> None:
+        """torch.compile the per-codebook decoder step, which runs N-1 times per frame and
+        dominates small-batch generation. Shapes are static, so it compiles once per shape."""
+        self._decoder_step = torch.compile(self._decoder_step_eager, **compile_options)
+
+    # -- embeddings --------------------------------------------------------------------
+
+    def _embed_audio(self, codebook: int, tokens: torch.Tensor) -> torch.Tensor:
+        return self.audio_embeddings(tokens + codebook * self.config.audio_vocab_size)
+
+    def _embed_frames(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, N+1) frames -> (batch, seq, dim): masked sum of column embeddings."""
+        cfg = self.config
+        b, s, _ = tokens.shape
+        text = self.text_embeddings(tokens[:, :, -1]).unsqueeze(-2)
+        offsets = cfg.audio_vocab_size * torch.arange(cfg.audio_num_codebooks,
+                                                      device=tokens.device)
+        audio = self.audio_embeddings((tokens[:, :, :-1] + offsets).view(-1))
+        audio = audio.reshape(b, s, cfg.audio_num_codebooks, -1)
+        embeds = torch.cat([audio, text], dim=-2)
+        return (embeds * tokens_mask.unsqueeze(-1)).sum(dim=2)
+
+    # -- generation --------------------------------------------------------------------
+
+    def backbone_step(self, tokens, tokens_mask, input_pos) -> torch.Tensor:
+        """Run frames through the backbone; the last position's hidden state (batch, dim)."""
+        mask = self.backbone_causal_mask[input_pos]
+        h = self.backbone(self._embed_frames(tokens, tokens_mask), input_pos, mask)
+        return h[:, -1, :]
+
+    def _decoder_step_eager(self, h: torch.Tensor, positions: torch.Tensor,
+                            head: torch.Tensor) -> torch.Tensor:
+        """Feed decoder inputs ``h`` at ``positions``; logits of the next codebook."""
+        input_pos = positions.unsqueeze(0).expand(h.size(0), -1)
+        mask = self.decoder_causal_mask[input_pos]
+        out = self.decoder(self.projection(h), input_pos, mask)
+        return torch.mm(out[:, -1, :], head)
+
+    def generate_frame(
+        self,
+        tokens: torch.Tensor,
+        tokens_mask: torch.Tensor,
+        input_pos: torch.Tensor,
+        temperature: float,
+        topk: int,
+        generator: torch.Generator | None = None,
+        num_codebooks: int | None = None,
+    ) -> torch.Tensor:
+        """Codes of the next audio frame, (batch, N) int.
+
+        ``tokens``/``tokens_mask``: (batch, seq, N+1); ``input_pos``: (batch, seq).
+        ``num_codebooks`` < N samples only the first codebooks (the depth decoder is the
+        per-frame cost) and leaves the rest 0: coarser audio, faster.
+        """
+        if not self.backbone.caches_are_enabled():
+            raise RuntimeError("call setup_caches(batch_size) before generate_frame")
+        n = self.config.audio_num_codebooks
+        wanted = n if num_codebooks is None else num_codebooks
+        if not 1 <= wanted <= n:
+            raise ValueError(f"num_codebooks must be in 1..{n}, got {wanted}")
+
+        last_h = self.backbone_step(tokens, tokens_mask, input_pos)
+        c0_sample = sample_topk(self.codebook0_head(last_h), topk, temperature, generator)
+        samples = [c0_sample]
+
+        # The depth decoder starts afresh each frame: positions 0 and 1 take the backbone
+        # state and codebook 0, then one position per codebook.
+        self.decoder.reset_caches()
+        decoder_in = torch.cat([last_h.unsqueeze(1), self._embed_audio(0, c0_sample)], dim=1)
+        for i in range(1, wanted):
+            positions = self._decoder_positions[:2] if i == 1 else self._decoder_positions[i:i + 1]
+            logits = self._decoder_step(decoder_in, positions, self.audio_head[i - 1])
+            sample = sample_topk(logits, topk, temperature, generator)
+            samples.append(sample)
+            decoder_in = self._embed_audio(i, sample)
+        if wanted < n:
+            samples.append(torch.zeros_like(c0_sample).expand(-1, n - wanted))
+        return torch.cat(samples, dim=1)
