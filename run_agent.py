@@ -30,10 +30,20 @@ def parse_args(argv=None):
     parser.add_argument("--log", help="file: JSON log to write (default: OUTPUT with .json)")
     parser.add_argument("--input-device", help="local: sounddevice input device (name or index)")
     parser.add_argument("--output-device", help="local: sounddevice output device (name or index)")
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="let a GPU voice (e.g. configs/miso-8b.yaml) run on the CPU when there is no CUDA",
+    )
     args = parser.parse_args(argv)
     if args.transport == "file" and (not args.input or not args.output):
         parser.error("--transport file needs at least one --input WAV and an --output WAV")
     return args
+
+
+_STARTUP_ERRORS = {
+    "EngineUnavailableError", "CheckpointError", "CodecNotFoundError", "TokenizerNotFoundError",
+}
 
 
 def main(argv=None) -> int:
@@ -44,6 +54,8 @@ def main(argv=None) -> int:
 
     try:
         config = load_config(args.config)
+        if args.allow_cpu and config.tts.miso is not None:
+            config.tts.miso.allow_cpu = True
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
                 load_input_wav(path, config.audio_in_sample_rate)
@@ -51,6 +63,13 @@ def main(argv=None) -> int:
 
         stack = load_stack(config)
     except (ConfigError, ModelNotFoundError, WavInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, ValueError) as e:
+        # Engines that cannot start here (no CUDA, a checkpoint that does not load, a codec
+        # or tokenizer not found) explain themselves; no traceback for those.
+        if type(e).__name__ not in _STARTUP_ERRORS:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -100,18 +100,60 @@ class PiperVoiceConfig(_Section):
     volume: float = Field(1.0, gt=0, le=4)
 
 
+class VoicePromptConfig(_Section):
+    audio: str  # WAV of the voice the bot should have
+    text: str  # what is said in it
+
+    @model_validator(mode="after")
+    def _has_words(self):
+        if not self.text.strip():
+            raise ValueError("voice_prompt.text is empty: say what the prompt audio says")
+        return self
+
+
+class MisoVoiceConfig(_Section):
+    # A directory with config.json + model.safetensors (release format), or a Hugging Face
+    # repo id (fetched only when online).
+    checkpoint: str
+    codec: str = "kyutai/mimi"  # transformers-format Mimi: a directory or a repo id
+    tokenizer: str | None = None  # None: the llama-models package's Llama-3 tokenizer
+    device: str = "cuda"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Without CUDA the engine refuses to start unless this is set (CPU is far from real time).
+    allow_cpu: bool = False
+    compile_decoder: bool = False
+    user_speaker: int = Field(0, ge=0)
+    bot_speaker: int = Field(1, ge=0)
+    voice_prompt: VoicePromptConfig | None = None
+    temperature: float = Field(0.9, gt=0, le=2)
+    topk: int = Field(50, ge=1)
+    max_audio_secs: float = Field(15.0, gt=0, le=120)
+    # Fewer than all 32 codebooks: faster, coarser audio.
+    num_codebooks: int | None = Field(None, ge=1, le=32)
+    first_chunk_frames: int = Field(1, ge=1, le=2)
+    chunk_frames: int = Field(4, ge=1)
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _distinct_speakers(self):
+        if self.user_speaker == self.bot_speaker:
+            raise ValueError("tts.miso.user_speaker and bot_speaker must differ")
+        return self
+
+
 class TTSConfig(_Section):
-    engine: Literal["piper"] = "piper"
+    engine: Literal["piper", "miso"] = "piper"
     # A reply's first clause (up to a comma, semicolon or colon) is spoken on its own once
     # it has this many words, so the voice starts before the first sentence is written.
     # 0 speaks whole sentences only.
     first_clause_min_words: int = Field(4, ge=0)
     piper: PiperVoiceConfig | None = None
+    miso: MisoVoiceConfig | None = None
 
     @model_validator(mode="after")
     def _engine_needs(self):
-        if self.engine == "piper" and self.piper is None:
-            raise ValueError("tts.engine 'piper' needs a tts.piper section")
+        if getattr(self, self.engine) is None:
+            raise ValueError(f"tts.engine '{self.engine}' needs a tts.{self.engine} section")
         return self
 
 

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from tts.base import SpeechContext, SpokenAudio
+from tts.base import SpeechContext, SpokenAudio, Utterance
 
 # Enough history for any engine's context window, bounded so a long call does not grow.
 MAX_KEPT_TURNS = 8
@@ -26,15 +26,21 @@ class SessionState:
     session_id: str
     user_turns: deque[SpokenAudio] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_TURNS))
     bot_replies: deque[SpokenAudio] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_TURNS))
+    # Both of the above in the order they were said, for engines that hear the dialogue.
+    conversation: deque[Utterance] = field(
+        default_factory=lambda: deque(maxlen=2 * MAX_KEPT_TURNS)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_user_turn(self, turn: SpokenAudio) -> None:
         with self._lock:
             self.user_turns.append(turn)
+            self.conversation.append(Utterance("user", turn))
 
     def add_bot_reply(self, reply: SpokenAudio) -> None:
         with self._lock:
             self.bot_replies.append(reply)
+            self.conversation.append(Utterance("bot", reply))
 
     @property
     def last_user_turn(self) -> SpokenAudio | None:
@@ -44,7 +50,4 @@ class SessionState:
     def speech_context(self) -> SpeechContext:
         """The context a speech engine gets for the reply being spoken now."""
         with self._lock:
-            return SpeechContext(
-                user_turn=self.user_turns[-1] if self.user_turns else None,
-                bot_replies=tuple(self.bot_replies),
-            )
+            return SpeechContext(conversation=tuple(self.conversation))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from loguru import logger
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.llm import LocalLLM
 from agent.models import resolve_model
 from tts.base import SpeechEngine
@@ -31,6 +31,9 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     """Resolve, load and warm up every model the config names; errors name what is missing."""
     from faster_whisper import WhisperModel
 
+    if config.tts.engine == "miso":
+        # A GPU voice on a machine without the GPU fails now, not after minutes of loading.
+        check_miso_runs_here(config)
     times: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -97,4 +100,57 @@ def load_speech_engine(config: AgentConfig) -> SpeechEngine:
                 volume=piper.volume,
             ),
         )
+    if config.tts.engine == "miso":
+        return load_miso_engine(config)
     raise ValueError(f"unknown tts.engine '{config.tts.engine}'")
+
+
+def check_miso_runs_here(config: AgentConfig) -> None:
+    """Raise EngineUnavailableError (or ConfigError without torch) if the configured MisoTTS
+    device is not usable on this machine."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "tts.engine 'miso' needs PyTorch and transformers: install torch for your GPU "
+            "(https://pytorch.org), then pip install -e '.[miso]'"
+        ) from None
+    from tts.miso_voice import pick_device
+
+    pick_device(config.tts.miso.device, config.tts.miso.allow_cpu)
+
+
+def load_miso_engine(config: AgentConfig) -> SpeechEngine:
+    import torch
+
+    from pipelines.file_transport import load_input_wav
+    from tts.base import SpokenAudio
+    from tts.miso_voice import MisoEngine, MisoOptions
+
+    miso = config.tts.miso
+    assert miso is not None
+    prompt = None
+    if miso.voice_prompt is not None:
+        samples, _ = load_input_wav(miso.voice_prompt.audio, 24_000)
+        prompt = SpokenAudio(samples, 24_000, miso.voice_prompt.text)
+    return MisoEngine.load(
+        miso.checkpoint,
+        codec=miso.codec,
+        tokenizer=miso.tokenizer,
+        device=miso.device,
+        dtype=getattr(torch, miso.dtype),
+        allow_cpu=miso.allow_cpu,
+        voice_prompt=prompt,
+        compile_decoder=miso.compile_decoder,
+        options=MisoOptions(
+            user_speaker=miso.user_speaker,
+            bot_speaker=miso.bot_speaker,
+            temperature=miso.temperature,
+            topk=miso.topk,
+            max_audio_secs=miso.max_audio_secs,
+            num_codebooks=miso.num_codebooks,
+            first_chunk_frames=miso.first_chunk_frames,
+            chunk_frames=miso.chunk_frames,
+            seed=miso.seed,
+        ),
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from loguru import logger
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -57,6 +58,8 @@ class UserTurnRecorder(FrameProcessor):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._turn_ended()
         elif isinstance(frame, LLMContextUserTurnFrame) and self._finished_audio is not None:
+            logger.debug(f"{self}: captured a user turn of "
+                         f"{len(self._finished_audio) / self._sample_rate:.2f} s: {frame.text!r}")
             self._session.add_user_turn(
                 SpokenAudio(self._finished_audio, self._sample_rate, frame.text.strip())
             )

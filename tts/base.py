@@ -29,17 +29,36 @@ class SpokenAudio:
 
 
 @dataclass(frozen=True)
+class Utterance:
+    """Something said in the conversation, by ``"user"`` or ``"bot"``."""
+
+    speaker: str
+    audio: SpokenAudio
+
+
+@dataclass(frozen=True)
 class SpeechContext:
     """What an engine may listen to before it speaks.
 
-    ``user_turn`` is the user's own speech of the turn being answered, as captured by the
-    pipeline (None before the first turn or when nothing was captured). ``bot_replies``
-    are the bot's earlier utterances in this conversation, oldest first, including the
-    sentences of the current reply already spoken.
+    ``conversation`` is the call so far, oldest first: the user's turns as captured by the
+    pipeline (never audio from while the bot was speaking) and the bot's utterances,
+    including the sentences of the current reply already spoken. Empty before the first
+    turn.
     """
 
-    user_turn: SpokenAudio | None = None
-    bot_replies: tuple[SpokenAudio, ...] = field(default_factory=tuple)
+    conversation: tuple[Utterance, ...] = field(default_factory=tuple)
+
+    @property
+    def user_turn(self) -> SpokenAudio | None:
+        """The user's speech of the turn being answered (the latest user utterance)."""
+        for utterance in reversed(self.conversation):
+            if utterance.speaker == "user":
+                return utterance.audio
+        return None
+
+    @property
+    def bot_replies(self) -> tuple[SpokenAudio, ...]:
+        return tuple(u.audio for u in self.conversation if u.speaker == "bot")
 
 
 class SpeechEngine(ABC):

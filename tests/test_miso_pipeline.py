@@ -1,0 +1,143 @@
+"""MisoTTS inside the voice pipeline: a tiny random-weight checkpoint in the release format
+and a random-weight Mimi, loaded from a config by the real loaders, speaking the replies of
+the real tiny stack (Silero, Whisper, SmolLM2). Random weights make noise, so what is
+checked is what the engine is given to condition on, and that audio comes out."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import yaml
+
+from agent.config import load_config
+from pipelines.file_mode import FileTurn, run_files
+from pipelines.stack import load_miso_engine
+from tests.conftest import BARGE_IN, speak, wer
+from tts.miso import MisoConfig, TransformerSizes, write_random_checkpoint
+from tts.miso.codec import MimiCodec
+from tts.miso_voice import EngineUnavailableError
+
+# Real vocabulary sizes (the real tokenizer and codebook count), tiny transformers.
+TINY_MISO = MisoConfig(
+    backbone=TransformerSizes(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
+                              intermediate_dim=128),
+    decoder=TransformerSizes(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32,
+                             intermediate_dim=64),
+)
+SMALL_MIMI = dict(hidden_size=64, num_filters=8, num_hidden_layers=2, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=4, upsample_groups=64,
+                  codebook_size=256, codebook_dim=32, vector_quantization_hidden_dimension=32)
+
+
+def miso_config_file(tmp_path, **miso_overrides):
+    checkpoint = write_random_checkpoint(tmp_path / "miso-tiny", TINY_MISO, seed=1)
+    codec_dir = tmp_path / "mimi-small"
+    MimiCodec.random(SMALL_MIMI, seed=2).model.save_pretrained(codec_dir)
+    config = yaml.safe_load(open("configs/tiny.yaml"))
+    config["tts"] = {
+        "engine": "miso",
+        "miso": {
+            "checkpoint": str(checkpoint),
+            "codec": str(codec_dir),
+            "device": "cpu",
+            "dtype": "float32",
+            "max_audio_secs": 0.64,
+            "seed": 0,
+            **miso_overrides,
+        },
+    }
+    path = tmp_path / "miso.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def miso_stack(stack, tmp_path_factory):
+    config = load_config(str(miso_config_file(tmp_path_factory.mktemp("miso"))))
+    engine = load_miso_engine(config)
+    engine.warm_up()
+    return dataclasses.replace(stack, config=config, speech=engine)
+
+
+class ContextLog:
+    """Every context the engine was given: (segments, plan) per spoken sentence."""
+
+    def __init__(self, engine):
+        self.entries = []
+        self._lock = threading.Lock()
+        engine.context_observers.append(self.record)
+
+    def record(self, segments, plan):
+        with self._lock:
+            self.entries.append((list(segments), plan))
+
+
+async def test_replies_condition_on_the_users_turn_and_earlier_sentences(
+    stack, miso_stack, question_wavs
+):
+    engine = miso_stack.speech
+    barge_in = speak(stack, BARGE_IN)  # in Piper's voice: real speech
+    log = ContextLog(engine)
+    (q1, text1), (q2, text2) = question_wavs[0], question_wavs[1]
+    try:
+        result = await run_files(miso_stack, [
+            FileTurn(q1),
+            FileTurn(q2, during_reply=barge_in, during_reply_when="speaking"),
+        ])
+    finally:
+        engine.context_observers.remove(log.record)
+
+    captured = list(result.session.state.user_turns)
+    assert len(captured) == 2
+    assert wer(text1, captured[0].text) <= 0.2 and wer(text2, captured[1].text) <= 0.2
+    assert log.entries, "the engine was never asked to speak"
+    for audio in result.reply_audio:
+        assert len(audio) > 0 and np.abs(audio).max() > 0
+
+    user, bot = engine.options.user_speaker, engine.options.bot_speaker
+    for segments, plan in log.entries:
+        user_segments = [s for s in segments if s.speaker == user]
+        assert user_segments, "a reply was spoken without the user's turn in context"
+        # Each user segment is one captured turn: its transcript, its audio at 24 kHz.
+        for segment in user_segments:
+            turn = next(t for t in captured if t.text == segment.text)
+            assert segment.sample_rate == 24_000
+            assert abs(len(segment.audio) / 24_000 - turn.duration_secs) < 0.01
+            assert "banana" not in segment.text.lower()
+        assert plan.dropped_segments == 0
+        assert {s.speaker for s in segments} <= {user, bot}
+
+    # The first sentence of the first reply hears exactly the first question.
+    first_segments, _ = log.entries[0]
+    assert [s.speaker for s in first_segments] == [user]
+    assert first_segments[0].text == captured[0].text
+    # Later sentences also hear what the bot already said, with the codes it made.
+    later = [segs for segs, _ in log.entries[1:]]
+    assert any(s.speaker == bot and s.codes is not None for segs in later for s in segs)
+    # The barge-in spoken during the second reply reached no context.
+    total_user_secs = sum(len(s.audio) for segs, _ in log.entries for s in segs
+                          if s.speaker == user) / 24_000
+    assert total_user_secs > 0
+    assert result.dropped_input_secs >= len(barge_in) / 16000 - 0.1
+
+
+def test_gpu_config_refuses_to_start_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = load_config(str(miso_config_file(tmp_path, device="cuda")))
+    with pytest.raises(EngineUnavailableError, match="no CUDA GPU"):
+        load_miso_engine(config)
+    config.tts.miso.allow_cpu = True
+    assert load_miso_engine(config).generator.device.type == "cpu"
+
+
+def test_shipped_gpu_configs_are_valid():
+    for name in ("miso-8b", "csm-1b"):
+        config = load_config(name)
+        assert config.tts.engine == "miso"
+        assert config.tts.miso.device == "cuda" and config.tts.miso.dtype == "bfloat16"

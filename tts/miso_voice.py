@@ -1,0 +1,189 @@
+"""MisoTTS as a SpeechEngine: the reply is spoken after the conversation so far.
+
+Every call puts the dialogue into the model's context, oldest first: each user turn as
+the user's speaker (the audio the pipeline captured, resampled to 24 kHz, with its
+transcript), each bot utterance as the bot's speaker (its own generated audio and text),
+and the optional voice prompt that fixes the bot's voice. The sentences of one reply are
+spoken one call each; each call sees the sentences already spoken, so a reply keeps one
+voice. The bot's own utterances are not encoded again: the codes they were decoded from
+are remembered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tts.base import SpeechContext, SpeechEngine, SpokenAudio
+from tts.miso.codec import MimiCodec
+from tts.miso.generator import ContextPlan, MisoGenerator, Segment
+
+logger = logging.getLogger(__name__)
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine cannot run on this machine as configured (e.g. no CUDA)."""
+
+
+@dataclass(frozen=True)
+class MisoOptions:
+    """How to speak: sampling, limits and streaming granularity."""
+
+    user_speaker: int = 0
+    bot_speaker: int = 1
+    temperature: float = 0.9
+    topk: int = 50
+    max_audio_secs: float = 15.0
+    num_codebooks: int | None = None
+    first_chunk_frames: int = 1
+    chunk_frames: int = 4
+    seed: int | None = None
+
+
+def pick_device(device: str, allow_cpu: bool) -> torch.device:
+    """``device`` if it exists here; a CUDA request on a machine without CUDA fails at start
+    unless running on the CPU was explicitly allowed."""
+    wanted = torch.device(device)
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        if not allow_cpu:
+            build = torch.version.cuda and f"CUDA {torch.version.cuda} build" or "CPU-only build"
+            raise EngineUnavailableError(
+                f"MisoTTS is configured for {device}, but torch {torch.__version__} "
+                f"({build}) sees no CUDA GPU. Use a CPU voice (configs/default.yaml), or allow "
+                "the CPU explicitly (tts.miso.allow_cpu: true, or run_agent.py --allow-cpu): "
+                "it works but is far slower than real time."
+            )
+        logger.warning("no CUDA GPU: MisoTTS runs on the CPU, far slower than real time")
+        return torch.device("cpu")
+    return wanted
+
+
+def int16_to_float(samples: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(samples.astype(np.float32) / 32768.0)
+
+
+def float_to_int16(audio: torch.Tensor) -> np.ndarray:
+    return (audio.clamp(-1, 1).numpy() * 32767).astype(np.int16)
+
+
+class MisoEngine(SpeechEngine):
+    def __init__(self, generator: MisoGenerator, options: MisoOptions = MisoOptions()):
+        self.generator = generator
+        self.options = options
+        self.sample_rate = generator.sample_rate
+        # Called (from the synthesis thread) with the segments and plan of every utterance;
+        # for logs and tests.
+        self.context_observers: list[Callable[[Sequence[Segment], ContextPlan], None]] = []
+        self._known_codes: dict[bytes, torch.Tensor] = {}
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | os.PathLike,
+        *,
+        codec: str | os.PathLike = "kyutai/mimi",
+        tokenizer: str | os.PathLike | None = None,
+        device: str = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        allow_cpu: bool = False,
+        voice_prompt: SpokenAudio | None = None,
+        compile_decoder: bool = False,
+        options: MisoOptions = MisoOptions(),
+    ) -> MisoEngine:
+        """Model, codec and tokenizer from local paths (or hub ids when online).
+        ``voice_prompt``: speech in the voice the bot should have, with its words."""
+        from tts.miso.checkpoint import load_model
+        from tts.miso.text import TextTokenizer
+
+        where = pick_device(device, allow_cpu)
+        model = load_model(checkpoint, device=where, dtype=dtype)
+        if compile_decoder:
+            model.compile_decoder_step()
+        mimi = MimiCodec.load(codec, device=where, num_codebooks=model.config.audio_num_codebooks)
+        generator = MisoGenerator(
+            model, TextTokenizer.load(tokenizer), mimi,
+            speakers=(options.user_speaker, options.bot_speaker),
+        )
+        engine = cls(generator, options)
+        if voice_prompt is not None:
+            generator.set_voice_prompt(engine.segment("bot", voice_prompt))
+        return engine
+
+    # -- the conversation as segments ---------------------------------------------------
+
+    def segments(self, context: SpeechContext) -> list[Segment]:
+        return [
+            self.segment(u.speaker, u.audio)
+            for u in context.conversation
+            # Turns with no audio or no words give the model nothing to follow.
+            if len(u.audio.samples) and u.audio.text.strip()
+        ]
+
+    def segment(self, speaker: str, spoken: SpokenAudio) -> Segment:
+        ids = {"user": self.options.user_speaker, "bot": self.options.bot_speaker}
+        if speaker not in ids:
+            raise ValueError(f"unknown speaker {speaker!r}; expected 'user' or 'bot'")
+        return Segment(
+            speaker=ids[speaker],
+            text=spoken.text,
+            audio=self._audio_at_codec_rate(spoken),
+            sample_rate=self.sample_rate,
+            codes=self._known_codes.get(spoken.samples.tobytes()),
+        )
+
+    def _audio_at_codec_rate(self, spoken: SpokenAudio) -> torch.Tensor:
+        if spoken.samples.ndim != 1:
+            raise ValueError(f"captured audio must be mono, got shape {spoken.samples.shape}")
+        if spoken.sample_rate == self.sample_rate:
+            return int16_to_float(spoken.samples)
+        import soxr
+
+        audio = soxr.resample(spoken.samples.astype(np.float32) / 32768.0, spoken.sample_rate,
+                              self.sample_rate)
+        return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+
+    # -- speaking -----------------------------------------------------------------------
+
+    def synthesize(self, text: str, context: SpeechContext) -> Iterator[np.ndarray]:
+        if not text.strip():
+            raise ValueError("nothing to say: the text is empty")
+        opts = self.options
+        segments = self.segments(context)
+        if self.context_observers:
+            plan = self.generator.plan(text, opts.bot_speaker, segments, opts.max_audio_secs)
+            for observer in self.context_observers:
+                observer(segments, plan)
+        spoken: list[np.ndarray] = []
+        codes: list[torch.Tensor] = []
+        for chunk in self.generator.stream(
+            text, opts.bot_speaker, segments,
+            max_audio_secs=opts.max_audio_secs, temperature=opts.temperature, topk=opts.topk,
+            seed=opts.seed, num_codebooks=opts.num_codebooks,
+            first_chunk_frames=opts.first_chunk_frames, chunk_frames=opts.chunk_frames,
+        ):
+            pcm = float_to_int16(chunk.audio)
+            spoken.append(pcm)
+            codes.append(chunk.codes)
+            yield pcm
+        if spoken:
+            # The pipeline stores exactly these samples as the bot's utterance; when they
+            # come back as context, their codes are already known.
+            self._remember(np.concatenate(spoken).tobytes(), torch.cat(codes, dim=1))
+
+    def _remember(self, key: bytes, codes: torch.Tensor, limit: int = 64) -> None:
+        self._known_codes[key] = codes
+        while len(self._known_codes) > limit:
+            self._known_codes.pop(next(iter(self._known_codes)))
+
+    def warm_up(self) -> None:
+        """One short utterance: allocates caches, compiles (if asked), loads kernels."""
+        opts = self.options
+        for _ in self.generator.stream("Hello.", opts.bot_speaker, (), max_audio_secs=0.16,
+                                       num_codebooks=opts.num_codebooks):
+            pass
+
