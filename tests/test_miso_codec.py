@@ -10,27 +10,10 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from tests.miso_setup import SMALL_MIMI
 from tts.miso.codec import CodecNotFoundError, MimiCodec
 
-# kyutai/mimi's architecture shrunk to run in milliseconds. The upsampling ratios are left at
-# their defaults so a frame is still 1920 samples; the sliding window (in 25 Hz transformer
-# steps, 2 per frame) is 3 frames, so the streaming tests run well past it. A full layer scale
-# (kyutai/mimi's is 0.01 at init) makes the transformer's part of the output large enough that
-# a key/value cache mistake could not hide under the convolutions' part.
-SMALL = {
-    "layer_scale_initial_scale": 1.0,
-    "hidden_size": 64,
-    "num_filters": 8,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "sliding_window": 6,
-    "upsample_groups": 64,
-    "codebook_size": 256,
-    "codebook_dim": 32,
-    "vector_quantization_hidden_dimension": 32,
-}
+SMALL = SMALL_MIMI
 FRAMES = 24
 CHUNKINGS = {
     "1-at-a-time": [1] * FRAMES,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,27 +17,17 @@ from agent.config import load_config
 from pipelines.file_mode import FileTurn, run_files
 from pipelines.stack import load_miso_engine
 from tests.conftest import BARGE_IN, speak, wer
-from tts.miso import MisoConfig, TransformerSizes, write_random_checkpoint
+from tests.miso_setup import SMALL_MIMI, TINY_MISO
+from tts.miso import write_random_checkpoint
 from tts.miso.codec import MimiCodec
 from tts.miso_voice import EngineUnavailableError
-
-# Real vocabulary sizes (the real tokenizer and codebook count), tiny transformers.
-TINY_MISO = MisoConfig(
-    backbone=TransformerSizes(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
-                              intermediate_dim=128),
-    decoder=TransformerSizes(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32,
-                             intermediate_dim=64),
-)
-SMALL_MIMI = dict(hidden_size=64, num_filters=8, num_hidden_layers=2, intermediate_size=128,
-                  num_attention_heads=4, num_key_value_heads=4, upsample_groups=64,
-                  codebook_size=256, codebook_dim=32, vector_quantization_hidden_dimension=32)
 
 
 def miso_config_file(tmp_path, **miso_overrides):
     checkpoint = write_random_checkpoint(tmp_path / "miso-tiny", TINY_MISO, seed=1)
     codec_dir = tmp_path / "mimi-small"
     MimiCodec.random(SMALL_MIMI, seed=2).model.save_pretrained(codec_dir)
-    config = yaml.safe_load(open("configs/tiny.yaml"))
+    config = yaml.safe_load(Path("configs/tiny.yaml").read_text())
     config["tts"] = {
         "engine": "miso",
         "miso": {
