@@ -41,16 +41,12 @@ def parse_args(argv=None):
     return args
 
 
-_STARTUP_ERRORS = {
-    "EngineUnavailableError", "CheckpointError", "CodecNotFoundError", "TokenizerNotFoundError",
-}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from agent.config import ConfigError, load_config
     from agent.models import ModelNotFoundError
     from pipelines.file_transport import WavInputError, load_input_wav
+    from tts.base import EngineUnavailableError
 
     try:
         config = load_config(args.config)
@@ -65,11 +61,8 @@ def main(argv=None) -> int:
     except (ConfigError, ModelNotFoundError, WavInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (RuntimeError, OSError, ValueError) as e:
-        # Engines that cannot start here (no CUDA, a checkpoint that does not load, a codec
-        # or tokenizer not found) explain themselves; no traceback for those.
-        if type(e).__name__ not in _STARTUP_ERRORS:
-            raise
+    except EngineUnavailableError as e:
+        # No CUDA, a checkpoint that does not load, a codec or tokenizer not found.
         print(f"error: {e}", file=sys.stderr)
         return 2
 

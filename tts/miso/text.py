@@ -1,13 +1,18 @@
 """MisoTTS's text tokenizer: the Llama-3.2-1B tokenizer, loadable offline.
 
-MisoTTS (like Sesame CSM) frames each text segment as ``f"[{speaker}] {text.lstrip()}"``
-and tokenizes it with the Llama 3.2 tokenizer whose post-processor wraps the ids in
-``<|begin_of_text|>`` (128000) and ``<|end_of_text|>`` (128001). The reference loads that
-tokenizer from the gated ``meta-llama/Llama-3.2-1B`` hub repo, which a machine without a
-Hugging Face login (or without internet) cannot reach. The BPE itself is the same in every
-Llama 3.x release, and Meta ships it in the ``llama-models`` PyPI package as a tiktoken
-ranks file, so by default we read that file with tiktoken. A local ``tokenizer.json``
-(through the ``tokenizers`` library) or a hub id (through transformers) give the same ids.
+MisoTTS frames each text segment as ``f"[{speaker}] {text.lstrip()}"`` and tokenizes it with
+the Llama 3.2 tokenizer, wrapping the ids in ``<|begin_of_text|>`` (128000) and
+``<|end_of_text|>`` (128001). Sesame CSM-1B, whose checkpoint format MisoTTS shares, uses
+the same tokenizer but frames as ``f"[{speaker}]{text}"``: no space, no stripping. A model
+should get the framing its reference code uses, so the framing is a ``SegmentFormat``
+chosen at load time, MisoTTS's by default.
+
+The reference loads the tokenizer from the gated ``meta-llama/Llama-3.2-1B`` hub repo, which
+a machine without a Hugging Face login (or without internet) cannot reach. The BPE itself is
+the same in every Llama 3.x release, and Meta ships it in the ``llama-models`` PyPI package
+as a tiktoken ranks file, so by default we read that file with tiktoken. A local
+``tokenizer.json`` (through the ``tokenizers`` library) or a hub id (through transformers)
+give the same ids.
 
 User text is always encoded as plain text: a reply that happens to contain
 ``<|begin_of_text|>`` must not turn into a control token the model never saw mid-segment.
@@ -24,7 +29,9 @@ import binascii
 import importlib.util
 import operator
 import os
+import string
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 BOS_TOKEN = "<|begin_of_text|>"
@@ -56,6 +63,75 @@ _DIRECTORY_CANDIDATES = ("tokenizer.json", "tokenizer.model", "original/tokenize
 
 class TokenizerNotFoundError(FileNotFoundError):
     """No tokenizer could be found or fetched from the given source."""
+
+
+_SEGMENT_FIELDS = frozenset({"speaker", "text"})
+
+
+@dataclass(frozen=True)
+class SegmentFormat:
+    """How one segment's text is laid out before tokenizing: ``template`` is a
+    ``str.format`` template with exactly the fields ``{speaker}`` (an int) and ``{text}``;
+    ``lstrip_text`` strips leading whitespace from the text before it is inserted.
+
+    The two go together because both are part of a model's expected input: MisoTTS
+    (``MISO_SEGMENT_FORMAT``) puts a space after the speaker tag and strips the text, so
+    " Hi" and "Hi" give the same ids and the tag is always followed by exactly one space;
+    Sesame CSM-1B (``CSM_SEGMENT_FORMAT``) glues the text to the tag as given, so any
+    leading space of the text is the only separator and must be kept. A template alone
+    cannot say which of these it means, hence the explicit flag rather than a bare string.
+    """
+
+    template: str
+    lstrip_text: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.template, str):
+            raise TypeError(
+                f"segment template must be a str, got {type(self.template).__name__}"
+            )
+        if not isinstance(self.lstrip_text, bool):
+            raise TypeError(f"lstrip_text must be a bool, got {self.lstrip_text!r}")
+        problem = _template_problem(self.template)
+        if problem:
+            raise ValueError(f"bad segment template {self.template!r}: {problem}")
+
+    def render(self, text: str, speaker: int) -> str:
+        """The segment's text as the model expects it (before BOS/EOS are added)."""
+        if self.lstrip_text:
+            text = text.lstrip()
+        return self.template.format(speaker=speaker, text=text)
+
+
+def _template_problem(template: str) -> str | None:
+    """What is wrong with a segment template, or None."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template)
+                  if field is not None]
+    except ValueError as exc:  # unmatched braces
+        return str(exc)
+    unknown = sorted({field for field in fields if field not in _SEGMENT_FIELDS})
+    if unknown:
+        # Positional "{}", other names, and attribute/index access ("{text.upper}") alike.
+        return f"fields may only be {{speaker}} and {{text}}, not {unknown}"
+    missing = sorted(_SEGMENT_FIELDS.difference(fields))
+    if missing:
+        return f"missing field {', '.join('{' + name + '}' for name in missing)}"
+    if fields.count("text") > 1:
+        return "{text} must appear once"
+    try:
+        template.format(speaker=0, text="x")
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # A spec that cannot apply ("{text:d}"), a bad conversion ("{text!x}"), or a field
+        # nested in a spec ("{text:{width}}"), which parse() does not list.
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# MisoTTS: f"[{speaker}] {text.lstrip()}".
+MISO_SEGMENT_FORMAT = SegmentFormat("[{speaker}] {text}", lstrip_text=True)
+# Sesame CSM-1B: f"[{speaker}]{text}".
+CSM_SEGMENT_FORMAT = SegmentFormat("[{speaker}]{text}", lstrip_text=False)
 
 
 def llama3_special_tokens() -> list[str]:
@@ -111,7 +187,8 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
 
 
 class TextTokenizer:
-    """Turns one text segment into MisoTTS's token ids: BOS, ``[speaker] text``, EOS.
+    """Turns one text segment into the model's token ids: BOS, the segment laid out by
+    ``segment_format`` (MisoTTS's ``[speaker] text`` by default), EOS.
 
     Build it with ``TextTokenizer.load``. It holds no per-call state, and both backends
     (tiktoken, tokenizers) encode thread-safely, so one instance can serve every session.
@@ -126,6 +203,7 @@ class TextTokenizer:
         vocab_size: int,
         special_ids: Iterable[int],
         source: str,
+        segment_format: SegmentFormat = MISO_SEGMENT_FORMAT,
     ) -> None:
         # encode_plain must treat special-token text as ordinary text and add no BOS/EOS.
         self._encode_plain = encode_plain
@@ -134,20 +212,25 @@ class TextTokenizer:
         self.vocab_size = vocab_size
         self._special_ids = frozenset(special_ids)
         self.source = source
+        self.segment_format = _check_segment_format(segment_format)
 
     def __repr__(self) -> str:
-        return f"TextTokenizer(source={self.source!r}, vocab_size={self.vocab_size})"
+        return (
+            f"TextTokenizer(source={self.source!r}, vocab_size={self.vocab_size}, "
+            f"segment_format={self.segment_format!r})"
+        )
 
     def encode_segment(self, text: str, speaker: int) -> list[int]:
-        """``[bos] + encode(f"[{speaker}] {text.lstrip()}") + [eos]``, as MisoTTS frames
-        every segment (context and the one to speak alike)."""
+        """``[bos] + encode(segment_format.render(text, speaker)) + [eos]``, as the model
+        frames every segment (context and the one to speak alike); by default MisoTTS's
+        ``f"[{speaker}] {text.lstrip()}"``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
             # "[0] " alone would make the model speak with nothing to say.
             raise ValueError(f"text is empty or only whitespace: {text!r}")
         speaker = _speaker_index(speaker)
-        body = self._encode_plain(f"[{speaker}] {text.lstrip()}")
+        body = self._encode_plain(self.segment_format.render(text, speaker))
         if not self._special_ids.isdisjoint(body):
             # Both backends are configured to make this impossible; a tokenizer file with
             # unusual added tokens could still break it, and the model must never see it.
@@ -159,8 +242,13 @@ class TextTokenizer:
     # -- constructors -------------------------------------------------------------------
 
     @classmethod
-    def load(cls, source: str | os.PathLike | None = None) -> TextTokenizer:
-        """The tokenizer from ``source``:
+    def load(
+        cls,
+        source: str | os.PathLike | None = None,
+        segment_format: SegmentFormat = MISO_SEGMENT_FORMAT,
+    ) -> TextTokenizer:
+        """The tokenizer from ``source``, framing segments with ``segment_format``
+        (``MISO_SEGMENT_FORMAT``, or ``CSM_SEGMENT_FORMAT`` for a Sesame CSM-1B checkpoint):
 
         * None: the ``llama-models`` package's llama3/tokenizer.model (offline);
         * a ``tokenizer.model`` (tiktoken) or ``tokenizer.json`` (Hugging Face) file, or a
@@ -168,29 +256,36 @@ class TextTokenizer:
         * a Hugging Face hub id such as ``meta-llama/Llama-3.2-1B``, via transformers:
           from its cache, else from the hub when online (the Meta repos are gated).
         """
+        # Checked first, so a bad format fails before any file is read or hub call made.
+        segment_format = _check_segment_format(segment_format)
         if source is None:
-            return cls.from_tiktoken_file(packaged_tokenizer_model())
+            return cls.from_tiktoken_file(packaged_tokenizer_model(), segment_format)
         path = Path(source).expanduser()
         if path.is_dir():
-            return cls._from_file(_tokenizer_file_in(path))
+            return cls._from_file(_tokenizer_file_in(path), segment_format)
         if path.is_file():
-            return cls._from_file(path)
+            return cls._from_file(path, segment_format)
         if path.exists() or _looks_like_path(source):
             raise TokenizerNotFoundError(f"tokenizer not found: {str(source)!r} does not exist")
-        return cls.from_hub(str(source))
+        return cls.from_hub(str(source), segment_format)
 
     @classmethod
-    def _from_file(cls, path: Path) -> TextTokenizer:
+    def _from_file(cls, path: Path, segment_format: SegmentFormat) -> TextTokenizer:
         if path.suffix == ".json":
-            return cls.from_tokenizer_json(path)
-        return cls.from_tiktoken_file(path)
+            return cls.from_tokenizer_json(path, segment_format)
+        return cls.from_tiktoken_file(path, segment_format)
 
     @classmethod
-    def from_tiktoken_file(cls, path: str | os.PathLike) -> TextTokenizer:
+    def from_tiktoken_file(
+        cls,
+        path: str | os.PathLike,
+        segment_format: SegmentFormat = MISO_SEGMENT_FORMAT,
+    ) -> TextTokenizer:
         """A Llama 3 ``tokenizer.model`` (tiktoken BPE ranks), with Llama 3's pattern and
         special tokens: the file itself holds neither, so they are Llama 3's by fiat."""
         import tiktoken
 
+        segment_format = _check_segment_format(segment_format)
         ranks = read_tiktoken_ranks(path)
         # Special ids are assigned right after the ranks, so any other rank layout (a Llama
         # 4 file, a GPT file) would put BOS/EOS at the wrong ids: refuse it.
@@ -217,23 +312,34 @@ class TextTokenizer:
             vocab_size=encoding.n_vocab,
             special_ids=specials.values(),
             source=str(path),
+            segment_format=segment_format,
         )
 
     @classmethod
-    def from_tokenizer_json(cls, path: str | os.PathLike) -> TextTokenizer:
+    def from_tokenizer_json(
+        cls,
+        path: str | os.PathLike,
+        segment_format: SegmentFormat = MISO_SEGMENT_FORMAT,
+    ) -> TextTokenizer:
         """A Hugging Face ``tokenizer.json`` (e.g. Llama-3.2-1B's), via ``tokenizers``."""
         from tokenizers import Tokenizer
 
+        segment_format = _check_segment_format(segment_format)
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # noqa: BLE001 (tokenizers raises bare Exception on bad JSON)
             raise ValueError(f"{str(path)!r} is not a readable tokenizer.json: {exc}") from None
-        return cls._from_hf_tokenizer(tokenizer, source=str(path))
+        return cls._from_hf_tokenizer(tokenizer, source=str(path), segment_format=segment_format)
 
     @classmethod
-    def from_hub(cls, repo_id: str = DEFAULT_HUB_ID) -> TextTokenizer:
+    def from_hub(
+        cls,
+        repo_id: str = DEFAULT_HUB_ID,
+        segment_format: SegmentFormat = MISO_SEGMENT_FORMAT,
+    ) -> TextTokenizer:
         """A hub repo's tokenizer via transformers' AutoTokenizer: the local cache first (no
         network wait), then the hub. Fails with a TokenizerNotFoundError saying what to do."""
+        segment_format = _check_segment_format(segment_format)
         try:
             from transformers import AutoTokenizer
         except ImportError:
@@ -260,10 +366,12 @@ class TextTokenizer:
             raise ValueError(
                 f"tokenizer {repo_id!r} has no fast (tokenizers) backend; Llama 3's does"
             )
-        return cls._from_hf_tokenizer(backend, source=repo_id)
+        return cls._from_hf_tokenizer(backend, source=repo_id, segment_format=segment_format)
 
     @classmethod
-    def _from_hf_tokenizer(cls, tokenizer, *, source: str) -> TextTokenizer:
+    def _from_hf_tokenizer(
+        cls, tokenizer, *, source: str, segment_format: SegmentFormat
+    ) -> TextTokenizer:
         """Wrap a ``tokenizers.Tokenizer``, which this takes over (it is reconfigured)."""
         bos_id = tokenizer.token_to_id(BOS_TOKEN)
         eos_id = tokenizer.token_to_id(EOS_TOKEN)
@@ -293,6 +401,7 @@ class TextTokenizer:
             vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
             special_ids=special_ids,
             source=source,
+            segment_format=segment_format,
         )
 
 
@@ -335,6 +444,18 @@ def _looks_like_path(source: str | os.PathLike) -> bool:
         or (len(source) > 1 and source[1] == ":")  # Windows drive letter
         or source.endswith((".json", ".model"))
     )
+
+
+def _check_segment_format(segment_format: object) -> SegmentFormat:
+    if isinstance(segment_format, SegmentFormat):
+        return segment_format
+    if isinstance(segment_format, str):
+        # A bare template does not say whether the text is stripped, which changes ids.
+        raise TypeError(
+            f"segment_format must be a SegmentFormat, got the string {segment_format!r}: use "
+            f"MISO_SEGMENT_FORMAT, CSM_SEGMENT_FORMAT or SegmentFormat(template, lstrip_text=...)"
+        )
+    raise TypeError(f"segment_format must be a SegmentFormat, got {type(segment_format).__name__}")
 
 
 def _speaker_index(speaker: object) -> int:
