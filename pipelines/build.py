@@ -34,7 +34,12 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from agent.config import AgentConfig
 from agent.session import SessionState
 from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
-from pipelines.services import EngineTTSService, LocalLLMService, SharedWhisperSTTService
+from pipelines.services import (
+    EngineTTSService,
+    LocalLLMService,
+    MisoTTSService,
+    SharedWhisperSTTService,
+)
 from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.stack import ModelStack
 from pipelines.turn_recorder import UserTurnRecorder
@@ -113,7 +118,9 @@ def build_session(
         ),
     )
     llm = _llm_service(stack)
-    tts = EngineTTSService(
+    # MisoTTS hears the conversation it answers; other engines speak the text alone.
+    tts_class = MisoTTSService if config.tts.engine == "miso" else EngineTTSService
+    tts = tts_class(
         engine=stack.speech,
         session=state,
         first_clause_min_words=config.tts.first_clause_min_words,
