@@ -117,6 +117,8 @@ class MisoVoiceConfig(_Section):
     checkpoint: str
     codec: str = "kyutai/mimi"  # transformers-format Mimi: a directory or a repo id
     tokenizer: str | None = None  # None: the llama-models package's Llama-3 tokenizer
+    # How a segment's text is written for the model: MisoTTS "[0] text", Sesame CSM "[0]text".
+    text_format: Literal["miso", "csm"] = "miso"
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     # Without CUDA the engine refuses to start unless this is set (CPU is far from real time).

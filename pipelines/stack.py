@@ -127,6 +127,7 @@ def load_miso_engine(config: AgentConfig) -> SpeechEngine:
         miso.checkpoint,
         codec=miso.codec,
         tokenizer=miso.tokenizer,
+        text_format=miso.text_format,
         device=miso.device,
         dtype=getattr(torch, miso.dtype),
         allow_cpu=miso.allow_cpu,

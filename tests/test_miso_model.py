@@ -226,3 +226,14 @@ def test_missing_or_unreadable_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="MisoLabs/NoSuchModel"):
         load_model("MisoLabs/NoSuchModel")
+
+
+def test_masks_saved_by_the_reference_after_setup_caches_are_accepted(tiny_checkpoint, tmp_path):
+    # The reference registers its causal masks as persistent buffers in setup_caches, so a
+    # state dict saved after it has them; they are derived, not weights.
+    def edit(t):
+        t["backbone_causal_mask"] = torch.ones(4, 4, dtype=torch.bool).tril()
+        t["decoder_causal_mask"] = torch.ones(4, 4, dtype=torch.bool).tril()
+
+    with_masks = copy_checkpoint(tiny_checkpoint, tmp_path / "masks", edit_tensors=edit)
+    assert load_model(with_masks).config == TINY

@@ -126,7 +126,11 @@ def test_gpu_config_refuses_to_start_without_cuda(tmp_path):
     with pytest.raises(EngineUnavailableError, match="no CUDA GPU"):
         load_miso_engine(config)
     config.tts.miso.allow_cpu = True
-    assert load_miso_engine(config).generator.device.type == "cpu"
+    config.tts.miso.text_format = "csm"
+    engine = load_miso_engine(config)
+    assert engine.generator.device.type == "cpu"
+    # CSM-1B's framing: "[1]Hello", no space after the speaker tag.
+    assert engine.generator.text_tokenizer.segment_format.render("Hello", 1) == "[1]Hello"
 
 
 def test_shipped_gpu_configs_are_valid():
@@ -134,6 +138,8 @@ def test_shipped_gpu_configs_are_valid():
         config = load_config(name)
         assert config.tts.engine == "miso"
         assert config.tts.miso.device == "cuda" and config.tts.miso.dtype == "bfloat16"
+    assert load_config("csm-1b").tts.miso.text_format == "csm"
+    assert load_config("miso-8b").tts.miso.text_format == "miso"
 
 
 def run_agent_with(config_path, wav):

@@ -29,9 +29,10 @@ from tts.miso.text import (
 
 BOS, EOS = 128000, 128001
 
-# "Việc" (id 114195) and friends are in Llama 3's vocab but not reachable through its merges;
-# only BPE with ignore_merges (a whole pre-token found in the vocab is taken as is) gives
-# tiktoken's ids for them. test_ignore_merges_matters checks this sample still shows it.
+# Some of Llama 3's vocab (588 tokens, many Vietnamese, Czech and Turkish words) cannot be
+# built through its merges; only BPE with ignore_merges (a pre-token found whole in the vocab
+# is taken as is, as tiktoken does) gives tiktoken's ids for them. test_ignore_merges_matters
+# checks that this sample still shows the difference.
 VIETNAMESE = "Vi\u1ec7t Nam: vi\u1ec7c h\u1ee3p nhi\u1ec1u \u0111i\u1ec1u."
 
 SAMPLES = [
@@ -62,10 +63,11 @@ SAMPLES = [
 ]
 
 
-def _convert_to_tokenizer_json(model_path: Path, out_dir: Path) -> Path:
-    """Llama 3's tokenizer.json rebuilt from its tiktoken tokenizer.model, as Meta's and
-    Hugging Face's conversion did: byte-level BPE with merges derived from the ranks, the
-    Llama 3 split pattern, the 256 special tokens, and the Llama 3.2 post-processor (BOS)."""
+def _convert_tiktoken_model(model_path: Path):
+    """Llama 3's tokenizer.json (as a ``tokenizers.Tokenizer``) rebuilt from its tiktoken
+    tokenizer.model, as Hugging Face's conversion did: byte-level BPE with merges derived
+    from the ranks, the Llama 3 split pattern, the 256 special tokens, and the Llama 3.2
+    post-processor (which adds BOS)."""
     from tokenizers import processors
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -79,7 +81,8 @@ def _convert_to_tokenizer_json(model_path: Path, out_dir: Path) -> Path:
             extra_special_tokens=llama3_special_tokens(),
         ).converted()
     # Llama 3's tokenizer.json has "ignore_merges": true, and ids only match tiktoken with
-    # it; the converter sets it, but must not silently stop doing so.
+    # it. The converter sets it (transformers 5.23); set here too, so a version that did
+    # not could not make the file a different tokenizer from the official one.
     tokenizer.model.ignore_merges = True
     bos = llama3_special_tokens()[0]
     tokenizer.post_processor = processors.Sequence([
@@ -88,21 +91,41 @@ def _convert_to_tokenizer_json(model_path: Path, out_dir: Path) -> Path:
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, BOS)]
         ),
     ])
-    path = out_dir / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
+    return tokenizer
 
 
 @pytest.fixture(scope="session")
-def hf_json(tmp_path_factory) -> Path:
-    return _convert_to_tokenizer_json(
-        packaged_tokenizer_model(), tmp_path_factory.mktemp("llama3-tokenizer-json")
-    )
+def converted():
+    """The converted ``tokenizers.Tokenizer``; tests that change it must restore it."""
+    return _convert_tiktoken_model(packaged_tokenizer_model())
+
+
+@pytest.fixture(scope="session")
+def hf_json(converted, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("llama3-tokenizer-json") / "tokenizer.json"
+    converted.save(str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_hf():
+    """A tokenizers.Tokenizer with only BOS and EOS, where only the plumbing is under test
+    (loading the real tokenizer.json takes about a second)."""
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    tokenizer.add_special_tokens(llama3_special_tokens()[:2])
+    return tokenizer
 
 
 @pytest.fixture(scope="module")
 def tik() -> TextTokenizer:
     return TextTokenizer.load()
+
+
+@pytest.fixture(scope="module")
+def tik_csm() -> TextTokenizer:
+    return TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT)
 
 
 @pytest.fixture(scope="module")
@@ -154,21 +177,22 @@ def test_tokenizer_json_is_the_same_bpe(hf_json, tik):
     assert sorted(added) == list(range(128000, 128256))
 
 
-def test_ignore_merges_matters(hf_json, tik):
-    """Without ignore_merges the same tokenizer.json splits VIETNAMESE differently, so the
+def test_ignore_merges_matters(converted, tik):
+    """Without ignore_merges the same tokenizer splits VIETNAMESE differently, so the
     agreement tests below would catch a converted file that lacked it."""
-    from tokenizers import Tokenizer
+    expected = _plain(tik, VIETNAMESE)
+    assert converted.encode(VIETNAMESE, add_special_tokens=False).ids == expected
+    converted.model.ignore_merges = False
+    try:
+        without = converted.encode(VIETNAMESE, add_special_tokens=False).ids
+    finally:
+        converted.model.ignore_merges = True
+    assert without != expected
 
-    without = Tokenizer.from_file(str(hf_json))
-    without.model.ignore_merges = False
-    assert without.encode(VIETNAMESE, add_special_tokens=False).ids != _plain(tik, VIETNAMESE)
 
-
-def test_post_processor_is_skipped(hf_json, hf):
+def test_post_processor_is_skipped(converted, hf):
     # The file's post-processor adds BOS (as Llama 3.2's does); framing must not double it.
-    from tokenizers import Tokenizer
-
-    assert Tokenizer.from_file(str(hf_json)).encode("Hi.").ids[0] == BOS
+    assert converted.encode("Hi.").ids == [BOS, *_plain(hf, "Hi.")]
     assert hf.encode_segment("Hi.", 0).count(BOS) == 1
 
 
@@ -188,11 +212,9 @@ def test_segment_ids_agree(tik, hf, meta, text, speaker):
 
 
 @pytest.mark.parametrize("text", [s for s in SAMPLES if s.strip()])
-def test_csm_segment_ids_agree(hf_json, meta, text):
-    tik_csm = TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT)
-    hf_csm = TextTokenizer.load(hf_json, segment_format=CSM_SEGMENT_FORMAT)
+def test_csm_segment_ids_agree(tik_csm, hf, meta, text):
     ids = tik_csm.encode_segment(text, 1)
-    assert ids == hf_csm.encode_segment(text, 1)
+    assert ids == [BOS, *_plain(hf, f"[1]{text}"), EOS]
     assert ids == meta.encode(f"[1]{text}", bos=True, eos=True)
 
 
@@ -209,11 +231,6 @@ def test_hub_path_through_transformers_agrees(tmp_path, hf_json, tik):
     assert (via_transformers.bos_id, via_transformers.eos_id) == (BOS, EOS)
     for text in SAMPLES[:12] + ["<|begin_of_text|> hi <|eot_id|>"]:
         assert via_transformers.encode_segment(text, 3) == tik.encode_segment(text, 3)
-    csm = TextTokenizer.load(str(tmp_path), segment_format=CSM_SEGMENT_FORMAT)
-    assert csm.source.endswith("tokenizer.json")  # a directory: loaded as a file, not hub
-    csm_hub = TextTokenizer.from_hub(str(tmp_path), CSM_SEGMENT_FORMAT)
-    assert csm_hub.segment_format is CSM_SEGMENT_FORMAT
-    assert csm_hub.encode_segment(" Hi.", 3) == [BOS, *_plain(tik, "[3] Hi."), EOS]
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -243,13 +260,12 @@ def test_numpy_speaker_is_an_int(tik):
 
 def test_default_format_is_misotts(tik):
     assert tik.segment_format is MISO_SEGMENT_FORMAT
-    assert MISO_SEGMENT_FORMAT.render("  Hello", 1) == "[1] Hello"
-    explicit = TextTokenizer.load(segment_format=MISO_SEGMENT_FORMAT)
-    assert explicit.encode_segment(" Hello", 1) == [BOS, *_plain(tik, "[1] Hello"), EOS]
+    assert MISO_SEGMENT_FORMAT.render(" \tHello ", 1) == "[1] Hello "
+    assert tik.encode_segment(" Hello", 1) == [BOS, *_plain(tik, "[1] Hello"), EOS]
 
 
-def test_csm_framing(tik):
-    csm = TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT)
+def test_csm_framing(tik, tik_csm):
+    csm = tik_csm
     assert csm.segment_format is CSM_SEGMENT_FORMAT
     assert csm.encode_segment("Hello", 1) == [BOS, *_plain(tik, "[1]Hello"), EOS]
     # "[", "1", "]", "Hello" against MisoTTS's "[", "1", "]", " Hello"
@@ -262,27 +278,53 @@ def test_csm_framing(tik):
         csm.encode_segment("   ", 1)
 
 
-def test_segment_format_reaches_every_constructor(tmp_path, tik, hf_json):
-    model = Path(tik.source)
-    shutil.copy(model, tmp_path / "tokenizer.model")
-    built = [
-        TextTokenizer.load(segment_format=CSM_SEGMENT_FORMAT),
-        TextTokenizer.load(tmp_path, segment_format=CSM_SEGMENT_FORMAT),
-        TextTokenizer.load(hf_json, segment_format=CSM_SEGMENT_FORMAT),
-        TextTokenizer.from_tiktoken_file(model, CSM_SEGMENT_FORMAT),
-        TextTokenizer.from_tokenizer_json(hf_json, segment_format=CSM_SEGMENT_FORMAT),
-    ]
+def test_segment_format_reaches_every_constructor(tmp_path, monkeypatch, tik, tiny_hf):
+    import transformers
+
+    tiktoken_dir = tmp_path / "tiktoken"
+    tiktoken_dir.mkdir()
+    shutil.copy(tik.source, tiktoken_dir / "tokenizer.model")
+    json_dir = tmp_path / "json"
+    json_dir.mkdir()
+    tiny_hf.save(str(json_dir / "tokenizer.json"))
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained",
+        lambda name, **kwargs: type("Fast", (), {"backend_tokenizer": tiny_hf})(),
+    )
+    # load(model dir) runs from_tiktoken_file; load(None) is the tik_csm fixture.
+    built = {
+        "load(model dir)": TextTokenizer.load(tiktoken_dir, segment_format=CSM_SEGMENT_FORMAT),
+        "load(json dir)": TextTokenizer.load(json_dir, segment_format=CSM_SEGMENT_FORMAT),
+        "load(hub id)": TextTokenizer.load("someone/csm-1b", segment_format=CSM_SEGMENT_FORMAT),
+        "from_tokenizer_json": TextTokenizer.from_tokenizer_json(
+            json_dir / "tokenizer.json", CSM_SEGMENT_FORMAT),
+        "from_hub": TextTokenizer.from_hub("someone/csm-1b", CSM_SEGMENT_FORMAT),
+    }
+    for how, tokenizer in built.items():
+        assert tokenizer.segment_format is CSM_SEGMENT_FORMAT, how
+    assert built["load(hub id)"].source == "someone/csm-1b"
     expected = [BOS, *_plain(tik, "[2]Hi."), EOS]
-    for tokenizer in built:
-        assert tokenizer.segment_format is CSM_SEGMENT_FORMAT, tokenizer
-        assert tokenizer.encode_segment("Hi.", 2) == expected, tokenizer
-    assert "segment_format=SegmentFormat(template='[{speaker}]{text}'" in repr(built[0])
+    assert built["load(model dir)"].encode_segment("Hi.", 2) == expected
+    assert "segment_format=SegmentFormat(template='[{speaker}]{text}'" in repr(
+        built["load(model dir)"])
+
+
+def test_bad_segment_format_fails_before_loading(monkeypatch, tmp_path):
+    # Nothing is read (or fetched) when the format is wrong.
+    monkeypatch.setattr(miso_text, "packaged_tokenizer_model", pytest.fail)
+    monkeypatch.setattr(TextTokenizer, "from_hub", pytest.fail)
+    for source in (None, tmp_path, "meta-llama/Llama-3.2-1B"):
+        with pytest.raises(TypeError, match="SegmentFormat"):
+            TextTokenizer.load(source, segment_format="[{speaker}]{text}")
 
 
 def test_custom_segment_format(tik):
     custom = SegmentFormat("<{speaker:02d}>: {text}", lstrip_text=True)
     assert custom.render("  Hi.", 3) == "<03>: Hi."
-    tokenizer = TextTokenizer.load(segment_format=custom)
+    tokenizer = TextTokenizer(
+        tik._encode_plain, bos_id=BOS, eos_id=EOS, vocab_size=tik.vocab_size,
+        special_ids=range(BOS, tik.vocab_size), source="test", segment_format=custom,
+    )
     assert tokenizer.encode_segment(" Hi.", 3) == [BOS, *_plain(tik, "<03>: Hi."), EOS]
     assert SegmentFormat("{speaker}{{literal braces}}{text}").render("x", 0) == "0{literal braces}x"
 
@@ -310,7 +352,7 @@ def test_bad_template_is_refused(template):
 
 def test_segment_format_must_be_a_segment_format():
     # A bare string would leave open whether the text is stripped, which changes the ids.
-    with pytest.raises(TypeError, match="SegmentFormat"):
+    with pytest.raises(TypeError, match="use MISO_SEGMENT_FORMAT, CSM_SEGMENT_FORMAT"):
         TextTokenizer.load(segment_format="[{speaker}]{text}")
     with pytest.raises(TypeError, match="SegmentFormat"):
         TextTokenizer.load(segment_format=None)

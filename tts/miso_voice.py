@@ -84,6 +84,7 @@ class MisoEngine(SpeechEngine):
         *,
         codec: str | os.PathLike = "kyutai/mimi",
         tokenizer: str | os.PathLike | None = None,
+        text_format: str = "miso",
         device: str = "cuda",
         dtype: torch.dtype = torch.bfloat16,
         allow_cpu: bool = False,
@@ -93,11 +94,19 @@ class MisoEngine(SpeechEngine):
     ) -> MisoEngine:
         """Model, codec and tokenizer from local paths (or hub ids when online).
         ``voice_prompt``: speech in the voice the bot should have, with its words.
+        ``text_format``: "miso" writes a segment as "[0] text", "csm" (Sesame CSM) "[0]text".
         Anything that keeps it from starting is an EngineUnavailableError saying why."""
         from tts.miso.checkpoint import CheckpointError, load_model
         from tts.miso.codec import CodecNotFoundError
         from tts.miso.generator import ContextTooLongError
-        from tts.miso.text import TextTokenizer, TokenizerNotFoundError
+        from tts.miso.text import (
+            CSM_SEGMENT_FORMAT,
+            MISO_SEGMENT_FORMAT,
+            TextTokenizer,
+            TokenizerNotFoundError,
+        )
+
+        segment_format = {"miso": MISO_SEGMENT_FORMAT, "csm": CSM_SEGMENT_FORMAT}[text_format]
 
         where = pick_device(device, allow_cpu)
         try:
@@ -107,7 +116,7 @@ class MisoEngine(SpeechEngine):
             mimi = MimiCodec.load(codec, device=where,
                                   num_codebooks=model.config.audio_num_codebooks)
             generator = MisoGenerator(
-                model, TextTokenizer.load(tokenizer), mimi,
+                model, TextTokenizer.load(tokenizer, segment_format=segment_format), mimi,
                 speakers=(options.user_speaker, options.bot_speaker),
             )
             engine = cls(generator, options)

@@ -24,6 +24,11 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 
 
+# Causal masks the reference registers as (persistent) buffers in setup_caches: a state
+# dict saved after it carries them. They are derived, not learned, so they are skipped.
+DERIVED_KEYS = frozenset({"backbone_causal_mask", "decoder_causal_mask"})
+
+
 class CheckpointError(ValueError):
     """The checkpoint is missing, malformed or does not fit the architecture."""
 
@@ -134,6 +139,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     unexpected: list[str] = []
     for name, tensor in _iter_tensors(_weight_files(directory), device, dtype):
         name = name.removeprefix("module.")
+        if name in DERIVED_KEYS:
+            continue
         if name not in expected:
             unexpected.append(name)
             continue

@@ -62,13 +62,18 @@ def llama3_scaled_frequencies(
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
 
 
-def rope_table(sizes: TransformerSizes, device: torch.device) -> torch.Tensor:
-    """(max_seq_len, head_dim/2, 2) cos/sin per position, kept in float32 whatever the
-    model dtype: bf16 angles would blur positions near the end of the context."""
+def rope_table(sizes: TransformerSizes, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(max_seq_len, head_dim/2, 2) cos/sin per position, computed in float32.
+
+    The values are rounded to the model's dtype (then used in float32): the reference's
+    table is a buffer that ``model.to(bfloat16)`` rounds, so a bf16 model was run, and
+    presumably trained, with bf16-rounded angles. Rounding the same way keeps bf16 outputs
+    identical to the reference's; in float32 it changes nothing."""
     theta = llama3_scaled_frequencies(sizes.head_dim, sizes.rope_base, sizes.scale_factor)
     positions = torch.arange(sizes.max_seq_len, dtype=theta.dtype)
     angles = torch.einsum("i,j->ij", positions, theta).float()
-    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1).to(device)
+    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return table.to(dtype).float().to(device)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -187,7 +192,7 @@ class Transformer(nn.Module):
         self.rope: torch.Tensor | None = None
 
     def setup_caches(self, batch_size: int, cache_len: int, dtype, device) -> None:
-        self.rope = rope_table(self.sizes, device)
+        self.rope = rope_table(self.sizes, device, dtype)
         for layer in self.layers:
             layer.attn.kv_cache = KVCache(batch_size, self.sizes.num_kv_heads, cache_len,
                                           self.sizes.head_dim, dtype, device)
