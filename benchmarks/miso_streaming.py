@@ -12,7 +12,8 @@ Reports, in one run and the same process:
 - time to the first audio chunk, streaming (1 frame then 4-frame chunks), against the
   non-streaming path (generate every frame, then decode once): the ratio;
 - per-frame time (p50/p95) and how it splits between backbone, depth decoder and Mimi;
-- peak resident memory, and the weights' size.
+- peak resident memory (which includes the checkpoint file's pages while it is read),
+  resident memory after loading and after generating, and the weights' size.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ CACHE = Path(os.environ.get("VOICE_AGENT_CACHE", "~/.cache/voice-agent")).expand
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class StageClock:
@@ -142,14 +151,16 @@ def main():
     model = load_model(checkpoint, device="cpu", dtype=dtype)
     load_secs = time.perf_counter() - start
     weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    # The peak includes the checkpoint file's pages, mapped while loading; this does not.
+    rss_after_load = current_rss_mib()
     if args.compile_decoder:
         model.compile_decoder_step()
     codec = MimiCodec.random(seed=0)
     generator = MisoGenerator(model, TextTokenizer.load(), codec, speakers=[0, 1])
     context = [user_turn(codec)]
     text = "Tomorrow will be sunny with a light breeze in the afternoon."
-    options = dict(max_audio_secs=args.secs, temperature=0.9, topk=50, seed=0,
-                   num_codebooks=args.num_codebooks)
+    options = {"max_audio_secs": args.secs, "temperature": 0.9, "topk": 50, "seed": 0,
+                   "num_codebooks": args.num_codebooks}
 
     # Warm-up (and compilation, if asked): allocations and kernels before timing.
     generator.generate("Hello.", 1, context, **{**options, "max_audio_secs": 0.24})
@@ -199,6 +210,8 @@ def main():
         "per_frame_stage_ms": clock.summary(),
         "weights_mib": round(weights_mib),
         "peak_rss_mib": round(peak_rss_mib()),
+        "rss_after_load_mib": round(rss_after_load),
+        "rss_after_generation_mib": round(current_rss_mib()),
         "rss_before_load_mib": round(rss_before),
     }
     out = Path(args.out)

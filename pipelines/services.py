@@ -88,24 +88,36 @@ class _ThreadFedIterator:
     """The items a blocking iterator yields on another thread, as an async iterator.
 
     ``run`` starts ``produce`` on some thread. Items cross to the event loop through a
-    queue; an exception raised by the iterator is raised again by ``__anext__``.
+    queue; an exception raised by the iterator is raised again by ``__anext__``. ``stop()``
+    ends production after the current item and closes the iterator (so a generator's
+    ``finally``/``with`` blocks run, e.g. a model lock is released).
     """
 
     def __init__(self, items: Callable[[], Iterable], run: Callable[[Callable[[], None]], object]):
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._stop = threading.Event()
         loop = asyncio.get_running_loop()
         put = self._queue.put_nowait
 
         def produce():
+            iterator = iter(items())
             try:
-                for item in items():
+                for item in iterator:
+                    if self._stop.is_set():
+                        break
                     loop.call_soon_threadsafe(put, item)
             except Exception as e:
                 loop.call_soon_threadsafe(put, e)
             finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
                 loop.call_soon_threadsafe(put, _DONE)
 
         run(produce)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def __aiter__(self):
         return self
@@ -202,6 +214,9 @@ class EngineTTSService(TTSService):
             logger.error(f"{self}: speech synthesis failed for {text!r}: {e}")
             yield ErrorFrame(error=f"speech synthesis failed: {e}")
         finally:
+            # If the session ends (or the task is cancelled) mid-sentence, the engine stops
+            # too instead of finishing a sentence nobody will hear.
+            audio.stop()
             await self.stop_ttfb_metrics()
         if spoken:
             self._session.add_bot_reply(

@@ -202,3 +202,13 @@ def test_empty_text_and_unknown_speaker(generator):
         list(generator.stream("", 1))
     with pytest.raises(ValueError, match="unknown speaker id 3"):
         list(generator.stream("Hello.", 3))
+
+
+def test_abandoning_a_stream_frees_the_model_for_the_next_utterance(generator):
+    stream = generator.stream("A long sentence nobody waits for.", 1, max_audio_secs=4, seed=0)
+    next(stream)
+    assert not generator._lock.acquire(blocking=False)  # mid-utterance: the model is busy
+    stream.close()  # what the TTS service does when the session ends mid-sentence
+    assert generator._lock.acquire(blocking=False)
+    generator._lock.release()
+    assert generator.generate("Next.", 1, max_audio_secs=0.16, seed=0).codes.shape[1] >= 1

@@ -237,3 +237,41 @@ def test_masks_saved_by_the_reference_after_setup_caches_are_accepted(tiny_check
 
     with_masks = copy_checkpoint(tiny_checkpoint, tmp_path / "masks", edit_tensors=edit)
     assert load_model(with_masks).config == TINY
+
+
+def test_compiled_decoder_step_gives_the_same_frames(tiny_checkpoint):
+    eager, compiled = load_model(tiny_checkpoint), load_model(tiny_checkpoint)
+    compiled.compile_decoder_step()
+    tokens, mask = prompt(8)
+    frames = []
+    for model in (eager, compiled):
+        model.setup_caches(1)
+        step_tokens, step_mask, pos = tokens[None], mask[None], torch.arange(8)[None]
+        out = []
+        for _ in range(3):
+            frame = model.generate_frame(step_tokens, step_mask, pos, 1.0, 1)[0]
+            out.append(frame)
+            frame_tokens, frame_mask = audio_frame(frame)
+            step_tokens, step_mask = frame_tokens[None, None], frame_mask[None, None]
+            pos = pos[:, -1:] + 1
+        frames.append(torch.stack(out))
+    assert torch.equal(frames[0], frames[1])
+
+
+def test_sharded_checkpoint_loads(tiny_checkpoint, tmp_path):
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    tensors = load_file(str(tiny_checkpoint / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for file, shard_names in shards.items():
+        save_file({n: tensors[n] for n in shard_names}, str(sharded / file))
+        weight_map.update(dict.fromkeys(shard_names, file))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (sharded / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    whole, split = load_model(tiny_checkpoint), load_model(sharded)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), split.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
