@@ -27,6 +27,7 @@ import numpy as np
 import soxr
 
 from agent.config import load_config
+from benchmarks.report import write_report
 from pipelines.file_mode import FileTurn, run_files
 from pipelines.file_transport import write_wav
 from pipelines.stack import load_stack
@@ -174,9 +175,7 @@ def main():
     if args.voice == "espeak" and not shutil.which("espeak-ng"):
         parser.error("--voice espeak needs espeak-ng (apt-get install espeak-ng)")
     report = asyncio.run(run(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(report, args.out)
     summary = {
         k: report[k]
         for k in (

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.report import write_report
 from tts.miso import KNOWN_FLAVORS, MisoConfig, load_model, write_random_checkpoint
 from tts.miso.codec import MimiCodec
 from tts.miso.generator import MisoGenerator, Segment
@@ -214,9 +215,7 @@ def main():
         "rss_after_generation_mib": round(current_rss_mib()),
         "rss_before_load_mib": round(rss_before),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
     print(json.dumps(report, indent=2))
 
 

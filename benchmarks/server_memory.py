@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 
 from agent.config import load_config
+from benchmarks.report import write_report
 from pipelines.stack import load_speech_engine
 from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
@@ -132,9 +133,7 @@ def main():
     parser.add_argument("--out", default="out/benchmarks/server_memory.json")
     args = parser.parse_args()
     report = asyncio.run(run(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
     print(json.dumps(report, indent=2))
 
 

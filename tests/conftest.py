@@ -50,3 +50,15 @@ def question_wavs(stack, tmp_path_factory) -> list[tuple[Path, str]]:
 @pytest.fixture(scope="session")
 def transcribe(stack):
     return lambda samples, rate: transcribe_reply(stack.whisper, samples, rate)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny-model tests: waking a second thread costs
+    more than it saves, and on a busy machine the wake-ups make them several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

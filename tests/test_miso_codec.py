@@ -24,14 +24,8 @@ CHUNKINGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # These tensors are tiny: waking a second thread costs more than it saves, and on a busy
-    # machine the wake-ups make the file several times slower. Restored for the other tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a second torch thread costs more than it saves (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

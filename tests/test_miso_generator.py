@@ -16,13 +16,8 @@ from tts.miso.text import TextTokenizer
 FRAME = 1920  # samples per Mimi frame at 24 kHz
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, and the other core is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: a second torch thread costs more than it saves (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
