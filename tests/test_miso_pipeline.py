@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from agent.config import load_config
 from pipelines.file_mode import FileTurn, run_files
+from pipelines.file_transport import write_wav
 from pipelines.stack import load_miso_engine
 from tests.conftest import BARGE_IN, speak, wer
 from tests.miso_setup import SMALL_MIMI, TINY_MISO
@@ -47,9 +49,17 @@ def miso_config_file(tmp_path, **miso_overrides):
     return path
 
 
+VOICE_PROMPT_TEXT = "This is how the assistant sounds."
+
+
 @pytest.fixture(scope="module")
 def miso_stack(stack, tmp_path_factory):
-    config = load_config(str(miso_config_file(tmp_path_factory.mktemp("miso"))))
+    folder = tmp_path_factory.mktemp("miso")
+    # The voice prompt as a user would supply it: a 16 kHz WAV, resampled on loading.
+    prompt_wav = write_wav(folder / "voice.wav", speak(stack, VOICE_PROMPT_TEXT), 16000)
+    config = load_config(str(miso_config_file(
+        folder, voice_prompt={"audio": str(prompt_wav), "text": VOICE_PROMPT_TEXT}
+    )))
     engine = load_miso_engine(config)
     engine.warm_up()
     return dataclasses.replace(stack, config=config, speech=engine)
@@ -91,7 +101,13 @@ async def test_replies_condition_on_the_users_turn_and_earlier_sentences(
         assert len(audio) > 0 and np.abs(audio).max() > 0
 
     user, bot = engine.options.user_speaker, engine.options.bot_speaker
+    prompt = engine.generator.voice_prompt
+    assert prompt is not None and prompt.text == VOICE_PROMPT_TEXT and prompt.speaker == bot
+    assert prompt.sample_rate == 24_000 and len(prompt.audio) > 24_000
+    prompt_tokens, _ = engine.generator.tokenize_segment(prompt)
     for segments, plan in log.entries:
+        # Every sentence's context opens with the voice prompt.
+        assert torch.equal(plan.tokens[: len(prompt_tokens)], prompt_tokens)
         user_segments = [s for s in segments if s.speaker == user]
         assert user_segments, "a reply was spoken without the user's turn in context"
         # Each user segment is one captured turn: its transcript, its audio at 24 kHz.
