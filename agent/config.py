@@ -159,6 +159,13 @@ class TTSConfig(_Section):
         return self
 
 
+class ToneConfig(_Section):
+    # The voice moves toward how the user sounds (rate, loudness, pitch, liveliness).
+    follow: bool = True
+    # The LLM is told how the user sounded ("The user spoke fast and loudly.").
+    hint: bool = True
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
@@ -173,6 +180,7 @@ class AgentConfig(_Section):
     turn: TurnConfig = TurnConfig()
     llm: LLMConfig
     tts: TTSConfig
+    tone: ToneConfig = ToneConfig()
     server: ServerConfig = ServerConfig()
     # Rate of the audio the pipeline works with inside; Whisper and Silero want 16 kHz.
     audio_in_sample_rate: Literal[16000] = 16000

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from agent.tone_follow import ToneFollower
 from tts.base import SpeechContext, SpokenAudio, Utterance
 
 # Enough history for any engine's context window, bounded so a long call does not grow.
@@ -30,6 +31,11 @@ class SessionState:
     conversation: deque[Utterance] = field(
         default_factory=lambda: deque(maxlen=2 * MAX_KEPT_TURNS)
     )
+    # How the user sounds against their own baseline, and the reply style that follows.
+    tone: ToneFollower = field(default_factory=ToneFollower)
+    # Audio of each ended user turn by turn number (from 1), as soon as the turn ends, for
+    # the tone analysis that must finish before the LLM runs; only the latest few are kept.
+    _ended_turns: dict[int, SpokenAudio | None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_user_turn(self, turn: SpokenAudio) -> None:
@@ -42,6 +48,17 @@ class SessionState:
             self.bot_replies.append(reply)
             self.conversation.append(Utterance("bot", reply))
 
+    def turn_ended(self, number: int, audio: SpokenAudio | None) -> None:
+        with self._lock:
+            self._ended_turns[number] = audio
+            for old in [n for n in self._ended_turns if n <= number - 4]:
+                del self._ended_turns[old]
+
+    def ended_turn(self, number: int) -> tuple[bool, SpokenAudio | None]:
+        """(whether turn ``number`` has ended, its audio if any was captured)."""
+        with self._lock:
+            return number in self._ended_turns, self._ended_turns.get(number)
+
     @property
     def last_user_turn(self) -> SpokenAudio | None:
         with self._lock:
@@ -50,4 +67,4 @@ class SessionState:
     def speech_context(self) -> SpeechContext:
         """The context a speech engine gets for the reply being spoken now."""
         with self._lock:
-            return SpeechContext(conversation=tuple(self.conversation))
+            return SpeechContext(conversation=tuple(self.conversation), style=self.tone.style)

@@ -42,6 +42,7 @@ from pipelines.services import (
 )
 from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.stack import ModelStack
+from pipelines.tone_follower import ToneFollowerProcessor
 from pipelines.turn_recorder import UserTurnRecorder
 from pipelines.turn_timeline import TurnTimeline
 
@@ -126,6 +127,8 @@ def build_session(
         first_clause_min_words=config.tts.first_clause_min_words,
     )
     watcher = ReplyPlayedWatcher(gate)
+    state.tone.enabled = config.tone.follow
+    tone_follower = ToneFollowerProcessor(session=state, hint_to_llm=config.tone.hint)
 
     context = LLMContext()
     aggregators = LLMContextAggregatorPair(
@@ -161,6 +164,12 @@ def build_session(
         if message.content:
             await tell_client({"type": "conversation", "role": "bot", "text": message.content})
 
+    async def on_tone(tone: dict):
+        timeline.set_tone(tone)
+        await tell_client({"type": "tone", **tone})
+
+    tone_follower.on_tone = on_tone
+
     @tts.event_handler("on_synthesis_started")
     async def _on_synthesis_started(_tts, _text):
         timeline.mark_tts_start()
@@ -172,6 +181,7 @@ def build_session(
             recorder,
             stt,
             aggregators.user(),
+            tone_follower,
             llm,
             tts,
             transport.output(),

@@ -133,6 +133,7 @@ async def run_files(
                 "duration_secs": round(len(audio) / out_rate, 3),
             },
             "latency_secs": record.stages() if record else {},
+            "tone": record.tone if record else None,
         }
         if record is None:
             entry["error"] = "no user turn was detected in this input"

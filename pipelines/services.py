@@ -68,20 +68,24 @@ class LocalLLMService(OpenAILLMService):
 
 
 def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
-    """Keep system messages and at most ``max_turns`` recent exchanges plus the new question.
+    """Keep the leading system messages and at most ``max_turns`` recent exchanges plus the
+    new question (with any notes, e.g. tone hints, in their places between them).
 
     Old exchanges are dropped in blocks of half the limit, not one per turn: llama.cpp
     reuses its cache for an unchanged prompt prefix, and dropping one exchange every turn
     would change the prefix, and re-read the whole history, on every turn.
     """
-    system = [m for m in messages if m.get("role") == "system"]
-    rest = [m for m in messages if m.get("role") != "system"]
-    exchanges = (len(rest) - 1) // 2  # complete user/assistant pairs before the new question
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    system, rest = messages[:lead], messages[lead:]
+    user_at = [i for i, m in enumerate(rest) if m.get("role") == "user"]
+    exchanges = len(user_at) - 1  # complete exchanges before the new question
     if exchanges <= max_turns:
         return system + rest
     block = max(1, max_turns // 2)
     drop = -(-(exchanges - max_turns) // block) * block
-    return system + rest[2 * drop :]
+    return system + rest[user_at[drop]:]
 
 
 class _ThreadFedIterator:

@@ -46,6 +46,7 @@ class UserTurnRecorder(FrameProcessor):
         self._speech_end_samples = 0
         self._sample_rate = 16000
         self._finished_audio: np.ndarray | None = None
+        self._turns_ended = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -97,10 +98,17 @@ class UserTurnRecorder(FrameProcessor):
         self._recent_samples = 0
 
     def _turn_ended(self):
+        # Every end of turn is counted (the tone follower matches turns by number), even one
+        # with no speech captured.
+        self._turns_ended += 1
         if self._turn is None:
+            self._session.turn_ended(self._turns_ended, None)
             return
         audio = np.concatenate(self._turn)
         end = self._speech_end_samples or len(audio)
         self._finished_audio = audio[:end]
+        self._session.turn_ended(
+            self._turns_ended, SpokenAudio(self._finished_audio, self._sample_rate, "")
+        )
         self._turn = None
         self._turn_samples = 0

@@ -42,6 +42,7 @@ class TurnRecord:
     reply_played: float | None = None
     transcript: str = ""
     reply: str = ""
+    tone: dict | None = None  # how the user sounded and the style that followed
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def stages(self) -> dict[str, float | None]:
@@ -82,6 +83,11 @@ class TurnTimeline(BaseObserver):
         turn = self.current
         if turn is not None and turn.bot_started is None and turn.speech_end is None:
             turn.speech_end = self._known_speech_end
+
+    def set_tone(self, tone: dict):
+        turn = self.current
+        if turn is not None:
+            turn.tone = tone
 
     def mark_tts_start(self):
         turn = self.current

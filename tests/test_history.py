@@ -30,3 +30,22 @@ def test_the_prefix_changes_only_once_per_block():
     firsts = [trim_history(_conversation(n), 6)[1]["content"] for n in range(6, 30)]
     changes = sum(a != b for a, b in zip(firsts, firsts[1:]))
     assert changes <= (30 - 6) // 3 + 1
+
+
+def test_notes_between_exchanges_stay_in_place_and_go_with_their_exchange():
+    messages = [{"role": "system", "content": "be brief"}]
+    for i in range(10):
+        messages += [
+            {"role": "user", "content": f"q{i}"},
+            {"role": "system", "content": f"note{i}"},
+            {"role": "assistant", "content": f"a{i}"},
+        ]
+    messages += [{"role": "user", "content": "now"}, {"role": "system", "content": "note-now"}]
+    kept = trim_history(messages, 6)
+    assert kept[0]["content"] == "be brief" and kept[-2:] == messages[-2:]
+    assert kept[1]["role"] == "user"
+    # Each kept exchange still has its note right after the question.
+    for i, m in enumerate(kept[1:-2]):
+        if m["role"] == "user":
+            assert kept[1:][i + 1]["content"] == "note" + m["content"][1:]
+    assert not any(m["content"] == "note0" for m in kept)

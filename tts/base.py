@@ -42,6 +42,23 @@ class Utterance:
 
 
 @dataclass(frozen=True)
+class SpeakingStyle:
+    """How to speak the reply, relative to the voice's own neutral delivery.
+
+    ``rate`` > 1 speaks faster; ``loudness_db`` and ``pitch_semitones`` shift level and
+    register; ``expressiveness`` > 1 varies the delivery more. Engines that hear the user
+    themselves (MisoTTS) may ignore it."""
+
+    rate: float = 1.0
+    loudness_db: float = 0.0
+    pitch_semitones: float = 0.0
+    expressiveness: float = 1.0
+
+
+NEUTRAL_STYLE = SpeakingStyle()
+
+
+@dataclass(frozen=True)
 class SpeechContext:
     """What an engine may listen to before it speaks.
 
@@ -52,6 +69,8 @@ class SpeechContext:
     """
 
     conversation: tuple[Utterance, ...] = field(default_factory=tuple)
+    # How the reply should sound, following how the user sounded (agent.tone_follow).
+    style: SpeakingStyle = NEUTRAL_STYLE
 
     @property
     def user_turn(self) -> SpokenAudio | None:

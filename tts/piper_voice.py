@@ -10,6 +10,10 @@ import numpy as np
 
 from tts.base import SpeechContext, SpeechEngine
 
+# Level of the neutral delivery below Piper's peak-normalised output, so a louder style has
+# headroom before the limiter (Piper scales each chunk to full scale, then by ``volume``).
+NEUTRAL_GAIN_DB = -4.0
+
 
 @dataclass(frozen=True)
 class PiperStyle:
@@ -39,13 +43,35 @@ class PiperEngine(SpeechEngine):
 
         if not text or not text.strip():
             raise ValueError("cannot speak empty text")
-        style = self.style
+        base, wanted = self.style, context.style
+        # Pitch moves by playing the audio faster/slower (resampling); Piper first speaks
+        # that much slower/faster so the duration comes out as the rate asks.
+        pitch_factor = 2.0 ** (wanted.pitch_semitones / 12)
         config = SynthesisConfig(
-            length_scale=style.length_scale,
-            noise_scale=style.noise_scale,
-            noise_w_scale=style.noise_w_scale,
-            volume=style.volume,
+            length_scale=base.length_scale * pitch_factor / wanted.rate,
+            noise_scale=base.noise_scale * wanted.expressiveness,
+            noise_w_scale=base.noise_w_scale * wanted.expressiveness,
+            volume=base.volume,
         )
+        gain = 10.0 ** ((NEUTRAL_GAIN_DB + wanted.loudness_db) / 20)
         # Piper yields one chunk per sentence it finds in the text.
         for chunk in self._voice.synthesize(text, syn_config=config):
-            yield np.frombuffer(chunk.audio_int16_bytes, dtype=np.int16)
+            audio = np.frombuffer(chunk.audio_int16_bytes, dtype=np.int16)
+            yield _restyle(audio, self.sample_rate, pitch_factor, gain)
+
+
+def _restyle(audio: np.ndarray, rate: int, pitch_factor: float, gain: float) -> np.ndarray:
+    """Shift pitch by ``pitch_factor`` (resampling) and apply ``gain`` with a soft limit."""
+    samples = audio.astype(np.float32) / 32768.0
+    if abs(pitch_factor - 1.0) > 1e-3:
+        import soxr
+
+        samples = soxr.resample(samples, rate * pitch_factor, rate)
+    samples = samples * gain
+    # Above 0.9 of full scale, compress smoothly instead of clipping.
+    over = np.abs(samples) > 0.9
+    if over.any():
+        samples[over] = np.sign(samples[over]) * (
+            0.9 + 0.1 * np.tanh((np.abs(samples[over]) - 0.9) / 0.1)
+        )
+    return (samples * 32767).astype(np.int16)
