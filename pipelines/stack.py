@@ -71,6 +71,11 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         if llm is not None:
             llm.warm_up()
         speech.warm_up()
+        # The pitch tracker's first call pays for its own set-up (~0.1 s): not in a turn.
+        from agent.tone import analyze_tone
+
+        tone = np.sin(np.arange(16000) * 2 * np.pi * 150 / 16000) * 0.3
+        analyze_tone((tone * 32767).astype(np.int16), 16000, "ah")
         times["warm_up"] = time.perf_counter() - start
     logger.info("models loaded: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
     return ModelStack(
