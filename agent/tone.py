@@ -4,22 +4,25 @@
 [-1, 1]; the capture runs from shortly before speech to its end) and measures:
 
 * where speech is: 20 ms frames (10 ms apart) whose energy clears a threshold set from the
-  turn itself (30 dB under its loud frames, 6 dB over its noise floor) and an absolute
-  floor of -65 dBFS, so a quiet speaker still registers and a silent capture does not.
-  Gaps of 0.15 s or more inside the span from first to last speech are pauses; shorter
-  gaps (stop closures, breaths between words) count as speech.
-* pitch with Praat's autocorrelation tracker (through parselmouth): the median F0 of the
-  voiced frames and the 10th..90th percentile span in semitones.
+  turn itself (30 dB under its loud frames; 6 dB over its noise floor when it has one) and
+  an absolute floor of -65 dBFS, so a quiet speaker still registers and a silent capture
+  does not. Gaps of 0.15 s or more inside the span from first to last speech are pauses;
+  shorter gaps (stop closures, breaths between words) count as speech.
+* pitch with Praat's autocorrelation tracker (through parselmouth, 60..600 Hz): the median
+  F0 of the voiced speech frames and their 10th..90th percentile span in semitones, frames
+  more than an octave from the median left out as tracking errors.
 * loudness: RMS over the speech (non-pause) part of the span, in dB re full scale
-  (a full-scale square wave is 0 dBFS, a full-scale sine -3 dBFS).
+  (a full-scale square wave is 0 dBFS, a full-scale sine -3 dBFS); DC is removed first.
 * tempo: syllables per second of speech time. With a transcript the syllables are counted
   from its spelling (``count_syllables``); without one they are the syllable nuclei found
-  in the audio: peaks of a smoothed intensity contour that are voiced and stand at least
-  2 dB above the dips that separate them from their neighbours (after de Jong & Wempe,
-  2009, "Praat script to detect syllable nuclei and measure speech rate automatically").
+  in the audio: peaks of the vowel-band (250..2500 Hz) intensity contour that are voiced
+  and rise at least 2 dB above the dips separating them from their neighbours (after de
+  Jong & Wempe 2009, "Praat script to detect syllable nuclei and measure speech rate
+  automatically"). Nuclei miss some unstressed syllables, so on the same speech they read
+  about 10% under the transcript count (more in noise: about 20% at 10 dB SNR).
 
-It is cheap (a few tens of milliseconds for a 5 s turn, most of it the pitch tracker) and
-uses only numpy and parselmouth.
+It is cheap (about 25 ms for a 5 s turn on a 2-core machine, most of it the pitch tracker)
+and uses only numpy and parselmouth.
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HOP_SECS = 0.01
-FRAME_SECS = 0.02
+HOP_SECS = 0.01  # speech frames are two hops (20 ms) long, one hop apart
 MIN_PAUSE_SECS = 0.15
 # Speech shorter than this with pauses (or nothing) on both sides is a click, not speech.
 MIN_SEGMENT_SECS = 0.06
@@ -49,6 +51,8 @@ PITCH_FLOOR_HZ = 60.0
 PITCH_CEILING_HZ = 600.0
 # Fewer voiced frames than this (10 ms each) give no pitch.
 MIN_VOICED_FRAMES = 3
+# Voiced frames further than this from the turn's median are tracking errors, not intonation.
+OUTLIER_SEMITONES = 12.0
 
 # Syllable nuclei: the intensity of the vowel band (250..2500 Hz, where vowels are strong and
 # fricatives weak), in 5 ms steps smoothed by a ~50 ms Hann window. A nucleus is a voiced
@@ -84,10 +88,15 @@ def analyze_tone(
     the whole capture. Raises ValueError for empty audio or a non-positive sample rate.
     """
     x = _as_float_mono(samples)
-    if not (isinstance(sample_rate, (int, float, np.integer, np.floating)) and sample_rate > 0):
-        raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
+    x = x - x.mean()
+    if not (
+        isinstance(sample_rate, (int, float, np.integer, np.floating))
+        and math.isfinite(sample_rate)
+        and sample_rate > 0
+    ):
+        raise ValueError(f"sample_rate must be a positive number, got {sample_rate!r}")
     sample_rate = float(sample_rate)
-    hop = max(1, int(round(HOP_SECS * sample_rate)))
+    hop = max(1, round(HOP_SECS * sample_rate))
     hop_secs = hop / sample_rate
 
     blocks = _block_energies(x, hop)  # mean square per 10 ms block
@@ -108,30 +117,23 @@ def analyze_tone(
     offset = 0.5 * hop_secs if len(blocks) > 1 else 0.0
     duration = len(x) / sample_rate
     seconds = [
-        (max(0.0, a * hop_secs + offset), min(duration, b * hop_secs + offset))
-        for a, b in segments
+        (max(0.0, a * hop_secs + offset), min(duration, b * hop_secs + offset)) for a, b in segments
     ]
     span = seconds[-1][1] - seconds[0][0]
     speech_secs = sum(b - a for a, b in seconds)
     pause_ratio = 1.0 - speech_secs / span if span > 0 else 0.0
 
-    bounds = [(int(round(a * sample_rate)), int(round(b * sample_rate))) for a, b in seconds]
+    bounds = [(round(a * sample_rate), round(b * sample_rate)) for a, b in seconds]
     energy = sum(float(np.sum(x[a:b] ** 2)) for a, b in bounds)
     count = sum(b - a for a, b in bounds)
     loudness = _db(energy / count) if count else _db(np.mean(x * x))
 
     times, f0 = _pitch_track(x, sample_rate, seconds[0][0], seconds[-1][1])
     in_speech = _inside(times, seconds)
-    voiced = f0[(f0 > 0) & in_speech]
-    f0_median = f0_range = None
-    if len(voiced) >= MIN_VOICED_FRAMES:
-        f0_median = float(np.median(voiced))
-        low, high = np.percentile(voiced, [10, 90])
-        f0_range = float(12.0 * math.log2(high / low))
+    f0_median, f0_range = _pitch_stats(f0[(f0 > 0) & in_speech])
 
-    if transcript is not None and transcript.strip():
-        syllables = count_syllables(transcript)
-    else:
+    syllables = count_syllables(transcript) if transcript else 0
+    if not syllables:  # no transcript, or nothing speakable in it
         syllables = len(syllable_nuclei(x, sample_rate, seconds, times, f0))
     rate = syllables / speech_secs if speech_secs > 0 else 0.0
 
@@ -157,19 +159,20 @@ def syllable_nuclei(
     pitch track ``pitch_times``/``f0`` (0 where unvoiced)."""
     if not segments or len(pitch_times) == 0:
         return []
-    step = max(1, int(round(NUCLEUS_STEP_SECS * sample_rate)))
+    step = max(1, round(NUCLEUS_STEP_SECS * sample_rate))
     step_secs = step / sample_rate
     start = max(0, int(segments[0][0] * sample_rate) - step)
-    end = min(len(x), int(math.ceil(segments[-1][1] * sample_rate)) + step)
+    end = min(len(x), math.ceil(segments[-1][1] * sample_rate) + step)
     if end - start < 3 * step:
         return []
-    spectrum = np.fft.rfft(x[start:end])
-    freqs = np.fft.rfftfreq(end - start, 1.0 / sample_rate)
+    n_fft = 1 << (end - start - 1).bit_length()  # a power of two: fast whatever the length
+    spectrum = np.fft.rfft(x[start:end], n_fft)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     low, high = NUCLEUS_BAND_HZ
     spectrum[(freqs < low) | (freqs > high)] = 0.0
-    band = np.fft.irfft(spectrum, end - start)
+    band = np.fft.irfft(spectrum, n_fft)[: end - start]
     blocks = _block_energies(band, step)
-    taps = max(3, int(round(NUCLEUS_SMOOTH_SECS / step_secs)))
+    taps = max(3, round(NUCLEUS_SMOOTH_SECS / step_secs))
     kernel = np.hanning(taps + 2)[1:-1]
     level = _db(np.convolve(blocks, kernel / kernel.sum(), mode="same"))
     centres = start / sample_rate + (np.arange(len(level)) + 0.5) * step_secs
@@ -194,6 +197,20 @@ def syllable_nuclei(
         if len(voiced_times) and np.min(np.abs(voiced_times - t)) <= 1.5 * HOP_SECS:
             nuclei.append(float(t))
     return nuclei
+
+
+def _pitch_stats(voiced_hz: np.ndarray) -> tuple[float | None, float | None]:
+    """Median F0 and 10th..90th percentile span in semitones of the voiced frames, leaving
+    out frames more than an octave from the median: octave jumps, and noise that the
+    tracker reads as voicing (low-frequency rumble looks periodic near the pitch ceiling)."""
+    if len(voiced_hz) < MIN_VOICED_FRAMES:
+        return None, None
+    semitones = 12.0 * np.log2(voiced_hz)
+    near = np.abs(semitones - np.median(semitones)) <= OUTLIER_SEMITONES
+    if near.sum() >= MIN_VOICED_FRAMES:
+        semitones = semitones[near]
+    low, high = np.percentile(semitones, [10, 90])
+    return float(2.0 ** (np.median(semitones) / 12.0)), float(high - low)
 
 
 def _prominence(level: np.ndarray, p: int) -> float:
@@ -268,7 +285,7 @@ def _speech_segments(speech: np.ndarray, hop_secs: float) -> list[tuple[int, int
     padded = np.concatenate([[False], speech, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
     runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
-    min_gap = int(math.ceil(MIN_PAUSE_SECS / hop_secs - 1e-9))
+    min_gap = math.ceil(MIN_PAUSE_SECS / hop_secs - 1e-9)
     merged = [runs[0]]
     for a, b in runs[1:]:
         if a - merged[-1][1] < min_gap:
@@ -294,21 +311,22 @@ def _pitch_track(
     little margin): frame times in seconds from the start of x, and F0 in Hz, 0 unvoiced."""
     margin = 0.05
     a = max(0, int((start - margin) * sample_rate))
-    b = min(len(x), int(math.ceil((end + margin) * sample_rate)))
+    b = min(len(x), math.ceil((end + margin) * sample_rate))
     empty = np.zeros(0), np.zeros(0)
     ceiling = min(PITCH_CEILING_HZ, 0.45 * sample_rate)
-    if b - a < 2 or ceiling <= PITCH_FLOOR_HZ:
+    # Praat's window spans three periods of the pitch floor; shorter sounds have no pitch.
+    if (b - a) / sample_rate < 3.0 / PITCH_FLOOR_HZ or ceiling <= PITCH_FLOOR_HZ:
         return empty
-    try:
-        import parselmouth
+    import parselmouth
 
+    try:
         sound = parselmouth.Sound(x[a:b], sampling_frequency=sample_rate)
         pitch = sound.to_pitch_ac(
             time_step=HOP_SECS, pitch_floor=PITCH_FLOOR_HZ, pitch_ceiling=ceiling
         )
         f0 = np.nan_to_num(np.asarray(pitch.selected_array["frequency"], dtype=np.float64))
         times = np.asarray(pitch.xs(), dtype=np.float64) + a / sample_rate
-    except Exception:  # too short for the analysis window, or anything Praat refuses
+    except parselmouth.PraatError:  # anything else Praat refuses to analyse
         return empty
     return times, f0
 
@@ -521,44 +539,41 @@ _EXCEPTIONS = {
 }
 
 # Vowel pairs that are two syllables (hiatus) in these contexts: each match adds one.
-_HIATUS = re.compile(
-    "|".join(
-        [
-            r"(?<![ctsg])(?<![iu]l)(?<!ll)(?<!r)ia",  # piano, media, trial (not social, Asia)
-            r"(?<=r)ia(?!ge)",  # variable, criteria (not marriage)
-            r"(?<=[ct])ia(?![ln]|$)",  # appreciate, negotiate
-            r"(?<=g)ia(?=nt)",  # giant
-            r"(?<![tcsgx])(?<![tcsgx]h)(?<![iu]l)(?<!ll)io(?!n(?:s|al)?$)(?!(?<=[nv]io)r)",  # radio
-            r"(?<=[^tcsgxlnh])ion(?=s?$)",  # lion, ion (not nation, million, onion)
-            r"iu",  # medium, stadium
-            r"(?<=[^aeiou])iet",  # quiet, society, variety
-            r"(?<![ct])(?<!en)ien(?=t|c)",  # client, experience, audience (not patient, ancient)
-            r"(?<=[aeiou]l)ien(?=s?$)",  # alien
-            r"^sci(?=en)",  # science, scientist
-            r"(?<=[^aeiou])(?<=.[a-z]{2})ie(?=rs?$|st$)",  # easier, carrier, earliest (not pier)
-            r"(?<!p)(?<![gc])(?<!jeo)eo(?!u)",  # video, theory (not people, surgeon, gorgeous)
-            r"eum",  # museum
-            r"(?<=[rl])eal(?=i)",  # reality
-            r"(?<=cr)ea(?=t(?!u))",  # create, creator (not creature)
-            r"(?<=th)ea(?=t)",  # theater
-            r"(?<=[^aeiou])ua(?<![qg]ua)",  # actual, usual (not equal, guard)
-            r"(?<![qg])ue(?=nt|nc|l)",  # fluent, influence, cruel
-            r"(?<![qg])uo",  # duo, fluorescent
-            r"(?<![qgb])(?<!r)ui(?=[dn])",  # fluid, genuine (not guide, build, bruin)
-            r"(?<=t)ui(?=t)",  # intuitive, tuition
-            r"oe(?=[mtlv])",  # poem, poet, whoever
-            r"ao",  # chaos
-            r"ii",  # skiing
-            r"^co(?=ord|oper|alit|exist|auth)",  # cooperate, coalition, coexist
-            r"^rei(?=n[fvt]|nst|ter)",  # reinforce, reinvent, reiterate
-            r"(?<=[^aeiou])ire$",  # fire, desire
-            r"(?<=qu)ire$",  # acquire
-            r"(?<=[aeiouy][^aeiouyr])re$",  # acre, genre
-            r"(?<=[aeiouy][^aeiouy][^aeiouyr])(?<!rr)re$",  # centre (not occurred)
-            r"(?:(?<=[^aeiouy])(?:ism|asm)|thm)s?$",  # tourism, sarcasm, rhythm
-        ]
-    )
+_HIATUS_RULES = (
+    r"(?<![ctsg])(?<![iu]l)(?<!ll)(?<!r)ia",  # piano, media, trial (not social, Asia)
+    r"(?<=r)ia(?!ge)",  # variable, criteria (not marriage)
+    r"(?<=[ct])ia(?![ln]|$)",  # appreciate, negotiate
+    r"(?<=g)ia(?=nt)",  # giant
+    r"(?<![tcsgx])(?<![tcsgx]h)(?<![iu]l)(?<!ll)io(?!n(?:s|al)?$)(?!(?<=[nv]io)r)",  # radio
+    r"(?<=[^tcsgxlnh])ion(?=s?$)",  # lion, ion (not nation, million, onion)
+    r"iu",  # medium, stadium
+    r"(?<=[^aeiou])iet",  # quiet, society, variety
+    r"(?<![ct])(?<!en)ien(?=t|c)",  # client, experience, audience (not patient, ancient)
+    r"(?<=[aeiou]l)ien(?=s?$)",  # alien
+    r"^sci(?=en)",  # science, scientist
+    r"(?<=[^aeiou])(?<=.[a-z]{2})ie(?=rs?$|st$)",  # easier, carrier, earliest (not pier)
+    r"(?<!p)(?<![gc])(?<!jeo)eo(?!u)",  # video, theory (not people, surgeon, gorgeous)
+    r"eum",  # museum
+    r"(?<=[rl])eal(?=i)",  # reality
+    r"(?<=cr)ea(?=t(?!u))",  # create, creator (not creature)
+    r"(?<=th)ea(?=t)",  # theater
+    r"(?<=[^aeiou])ua(?<![qg]ua)",  # actual, usual (not equal, guard)
+    r"(?<![qg])ue(?=nt|nc|l)",  # fluent, influence, cruel
+    r"(?<![qg])uo",  # duo, fluorescent
+    r"(?<![qgb])(?<!r)ui(?=[dn])",  # fluid, genuine (not guide, build, bruin)
+    r"(?<=t)ui(?=t)",  # intuitive, tuition
+    r"oe(?=[mtlv])",  # poem, poet, whoever
+    r"ao",  # chaos
+    r"ii",  # skiing
+    r"^co(?=ord|oper|alit|exist|auth)",  # cooperate, coalition, coexist
+    r"^rei(?=n[fvt]|nst|ter)",  # reinforce, reinvent, reiterate
+    r"(?<=[^aeiou])ire$",  # fire, desire
+    r"(?<=qu)ire$",  # acquire
+    r"(?<=[aeiouy][^aeiouyr])re$",  # acre, genre
+    r"(?<=[aeiouy][^aeiouy][^aeiouyr])(?<!rr)re$",  # centre (not occurred)
+    r"(?:(?<=[^aeiouy])(?:ism|asm)|thm)s?$",  # tourism, sarcasm, rhythm
 )
+_HIATUS = re.compile("|".join(_HIATUS_RULES))
 # Vowel letters that are silent: unique, league; safety, ninety; basically.
 _SILENT = re.compile(r"(?<=[qg])ues?$|(?<=[^aeiouy])ety$")
 
@@ -588,7 +603,7 @@ def count_syllables(text: str) -> int:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = text.replace("\u2019", "'").replace("\u2018", "'")
-    words = [w for w in _TOKEN.findall(text)]
+    words = _TOKEN.findall(text)
     mostly_caps = _mostly_capitals(words)
     total = 0
     for token in words:
@@ -598,6 +613,7 @@ def count_syllables(text: str) -> int:
 
 _TOKEN = re.compile(
     r"\d{1,2}:\d{2}"  # clock times
+    r"|\d+(?:-\d+)+"  # phone numbers and codes, read digit by digit: 555-1234
     r"|\d+(?:,\d{3})+(?:\.\d+)?(?:st|nd|rd|th|s)?"  # 1,500 / 12,000.5
     r"|\d+(?:\.\d+)?(?:st|nd|rd|th|s)?"  # 42 / 3.5 / 2nd / 1990s
     r"|[A-Za-z]+(?:'[A-Za-z]+)*"  # words and contractions
@@ -640,7 +656,7 @@ def _contraction_syllables(token: str) -> int:
     if rest == "t" and base.endswith("n"):  # didn't, can't, won't, isn't
         stem = base[:-1]
         if stem in ("ca", "wo", "do", "ai", "are", "were", "sha"):
-            return 1 if stem != "sha" else 1
+            return 1
         return _word_syllables(stem) + (0 if stem[-1:] in _VOWELS else 1)
     n = _word_syllables(base) if base else 0
     if not base:
@@ -789,12 +805,14 @@ def _cardinal(n: int) -> list[str]:
 
 
 def _number_syllables(token: str) -> int:
+    if "-" in token:
+        return sum(_n(_ONES[int(d)]) for d in token if d.isdigit())
     if ":" in token:  # 10:30 -> ten thirty; 3:00 -> three; 9:05 -> nine oh five
         hours, minutes = token.split(":")
         m = int(minutes)
         words = _cardinal(int(hours))
         if m:
-            words += (["oh", _ONES[m]] if m < 10 else _cardinal(m))
+            words += ["oh", _ONES[m]] if m < 10 else _cardinal(m)
         return sum(_n(w) for w in words)
     suffix = ""
     match = re.match(r"^([\d,.]+?)(st|nd|rd|th|s)?$", token)
