@@ -6,7 +6,7 @@ speaker to begin with, shifting toward this speaker's own average as turns accum
 a naturally fast talker is not "hurried" every turn. The deviations become
 - a SpeakingStyle for the voice: a fraction of the user's deviation, within bounds that keep
   speech natural, blended with the previous turn's style so one odd turn does not jump;
-- a short factual hint for the LLM ("The user spoke fast and loudly.").
+- a short factual hint for the LLM ("fast, loud; rushed, keep it brisk").
 """
 
 from __future__ import annotations
@@ -28,36 +28,37 @@ class ToneReading:
     range_log2: float  # log2(pitch range / usual range): livelier (+) or flatter (-)
 
     def describe(self) -> str | None:
-        """A factual phrase of what stood out, or None if the turn sounded as usual."""
+        """A short factual note of what stood out ("fast, loud; rushed, keep it brisk"), or
+        None if the turn sounded as usual. Short because it is prompt the LLM reads on the
+        way to its first word."""
         parts = []
         if self.rate_log2 > 0.2:
             parts.append("fast")
         elif self.rate_log2 < -0.2:
-            parts.append("slowly")
+            parts.append("slow")
         if self.loudness_db > 4:
-            parts.append("loudly")
+            parts.append("loud")
         elif self.loudness_db < -4:
-            parts.append("quietly")
+            parts.append("quiet")
         if self.pitch_semitones > 2:
-            parts.append("in a high voice")
+            parts.append("high-pitched")
         elif self.pitch_semitones < -2:
-            parts.append("in a low voice")
+            parts.append("low-pitched")
         if self.range_log2 > 0.4:
-            parts.append("animatedly")
+            parts.append("lively")
         elif self.range_log2 < -0.4:
-            parts.append("flatly")
+            parts.append("flat")
         if not parts:
             return None
-        spoken = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         mood = self.mood()
-        return f"The user spoke {spoken}" + (f"; they sound {mood}." if mood else ".")
+        return ", ".join(parts) + (f"; {mood}" if mood else "")
 
     def mood(self) -> str | None:
         energy = self.rate_log2 / 0.2 + self.loudness_db / 4 + self.pitch_semitones / 2
         if energy >= 2:
-            return "rushed or excited: keep the answer brisk"
+            return "rushed, keep it brisk"
         if energy <= -2:
-            return "calm or tired: answer gently"
+            return "calm, answer gently"
         return None
 
 
@@ -65,22 +66,22 @@ class ToneReading:
 class FollowBounds:
     """How far the voice may move and how much of the user's deviation it mirrors."""
 
-    gain: float = 0.7
-    max_rate: float = 1.3
-    min_rate: float = 0.77
+    gain: float = 0.9
+    max_rate: float = 1.4
+    min_rate: float = 0.72
     max_loudness_db: float = 4.0
     min_loudness_db: float = -6.0
-    max_pitch_semitones: float = 3.0
+    max_pitch_semitones: float = 3.5
     min_expressiveness: float = 0.7
     max_expressiveness: float = 1.4
     # Weight of this turn's target against the previous style: < 1 damps a single odd turn.
-    responsiveness: float = 0.75
+    responsiveness: float = 0.85
 
 
 # A typical speaker, the starting baseline: syllables/s (pauses excluded), a capture level,
 # a mid F0 between typical male and female voices, a conversational F0 range.
 TYPICAL = ToneFeatures(
-    f0_median_hz=160.0, f0_range_semitones=6.0, loudness_dbfs=-26.0, syllable_rate=4.5,
+    f0_median_hz=160.0, f0_range_semitones=6.0, loudness_dbfs=-26.0, syllable_rate=5.2,
     pause_ratio=0.1, speech_secs=2.0,
 )
 # How many turns the typical speaker counts for in each baseline. Pitch has none: voices

@@ -1,6 +1,6 @@
 """Spoken questions in contrasting styles: fast/slow, loud/quiet, high/low, varied independently.
 
-    python -m benchmarks.speech_styles [--config default] [--turns 12] [--human]
+    python -m benchmarks.speech_styles [--config default] [--turns 24] [--human]
                                        [--pitch-method resample|sox] [--force]
 
 The user side of benchmarks/tone_following.py. Every turn is one of the short factual
@@ -12,16 +12,20 @@ questions of benchmarks/conversation.py spoken by the configured Piper voice, wi
   * pitch: -4 to +4 semitones, by resampling (Piper first speaks slower/faster by the same
     factor so the duration comes out as the rate asks; formants move with the pitch, as
     between speakers) or by sox's ``pitch`` effect (duration kept by WSOLA; --pitch-method).
-Each factor takes ``turns`` evenly spaced levels, and the three orders are permutations
-chosen so that rate, loudness, pitch and the turn number are pairwise uncorrelated (a
-Latin-square-like design): a reply that follows one of them cannot score by following another.
+The ``turns`` are ``turns/2`` questions asked twice: first with every factor at one of
+``turns/2`` evenly spaced levels, in orders chosen so that rate, loudness, pitch and the turn
+number are pairwise uncorrelated (a Latin-square-like design: a reply that follows one of
+them cannot score by following another), then again with every factor mirrored (fastest <->
+slowest, loudest <-> quietest, highest <-> lowest). Each pair says the same words, so the
+difference within a pair is the style alone (see benchmarks/tone_following.py).
 
 ``--human`` adds turns from real recordings (the LibriVox sentences and "go forward ten
-meters" of the pocketsphinx 5.1.1 source package, see benchmarks/asr_window.py), their level
-and pitch moved the same way (resampling: their rate moves with the pitch).
+meters" of the pocketsphinx 5.1.1 source package, see benchmarks/asr_window.py), each clip
+twice, level and pitch moved the same way (by resampling: their rate moves with the pitch).
 
 Every styled turn is checked: Whisper (the config's model) must still hear the words
-(WER <= 0.2), and the measured features must move as intended against a neutral rendering
+(WER <= 0.2; a question it mishears is spoken again, up to 5 times, and the table says how
+often), and the measured features must move as intended against a neutral rendering
 of the same question. Features come from agent.tone.analyze_tone when that module exists,
 and always from the independent reference measurement below (Praat pitch via
 praat-parselmouth, active speech level, syllables of the text per second of speech).
@@ -52,7 +56,7 @@ from benchmarks.conversation import QUESTIONS, clean, transcribe
 
 STYLES_DIR = Path("out/speech/styles")
 RATE = 16000
-DESIGN_VERSION = 2
+DESIGN_VERSION = 5
 
 # The neutral active speech level; TYPICAL.loudness_dbfs of agent/tone_follow.py is -26 too.
 REFERENCE_DBFS = -26.0
@@ -62,6 +66,7 @@ LOUDNESS_DB = (-12.0, 6.0)
 PITCH_SEMITONES = (-4.0, 4.0)
 MAX_PEAK = 10 ** (-1 / 20)  # -1 dBFS
 MAX_WER = 0.2
+RENDER_TRIES = 5
 # Looser bounds for the check that a factor moved as intended (measured vs intended
 # change against the neutral rendering); the table shows the real numbers.
 TOLERANCE = {"rate_log2": 0.15, "loudness_db": 1.5, "pitch_semitones": 1.0}
@@ -71,6 +76,8 @@ TOLERANCE = {"rate_log2": 0.15, "loudness_db": 1.5, "pitch_semitones": 1.0}
 class StyledTurn:
     index: int
     set: str  # "questions" or "human"
+    pair: int  # turns of the same pair say the same words in mirrored styles
+    half: str  # "A" (first pass through the questions) or "B" (mirrored)
     text: str
     path: Path
     source: str
@@ -134,16 +141,25 @@ def ranks(values) -> np.ndarray:
 
 def balanced_orders(n: int, factors: int, seed: int = 0, tries: int = 20000) -> list[list[int]]:
     """``factors`` permutations of range(n), pairwise and against the turn number as close
-    to uncorrelated (Spearman) as a seeded random search finds; deterministic."""
+    to uncorrelated (Spearman) as a seeded random search finds; deterministic. Secondly, as
+    few turns as possible have every factor in the outer quarters of its range (such a turn,
+    e.g. fastest + quietest + lowest, is mostly a test of the speech recogniser)."""
     if n < 2:
         return [[0] * n for _ in range(factors)]
     rng = np.random.default_rng(seed)
     index = list(range(n))
+    outer = max(1, round(n / 4))
+
+    def is_outer(level):
+        return level < outer or level >= n - outer
+
     best, best_cost = None, math.inf
     for _ in range(tries):
         orders = [list(rng.permutation(n)) for _ in range(factors)]
         columns = [index] + orders
-        cost = max(abs(_rank_corr(a, b)) for a, b in itertools.combinations(columns, 2))
+        corr = max(abs(_rank_corr(a, b)) for a, b in itertools.combinations(columns, 2))
+        corners = sum(all(is_outer(o[i]) for o in orders) for i in range(n))
+        cost = corr + 0.1 * corners
         if cost < best_cost - 1e-9:
             best, best_cost = orders, cost
             if cost < 1e-9:
@@ -151,22 +167,40 @@ def balanced_orders(n: int, factors: int, seed: int = 0, tries: int = 20000) -> 
     return [[int(x) for x in o] for o in best]
 
 
+def levels(m: int) -> np.ndarray:
+    return np.linspace(0, 1, m) if m > 1 else np.array([0.5])
+
+
 def design(n: int, seed: int = 0) -> list[dict]:
-    """Intended style of each of ``n`` turns: every factor spans its range in ``n`` levels."""
-    rate_order, loud_order, pitch_order = balanced_orders(n, 3, seed)
-    steps = np.linspace(0, 1, n) if n > 1 else np.array([0.5])
+    """Intended style of each of ``n`` turns (rounded up to even): ``n/2`` questions, each
+    asked twice, the second time with every factor mirrored (its k-th fastest level becomes
+    the k-th slowest, loud becomes quiet, high becomes low). Within each half every factor
+    spans its range in n/2 levels, in orders uncorrelated with each other and the turn.
+    A question's two turns differ in style only, so comparing them cancels what its words
+    do to the features (of the question, and of an answer that ignores the style)."""
+    m = max(1, (n + 1) // 2)
+    rate_order, loud_order, pitch_order = balanced_orders(m, 3, seed)
+    steps = levels(m)
     fast, slow = RATES
     rates = fast * (slow / fast) ** steps  # geometric: equal steps in log rate
     loudness = LOUDNESS_DB[0] + steps * (LOUDNESS_DB[1] - LOUDNESS_DB[0])
     pitch = PITCH_SEMITONES[0] + steps * (PITCH_SEMITONES[1] - PITCH_SEMITONES[0])
-    return [
-        {
-            "rate": round(float(rates[rate_order[i]]), 4),
-            "loudness_db": round(float(loudness[loud_order[i]]), 2),
-            "pitch_semitones": round(float(pitch[pitch_order[i]]), 2),
-        }
-        for i in range(n)
-    ]
+    out = []
+    for half in ("A", "B"):
+        for i in range(m):
+            r, l, p = rate_order[i], loud_order[i], pitch_order[i]
+            if half == "B":
+                r, l, p = m - 1 - r, m - 1 - l, m - 1 - p
+            out.append(
+                {
+                    "pair": i,
+                    "half": half,
+                    "rate": round(float(rates[r]), 4),
+                    "loudness_db": round(float(loudness[l]), 2),
+                    "pitch_semitones": round(float(pitch[p]), 2),
+                }
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,12 +242,30 @@ def shift_pitch(audio: np.ndarray, rate: int, semitones: float, method: str) -> 
         src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
         sf.write(src, audio, rate, subtype="FLOAT")
         subprocess.run(
-            ["sox", str(src), "-b", "32", "-e", "floating-point", str(dst),
-             "pitch", f"{semitones * 100:.0f}", "rate", "-v", str(RATE)],
+            [
+                "sox",
+                str(src),
+                "-b",
+                "32",
+                "-e",
+                "floating-point",
+                str(dst),
+                "pitch",
+                f"{semitones * 100:.0f}",
+                "rate",
+                "-v",
+                str(RATE),
+            ],
             check=True,
         )
         out, _ = sf.read(dst, dtype="float32")
     return out
+
+
+def _wer(text: str, heard: str) -> float:
+    import jiwer
+
+    return float(jiwer.wer(clean(text), clean(heard))) if clean(text) else 0.0
 
 
 def set_level(audio: np.ndarray, dbfs: float) -> np.ndarray:
@@ -238,8 +290,7 @@ def speak_styled(voice, piper_config, text, style, pitch_method, neutral_secs):
     factor = 2.0 ** (style["pitch_semitones"] / 12)
     target = neutral_secs / style["rate"]
     # Resampling up by `factor` shortens the speech by it: speak that much slower first.
-    ls = piper_config.length_scale / style["rate"] * (factor if pitch_method == "resample"
-                                                      else 1.0)
+    ls = piper_config.length_scale / style["rate"] * (factor if pitch_method == "resample" else 1.0)
     best = None
     for _ in range(6):
         raw, rate = piper_speak(voice, piper_config, text, ls)
@@ -255,33 +306,61 @@ def speak_styled(voice, piper_config, text, style, pitch_method, neutral_secs):
 
 
 def render_questions(
-    config, n: int, folder: Path, pitch_method: str, questions: list[str] = QUESTIONS
+    config,
+    n: int,
+    folder: Path,
+    pitch_method: str,
+    questions: list[str] = QUESTIONS,
+    whisper=None,
 ) -> list[StyledTurn]:
+    """With ``whisper``, a styled turn Whisper mishears (WER > MAX_WER) is spoken again,
+    up to RENDER_TRIES times (Piper samples its noise, so each rendering differs), and the
+    best kept: the benchmark is about tone, its questions must be understood."""
     voice = load_piper(config)
     piper = config.tts.piper
     folder.mkdir(parents=True, exist_ok=True)
-    turns = []
+    turns, neutral_secs = [], {}
     for i, style in enumerate(design(n)):
-        text = questions[i % len(questions)]
-        neutral_path = folder / f"q{i:02d}_neutral.wav"
-        neutral, rate = piper_speak(voice, piper, text, piper.length_scale)
-        neutral = set_level(soxr.resample(neutral, rate, RATE, quality="VHQ"), REFERENCE_DBFS)
-        sf.write(neutral_path, to_int16(neutral, neutral_path.name), RATE, subtype="PCM_16")
-        audio, secs, ls = speak_styled(
-            voice, piper, text, style, pitch_method, active_secs(neutral)
-        )
-        audio = set_level(audio, REFERENCE_DBFS + style["loudness_db"])
+        q = style.pop("pair")
+        half = style.pop("half")
+        text = questions[q % len(questions)]
+        neutral_path = folder / f"q{q:02d}_neutral.wav"
+        if q not in neutral_secs:
+            neutral, rate = piper_speak(voice, piper, text, piper.length_scale)
+            neutral = soxr.resample(neutral, rate, RATE, quality="VHQ")
+            neutral = set_level(neutral, REFERENCE_DBFS)
+            sf.write(neutral_path, to_int16(neutral, neutral_path.name), RATE, subtype="PCM_16")
+            neutral_secs[q] = active_secs(neutral)
+        best = None
+        for attempt in range(1, RENDER_TRIES + 1):
+            audio, secs, ls = speak_styled(voice, piper, text, style, pitch_method, neutral_secs[q])
+            audio = set_level(audio, REFERENCE_DBFS + style["loudness_db"])
+            wer = _wer(text, transcribe(whisper, to_int16(audio, text), RATE)) if whisper else 0
+            if best is None or wer < best[0]:
+                best = (wer, audio, secs, ls)
+            if wer <= MAX_WER:
+                break
+        _, audio, secs, ls = best
         path = folder / (
-            f"q{i:02d}_r{style['rate']:.2f}_l{style['loudness_db']:+.0f}"
+            f"t{i:02d}_q{q:02d}{half}_r{style['rate']:.2f}_l{style['loudness_db']:+.0f}"
             f"_p{style['pitch_semitones']:+.1f}.wav"
         )
         sf.write(path, to_int16(audio, path.name), RATE, subtype="PCM_16")
         turns.append(
             StyledTurn(
-                index=i, set="questions", text=text, path=path, source="piper",
+                index=i,
+                set="questions",
+                pair=q,
+                half=half,
+                text=text,
+                path=path,
+                source="piper",
                 intended={
-                    **style, "pitch_method": pitch_method, "length_scale": round(ls, 3),
-                    "rate_rendered": round(active_secs(neutral) / secs, 3),
+                    **style,
+                    "pitch_method": pitch_method,
+                    "length_scale": round(ls, 3),
+                    "rate_rendered": round(neutral_secs[q] / secs, 3),
+                    "render_attempts": attempt,
                 },
                 neutral_path=neutral_path,
             )
@@ -290,33 +369,42 @@ def render_questions(
 
 
 def render_human(folder: Path, seed: int = 1) -> list[StyledTurn]:
-    """The pocketsphinx sdist's human recordings, level and pitch moved (resampling)."""
+    """The pocketsphinx sdist's human recordings, each twice: level and pitch (by
+    resampling, so the rate moves with the pitch) set by a design like the questions'."""
     from benchmarks.asr_window import human_recordings
 
     clips = human_recordings()  # (text, float32 16 kHz); fetched from PyPI once
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(clips)
-    loud_order, pitch_order = balanced_orders(n, 2, seed)
-    steps = np.linspace(0, 1, n)
+    m = len(clips)
+    styles = design(2 * m, seed)
     turns = []
-    for i, (text, audio) in enumerate(clips):
-        loud = float(LOUDNESS_DB[0] + steps[loud_order[i]] * (LOUDNESS_DB[1] - LOUDNESS_DB[0]))
-        st = float(PITCH_SEMITONES[0] + steps[pitch_order[i]] * np.ptp(PITCH_SEMITONES))
-        neutral_path = folder / f"h{i:02d}_neutral.wav"
-        neutral = set_level(audio.astype(np.float32), REFERENCE_DBFS)
-        sf.write(neutral_path, to_int16(neutral, neutral_path.name), RATE, subtype="PCM_16")
+    for i, style in enumerate(styles):
+        c = style["pair"]
+        text, audio = clips[c]
+        loud, st = style["loudness_db"], style["pitch_semitones"]
+        neutral_path = folder / f"h{c:02d}_neutral.wav"
+        if not any(t.pair == c for t in turns):
+            neutral = set_level(audio.astype(np.float32), REFERENCE_DBFS)
+            sf.write(neutral_path, to_int16(neutral, neutral_path.name), RATE, subtype="PCM_16")
         shifted = shift_pitch(audio.astype(np.float32), RATE, st, "resample")
         shifted = set_level(shifted, REFERENCE_DBFS + loud)
-        path = folder / f"h{i:02d}_l{loud:+.0f}_p{st:+.1f}.wav"
+        path = folder / f"t{i:02d}_h{c:02d}{style['half']}_l{loud:+.0f}_p{st:+.1f}.wav"
         sf.write(path, to_int16(shifted, path.name), RATE, subtype="PCM_16")
         turns.append(
             StyledTurn(
-                index=i, set="human", text=text, path=path,
-                source="pocketsphinx-5.1.1 " + ("goforward.raw" if "forward" in text
-                                                else "librivox"),
+                index=i,
+                set="human",
+                pair=c,
+                half=style["half"],
+                text=text,
+                path=path,
+                source="pocketsphinx-5.1.1 "
+                + ("goforward.raw" if "forward" in text else "librivox"),
                 intended={
-                    "rate": round(2.0 ** (st / 12), 4), "loudness_db": round(loud, 2),
-                    "pitch_semitones": round(st, 2), "pitch_method": "resample",
+                    "rate": round(2.0 ** (st / 12), 4),
+                    "loudness_db": loud,
+                    "pitch_semitones": st,
+                    "pitch_method": "resample",
                 },
                 neutral_path=neutral_path,
             )
@@ -342,7 +430,7 @@ def _active(frames_db: np.ndarray, bridge_frames: int = 15) -> np.ndarray:
     """Frames within 35 dB of the loud end, short gaps (< 150 ms, stop closures) bridged."""
     active = frames_db > max(np.percentile(frames_db, 95) - 35.0, -75.0)
     idx = np.flatnonzero(active)
-    for a, b in zip(idx[:-1], idx[1:]):
+    for a, b in itertools.pairwise(idx):
         if 1 < b - a <= bridge_frames:
             active[a:b] = True
     return active
@@ -439,8 +527,9 @@ def deltas(styled: dict, neutral: dict) -> dict:
         "loudness_db": round(styled["loudness_dbfs"] - neutral["loudness_dbfs"], 2)
         if styled.get("loudness_dbfs") is not None and neutral.get("loudness_dbfs") is not None
         else None,
-        "pitch_semitones": round(12 * log2_ratio(styled.get("f0_median_hz"),
-                                                 neutral.get("f0_median_hz")), 2)
+        "pitch_semitones": round(
+            12 * log2_ratio(styled.get("f0_median_hz"), neutral.get("f0_median_hz")), 2
+        )
         if log2_ratio(styled.get("f0_median_hz"), neutral.get("f0_median_hz")) is not None
         else None,
     }
@@ -498,8 +587,9 @@ def feature_correlations(turns: list[StyledTurn], source: str) -> dict:
         "pitch": [t.intended["pitch_semitones"] for t in rows],
     }
     return {
-        "intended_vs_measured": {k: round(_rank_corr(intended[k], measured[k]), 3)
-                                 for k in measured},
+        "intended_vs_measured": {
+            k: round(_rank_corr(intended[k], measured[k]), 3) for k in measured
+        },
         "between_measured": {
             f"{a}~{b}": round(_rank_corr(measured[a], measured[b]), 3)
             for a, b in itertools.combinations(measured, 2)
@@ -515,48 +605,73 @@ def feature_correlations(turns: list[StyledTurn], source: str) -> dict:
 # Cache and entry points
 
 
-def _params(config, n: int, pitch_method: str, human: bool) -> dict:
+def _params(config, n: int, pitch_method: str) -> dict:
     return {
         "design_version": DESIGN_VERSION,
         "turns": n,
         "pitch_method": pitch_method,
-        "human": human,
-        "voice": config.tts.piper.model.model_dump(exclude_none=True) if config.tts.piper
-        else None,
+        "voice": config.tts.piper.model.model_dump(exclude_none=True) if config.tts.piper else None,
         "reference_dbfs": REFERENCE_DBFS,
     }
 
 
+def _cached(manifest_path: Path, params: dict) -> list[StyledTurn] | None:
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("params") != params:
+        return None
+    turns = [StyledTurn.from_dict(d) for d in manifest["turns"]]
+    return turns if all(t.path.exists() for t in turns) else None
+
+
 def styled_turns(
-    config, n: int, *, pitch_method: str = "resample", human: bool = False,
-    folder: Path = STYLES_DIR, force: bool = False, whisper=None,
+    config,
+    n: int,
+    *,
+    pitch_method: str = "resample",
+    human: bool = False,
+    folder: Path = STYLES_DIR,
+    force: bool = False,
+    whisper=None,
 ) -> tuple[list[StyledTurn], dict]:
     """The styled turns (rendered, or reused from ``folder``) and the manifest. With
-    ``whisper`` every turn is also verified (transcript, WER, features)."""
+    ``whisper`` every turn is also verified (transcript, WER, features). The questions are
+    kept per pitch method and turn count, the human recordings apart (they depend on
+    neither); each with a manifest.json."""
     if pitch_method == "sox" and not shutil.which("sox"):
         raise SystemExit("--pitch-method sox needs sox (apt-get install sox)")
-    sub = folder / f"{pitch_method}_{n}"
-    manifest_path = sub / "manifest.json"
-    params = _params(config, n, pitch_method, human)
-    turns = None
-    if manifest_path.exists() and not force:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("params") == params:
-            turns = [StyledTurn.from_dict(d) for d in manifest["turns"]]
-            if not all(t.path.exists() for t in turns):
-                turns = None
-    if turns is None:
-        turns = render_questions(config, n, sub, pitch_method)
-        if human:
-            turns += render_human(sub)
-    if whisper is not None and any(t.wer is None for t in turns):
-        verify(turns, whisper)
-    manifest = {"params": params, "turns": [t.as_dict() for t in turns]}
-    if whisper is not None:
-        manifest["summary"] = summarize(turns)
-    sub.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return turns, manifest
+    parts = [
+        ("questions", folder / f"{pitch_method}_{n}", _params(config, n, pitch_method)),
+    ]
+    if human:
+        parts.append(
+            (
+                "human",
+                folder / "human",
+                {"design_version": DESIGN_VERSION, "reference_dbfs": REFERENCE_DBFS},
+            )
+        )
+    all_turns, all_params = [], {}
+    for name, sub, params in parts:
+        manifest_path = sub / "manifest.json"
+        turns = None if force else _cached(manifest_path, params)
+        if turns is None:
+            if name == "questions":
+                turns = render_questions(config, n, sub, pitch_method, whisper=whisper)
+            else:
+                turns = render_human(sub)
+        if whisper is not None and any(t.wer is None for t in turns):
+            verify(turns, whisper)
+        manifest = {"params": params, "turns": [t.as_dict() for t in turns]}
+        sub.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        all_turns += turns
+        all_params[name] = {**params, "folder": str(sub)}
+    manifest = {"params": all_params, "turns": [t.as_dict() for t in all_turns]}
+    if all(t.wer is not None for t in all_turns):
+        manifest["summary"] = summarize(all_turns)
+    return all_turns, manifest
 
 
 def summarize(turns: list[StyledTurn]) -> dict:
@@ -603,11 +718,13 @@ def table(turns: list[StyledTurn], source: str = "reference") -> str:
     head = (
         f"{'turn':<28} {'rate x':>6} {'meas':>6} {'loud dB':>7} {'meas':>6} "
         f"{'pitch st':>8} {'meas':>6} {'dBFS':>6} {'F0 Hz':>6} {'syl/s':>5} {'WER':>5} "
-        f"{'WER0':>5}"
+        f"{'WER0':>5} {'try':>3}"
     )
     lines = [
-        f"features: {source}; meas = change vs the neutral rendering; WER0 = WER of the "
-        "neutral rendering",
+        (
+            f"features: {source}; meas = change vs the neutral rendering; WER0 = WER of the "
+            "neutral rendering; try = renderings until Whisper understood it"
+        ),
         head,
     ]
     for t in turns:
@@ -624,7 +741,7 @@ def table(turns: list[StyledTurn], source: str = "reference") -> str:
             f"{t.intended['pitch_semitones']:>+8.1f} {f(change.get('pitch_semitones'), '>+6.1f')} "
             f"{f(feats.get('loudness_dbfs'), '>6.1f')} {f(feats.get('f0_median_hz'), '>6.0f')} "
             f"{f(feats.get('syllable_rate'), '>5.1f')} {f(t.wer, '>5.2f')} "
-            f"{f(t.neutral_wer, '>5.2f')}"
+            f"{f(t.neutral_wer, '>5.2f')} {t.intended.get('render_attempts', '-'):>3}"
         )
     return "\n".join(lines)
 
@@ -634,7 +751,9 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default="default")
-    parser.add_argument("--turns", type=int, default=12)
+    parser.add_argument(
+        "--turns", type=int, default=24, help="user turns: half as many questions, each asked twice"
+    )
     parser.add_argument("--pitch-method", choices=["resample", "sox"], default="resample")
     parser.add_argument("--human", action="store_true", help="add the human recordings")
     parser.add_argument("--force", action="store_true", help="render again")
@@ -645,8 +764,12 @@ def main():
 
     config = load_config(args.config)
     turns, manifest = styled_turns(
-        config, args.turns, pitch_method=args.pitch_method, human=args.human,
-        force=args.force, whisper=load_whisper(config),
+        config,
+        args.turns,
+        pitch_method=args.pitch_method,
+        human=args.human,
+        force=args.force,
+        whisper=load_whisper(config),
     )
     for source in sorted({s for t in turns for s in t.measured}):
         print(table(turns, source))

@@ -1,15 +1,17 @@
 """Does the bot's reply follow the tone of the person speaking? Measured in file mode.
 
-    python -m benchmarks.tone_following [--config default] [--turns 12] [--follow on|off|both]
-        [--sessions conversation|per-turn] [--human] [--out out/benchmarks/tone_following.json]
+    python -m benchmarks.tone_following [--config default] [--turns 24] [--follow on|off|both]
+        [--sessions conversation|per-turn] [--sets questions,human | --human]
+        [--out out/benchmarks/tone_following.json]
 
 The user's turns are the styled questions of benchmarks/speech_styles.py (rate, loudness
 and pitch varied independently; rendered once into out/speech/styles/), played through the
 real pipeline in real time: all turns of a set in ONE conversation (one run_files call, so
 the agent's per-session baseline hears them in order), or with ``--sessions per-turn``
-each turn in a session of its own. ``--human`` adds the styled human recordings as a second
-conversation. ``--follow`` sets the config's ``tone.follow`` (and ``tone.hint``; off turns
-both off); with an agent that has no ``tone`` section the run is the "absent" baseline.
+each turn in a session of its own. ``--sets human`` (``--human``: both sets) plays the
+styled human recordings as a conversation of their own (their rate moves with their pitch).
+``--follow`` sets the config's ``tone.follow`` (and ``tone.hint``; off turns both off;
+default both); with an agent that has no ``tone`` section the run is the "absent" baseline.
 
 Reported per follow mode and set:
   1. reply round-trip WER: Whisper on the bot's reply audio vs the reply text (and the
@@ -19,8 +21,16 @@ Reported per follow mode and set:
   3. tone following: user and reply features per turn (agent.tone.analyze_tone, and the
      reference measurement of speech_styles), and the Spearman rank correlation user ->
      reply across turns for rate (syllables/s), loudness (dBFS) and pitch (median F0).
-     A bot that ignores the user scores about 0 (with 12 turns, |rho| < 0.58 is within
-     chance at p = 0.05);
+     Across turns this is confounded by the words: the user and the bot speak with the
+     same Piper voice about the same things (a bot that echoes a long sentence is "slow"
+     when the user was), so a bot that ignores the user does NOT score 0 there
+     ("words_only_to_reply" shows how much the words alone explain). The clean measure is
+     within pairs: every question is asked twice in mirrored styles, and across pairs the
+     user's change (A - B; log2 rate, dB, semitones) is compared with the reply's change:
+     Spearman rho, the share of pairs where the reply moved the same way (0.5 = chance)
+     and the gain (least-squares slope through 0: 1 = mirrors the user fully, 0 = ignores;
+     also the median of the pairs' ratios, which one odd pair cannot carry).
+     A bot that ignores the user scores about 0 (0.5 for the sign share) there;
   4. latency p50/p95 of each stage (the file-mode turn log);
   5. the agent's own tone log per turn when file mode writes one (features it measured,
      the hint to the LLM, the voice style applied).
@@ -77,7 +87,8 @@ def spearman(x: list[float], y: list[float]) -> dict:
     """Spearman's rho (scipy's when installed, with its p-value) over the pairs where both
     values exist; rho is None when fewer than 3 pairs or a constant side."""
     pairs = [
-        (a, b) for a, b in zip(x, y)
+        (a, b)
+        for a, b in zip(x, y)
         if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
     ]
     out = {"rho": None, "n": len(pairs)}
@@ -113,7 +124,7 @@ class SpeakerEmbedder:
 
             self._encoder = VoiceEncoder("cpu", verbose=False)
             self._preprocess = preprocess_wav
-        except Exception as e:  # ImportError, pkg_resources missing, webrtcvad unbuilt
+        except Exception as e:  # noqa: BLE001 - ImportError, no pkg_resources, no webrtcvad
             self._encoder = None
             self.error = f"{type(e).__name__}: {e}"
 
@@ -170,7 +181,9 @@ def neutral_voice_embedding(config, embedder: SpeakerEmbedder) -> np.ndarray | N
     voice = load_piper(config)
     audio, rate = [], None
     for sentence in NEUTRAL_SENTENCES:
-        samples, rate = piper_speak(voice, config.tts.piper, sentence, config.tts.piper.length_scale)
+        samples, rate = piper_speak(
+            voice, config.tts.piper, sentence, config.tts.piper.length_scale
+        )
         audio.append(samples)
     return embedder.embed(np.concatenate(audio), rate)
 
@@ -214,8 +227,12 @@ async def run_set(stack, turns: list[StyledTurn], sessions: str) -> dict:
         audio += result.reply_audio
         rate = result.output_sample_rate
         ignored += result.dropped_input_secs
-    return {"turns": logs, "reply_audio": audio, "rate": rate,
-            "ignored_input_secs": round(ignored, 3)}
+    return {
+        "turns": logs,
+        "reply_audio": audio,
+        "rate": rate,
+        "ignored_input_secs": round(ignored, 3),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,6 +242,63 @@ async def run_set(stack, turns: list[StyledTurn], sessions: str) -> dict:
 def feature_values(rows: list[dict | None], feature: str) -> list[float | None]:
     field = FEATURES[feature]
     return [r.get(field) if r and "error" not in r else None for r in rows]
+
+
+def _scaled(feature: str, value: float | None) -> float | None:
+    """Rate and pitch on a log scale (log2, semitones), loudness in dB as it is."""
+    if value is None:
+        return None
+    if feature == "loudness":
+        return value
+    if value <= 0:
+        return None
+    return math.log2(value) * (12 if feature == "pitch" else 1)
+
+
+def paired(turns: list[StyledTurn], user: list, reply: list) -> dict:
+    """Within-pair changes (half A minus half B of the same words): user -> reply."""
+    index = {(t.pair, t.half): i for i, t in enumerate(turns)}
+    pairs = sorted({t.pair for t in turns if (t.pair, "A") in index and (t.pair, "B") in index})
+    out = {}
+    for feature in FEATURES:
+        du, dr, di = [], [], []
+        for p in pairs:
+            a, b = index[(p, "A")], index[(p, "B")]
+            ua, ub = (_scaled(feature, v) for v in (feature_values([user[a], user[b]], feature)))
+            ra, rb = (_scaled(feature, v) for v in (feature_values([reply[a], reply[b]], feature)))
+            if None in (ua, ub, ra, rb):
+                continue
+            du.append(ua - ub)
+            dr.append(ra - rb)
+            ia, ib = turns[a].intended, turns[b].intended
+            di.append(
+                {
+                    "rate": math.log2(ia["rate"] / ib["rate"]),
+                    "loudness": ia["loudness_db"] - ib["loudness_db"],
+                    "pitch": ia["pitch_semitones"] - ib["pitch_semitones"],
+                }[feature]
+            )
+        entry = {
+            "pairs": len(du),
+            "user_change": [round(v, 3) for v in du],
+            "reply_change": [round(v, 3) for v in dr],
+        }
+        if du:
+            su = float(np.dot(du, du))
+            entry["gain"] = round(float(np.dot(du, dr)) / su, 3) if su else None
+            # The median of the pairs' own ratios: one pair whose reply changed its words
+            # (a misheard question) cannot carry it as it can the least-squares slope.
+            ratios = [r / u for u, r in zip(du, dr) if abs(u) > 1e-6]
+            entry["gain_median"] = round(float(np.median(ratios)), 3) if ratios else None
+            entry["same_direction"] = (
+                round(float(np.mean([np.sign(u) == np.sign(r) for u, r in zip(du, dr) if u])), 3)
+                if any(du)
+                else None
+            )
+            entry["spearman"] = spearman(du, dr)
+            entry["spearman_intended"] = spearman(di, dr)["rho"]
+        out[feature] = entry
+    return out
 
 
 def analyze_set(run: dict, turns: list[StyledTurn], whisper, embedder, neutral_emb) -> dict:
@@ -271,13 +345,17 @@ def analyze_set(run: dict, turns: list[StyledTurn], whisper, embedder, neutral_e
         change = [t.checks.get(f"{source}_change") or {} for t in turns]
         keys = {"rate": "rate_log2", "loudness": "loudness_db", "pitch": "pitch_semitones"}
         correlations[source]["style_change_to_reply"] = {
-            feature: spearman([c.get(keys[feature]) for c in change],
-                              feature_values(reply, feature))["rho"]
+            feature: spearman(
+                [c.get(keys[feature]) for c in change], feature_values(reply, feature)
+            )["rho"]
             for feature in FEATURES
         }
+        correlations[source]["paired"] = paired(turns, user, reply)
         correlations[source]["words_only_to_reply"] = {
-            feature: spearman(feature_values([t.neutral.get(source) for t in turns], feature),
-                              feature_values(reply, feature))["rho"]
+            feature: spearman(
+                feature_values([t.neutral.get(source) for t in turns], feature),
+                feature_values(reply, feature),
+            )["rho"]
             for feature in FEATURES
         }
     # What the agent itself measured on the captured turn (its tone log), vs the reply.
@@ -300,6 +378,8 @@ def analyze_set(run: dict, turns: list[StyledTurn], whisper, embedder, neutral_e
         per_turn.append(
             {
                 "turn": i,
+                "pair": turn.pair,
+                "half": turn.half,
                 "input": turn.path.name,
                 "question": turn.text,
                 "intended": turn.intended,
@@ -322,11 +402,10 @@ def analyze_set(run: dict, turns: list[StyledTurn], whisper, embedder, neutral_e
         "question_wer": round(
             corpus_wer([t.text for t in turns], [log.get("transcript", "") for log in logs]), 4
         ),
-        "reply_round_trip_wer": round(
-            corpus_wer([log.get("reply", "") for log in logs], heard), 4
-        ),
+        "reply_round_trip_wer": round(corpus_wer([log.get("reply", "") for log in logs], heard), 4),
         "speaker_similarity": similarity(embeddings, neutral_emb)
-        if embedder.available else {"error": embedder.error},
+        if embedder.available
+        else {"error": embedder.error},
         "tone_following": correlations,
         "tone_log_present": any(log.get("tone") is not None for log in logs),
         "latency_secs": {
@@ -356,7 +435,26 @@ def plot(result: dict, source: str, title: str, stem: Path) -> list[str]:
     corr = result["tone_following"].get(source, {})
     paths = []
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, grid = plt.subplots(2, 3, figsize=(13, 8.4))
+    for ax, feature in zip(grid[1], FEATURES):
+        pair = corr.get("paired", {}).get(feature, {})
+        du, dr = pair.get("user_change", []), pair.get("reply_change", [])
+        ax.scatter(du, dr, color="tab:orange")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        if pair.get("gain") is not None and du:
+            xs = np.linspace(min(du + [0]), max(du + [0]), 2)
+            ax.plot(xs, pair["gain"] * xs, color="tab:red", lw=1)
+        unit = {"rate": "log2", "loudness": "dB", "pitch": "semitones"}[feature]
+        ax.set_title(
+            f"within pairs: gain {pair.get('gain')}, same dir {pair.get('same_direction')}, "
+            f"rho {pair.get('spearman', {}).get('rho')}",
+            fontsize=9,
+        )
+        ax.set_xlabel(f"user change A-B ({unit})")
+        ax.set_ylabel(f"reply change A-B ({unit})")
+        ax.grid(alpha=0.3)
+    axes = grid[0]
     for ax, feature in zip(axes, FEATURES):
         x, y = feature_values(user, feature), feature_values(reply, feature)
         pts = [(i, a, b) for i, (a, b) in enumerate(zip(x, y)) if a is not None and b is not None]
@@ -368,6 +466,8 @@ def plot(result: dict, source: str, title: str, stem: Path) -> list[str]:
         ax.set_title(
             f"{feature}: Spearman rho = {rho if rho is not None else 'n/a'}"
             + (f" (p={p:.2f})" if p is not None else "")
+            + f"\nwords alone: {corr.get('words_only_to_reply', {}).get(feature)}",
+            fontsize=10,
         )
         ax.set_xlabel(f"user {UNITS[feature]}")
         ax.set_ylabel(f"reply {UNITS[feature]}")
@@ -381,8 +481,9 @@ def plot(result: dict, source: str, title: str, stem: Path) -> list[str]:
 
     sim = result["speaker_similarity"]
     has_sim = "per_turn" in sim
-    fig, axes = plt.subplots(4 if has_sim else 3, 1, figsize=(max(8, len(rows) * 0.7), 10),
-                             sharex=True)
+    fig, axes = plt.subplots(
+        4 if has_sim else 3, 1, figsize=(max(8, len(rows) * 0.7), 10), sharex=True
+    )
     idx = np.arange(len(rows))
     for ax, feature in zip(axes, FEATURES):
         x = [v if v is not None else np.nan for v in feature_values(user, feature)]
@@ -423,12 +524,13 @@ async def run(args) -> dict:
     load_secs = time.perf_counter() - started
 
     turns, manifest = styled_turns(
-        config, args.turns, pitch_method=args.pitch_method, human=args.human,
+        config,
+        args.turns,
+        pitch_method=args.pitch_method,
+        human="human" in args.sets,
         whisper=stack.whisper,
     )
-    sets = {"questions": [t for t in turns if t.set == "questions"]}
-    if args.human:
-        sets["human"] = [t for t in turns if t.set == "human"]
+    sets = {name: [t for t in turns if t.set == name] for name in args.sets}
 
     embedder = SpeakerEmbedder()
     neutral_emb = neutral_voice_embedding(config, embedder)
@@ -443,8 +545,9 @@ async def run(args) -> dict:
             played = await run_set(mode_stack, set_turns, args.sessions)
             run_secs[f"{label}/{set_name}"] = round(time.perf_counter() - t0, 1)
             stem = out.with_name(f"{out.stem}_{label}_{set_name}")
-            write_replies_wav(stem.with_name(stem.name + "_replies.wav"),
-                              played["reply_audio"], played["rate"])
+            write_replies_wav(
+                stem.with_name(stem.name + "_replies.wav"), played["reply_audio"], played["rate"]
+            )
             result = analyze_set(played, set_turns, stack.whisper, embedder, neutral_emb)
             results[label][set_name] = result
             primary = "agent" if "agent" in result["tone_following"] else "reference"
@@ -459,7 +562,7 @@ async def run(args) -> dict:
         },
         "sessions": args.sessions,
         "turns": args.turns,
-        "human": args.human,
+        "sets": args.sets,
         "features_from": {
             "agent": "agent.tone.analyze_tone" if agent_analyzer() else "absent (no agent.tone)",
             "reference": "benchmarks.speech_styles.reference_features",
@@ -475,8 +578,19 @@ async def run(args) -> dict:
 
 
 def summary(report: dict) -> dict:
-    out = {k: report[k] for k in ("config", "follow", "sessions", "turns", "features_from",
-                                   "model_load_secs", "run_secs", "total_secs")}
+    out = {
+        k: report[k]
+        for k in (
+            "config",
+            "follow",
+            "sessions",
+            "turns",
+            "features_from",
+            "model_load_secs",
+            "run_secs",
+            "total_secs",
+        )
+    }
     for label, sets in report["results"].items():
         for set_name, r in sets.items():
             sim = r["speaker_similarity"]
@@ -484,9 +598,32 @@ def summary(report: dict) -> dict:
                 "question_wer": r["question_wer"],
                 "reply_round_trip_wer": r["reply_round_trip_wer"],
                 "turns_without_reply": r["turns_without_reply"],
-                "speaker_similarity": {k: sim.get(k) for k in
-                                       ("to_mean_of_replies", "to_first_reply",
-                                        "to_neutral_voice")} if "error" not in sim else sim,
+                "speaker_similarity": {
+                    k: sim.get(k)
+                    for k in ("to_mean_of_replies", "to_first_reply", "to_neutral_voice")
+                }
+                if "error" not in sim
+                else sim,
+                "paired_gain": {
+                    source: {f: c["paired"][f].get("gain") for f in FEATURES}
+                    for source, c in r["tone_following"].items()
+                    if "paired" in c
+                },
+                "paired_gain_median": {
+                    source: {f: c["paired"][f].get("gain_median") for f in FEATURES}
+                    for source, c in r["tone_following"].items()
+                    if "paired" in c
+                },
+                "paired_same_direction": {
+                    source: {f: c["paired"][f].get("same_direction") for f in FEATURES}
+                    for source, c in r["tone_following"].items()
+                    if "paired" in c
+                },
+                "paired_spearman": {
+                    source: {f: c["paired"][f].get("spearman", {}).get("rho") for f in FEATURES}
+                    for source, c in r["tone_following"].items()
+                    if "paired" in c
+                },
                 "spearman_user_to_reply": {
                     source: {f: c[f]["rho"] for f in FEATURES}
                     for source, c in r["tone_following"].items()
@@ -495,8 +632,7 @@ def summary(report: dict) -> dict:
                     f"spearman_{key}": {
                         source: c[key] for source, c in r["tone_following"].items() if key in c
                     }
-                    for key in ("intended_to_reply", "style_change_to_reply",
-                                "words_only_to_reply")
+                    for key in ("intended_to_reply", "style_change_to_reply", "words_only_to_reply")
                 },
                 "latency_secs": r["latency_secs"],
                 "tone_log_present": r["tone_log_present"],
@@ -509,20 +645,35 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default="default")
-    parser.add_argument("--turns", type=int, default=12)
-    parser.add_argument("--follow", choices=["on", "off", "both"],
-                        help="tone.follow (and tone.hint) of the config; default: both when "
-                        "the config has a tone section, else off (the 'absent' baseline)")
-    parser.add_argument("--sessions", choices=["conversation", "per-turn"],
-                        default="conversation",
-                        help="all turns of a set in one session, or each in its own")
-    parser.add_argument("--human", action="store_true",
-                        help="also a conversation of styled human recordings")
+    parser.add_argument(
+        "--turns", type=int, default=24, help="user turns: half as many questions, each asked twice"
+    )
+    parser.add_argument(
+        "--follow",
+        choices=["on", "off", "both"],
+        help="tone.follow (and tone.hint) of the config; default: both when "
+        "the config has a tone section, else off (the 'absent' baseline)",
+    )
+    parser.add_argument(
+        "--sessions",
+        choices=["conversation", "per-turn"],
+        default="conversation",
+        help="all turns of a set in one session, or each in its own",
+    )
+    parser.add_argument(
+        "--sets",
+        default="questions",
+        help="comma-separated: questions (Piper), human (styled recordings)",
+    )
+    parser.add_argument("--human", action="store_true", help="same as --sets questions,human")
     parser.add_argument("--pitch-method", choices=["resample", "sox"], default="resample")
     parser.add_argument("--out", default="out/benchmarks/tone_following.json")
     args = parser.parse_args()
-    if args.turns < 3:
-        parser.error("--turns must be at least 3 for a rank correlation")
+    args.sets = ["questions", "human"] if args.human else args.sets.split(",")
+    if not args.sets or set(args.sets) - {"questions", "human"}:
+        parser.error("--sets takes questions and/or human")
+    if args.turns < 4:
+        parser.error("--turns must be at least 4 (two questions, each asked twice)")
     report = asyncio.run(run(args))
     out = write_report(report, args.out)
     print(json.dumps(summary(report), indent=2))

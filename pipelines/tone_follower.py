@@ -27,7 +27,7 @@ from agent.tone_follow import as_log
 # The recorder usually has the audio before the context gets here; never hold the LLM
 # longer than this for it.
 MAX_WAIT_SECS = 0.5
-HINT_PREFIX = "(How the user sounded: "
+HINT_PREFIX = "(The user sounded: "
 
 
 class ToneFollowerProcessor(FrameProcessor):
@@ -60,7 +60,9 @@ class ToneFollowerProcessor(FrameProcessor):
         await self.push_frame(frame, direction)
 
     async def _follow(self, turn: int, context) -> None:
+        waited = time.perf_counter()
         audio = await self._turn_audio(turn)
+        logger.debug(f"{self}: waited {1000 * (time.perf_counter() - waited):.0f} ms for turn {turn} audio")
         messages = context.get_messages()
         last = messages[-1] if messages else None
         if audio is None or not last or last.get("role") != "user":

@@ -61,7 +61,7 @@ async def test_a_hurried_loud_question_gets_a_brisker_louder_reply_than_a_calm_q
     hints = [i for i, m in enumerate(messages)
              if m["role"] == "system" and m["content"].startswith(HINT_PREFIX)]
     assert len(hints) == 2, messages
-    for at, word in zip(hints, ("fast", "slowly"), strict=True):
+    for at, word in zip(hints, ("fast", "slow"), strict=True):
         assert roles[at - 1] == "user" and roles[at + 1] == "assistant"
         assert word in messages[at]["content"]
     assert hurried_turn["tone"]["hint"] and "fast" in hurried_turn["tone"]["hint"]
