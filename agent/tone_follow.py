@@ -6,7 +6,7 @@ speaker to begin with, shifting toward this speaker's own average as turns accum
 a naturally fast talker is not "hurried" every turn. The deviations become
 - a SpeakingStyle for the voice: a fraction of the user's deviation, within bounds that keep
   speech natural, blended with the previous turn's style so one odd turn does not jump;
-- a short factual hint for the LLM ("fast, loud; rushed, keep it brisk").
+- a short factual hint for the LLM ("fast, loud; rushed").
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ToneReading:
     range_log2: float  # log2(pitch range / usual range): livelier (+) or flatter (-)
 
     def describe(self) -> str | None:
-        """A short factual note of what stood out ("fast, loud; rushed, keep it brisk"), or
+        """A short factual note of what stood out ("fast, loud; rushed"), or
         None if the turn sounded as usual. Short because it is prompt the LLM reads on the
         way to its first word."""
         parts = []
@@ -56,9 +56,9 @@ class ToneReading:
     def mood(self) -> str | None:
         energy = self.rate_log2 / 0.2 + self.loudness_db / 4 + self.pitch_semitones / 2
         if energy >= 2:
-            return "rushed, keep it brisk"
+            return "rushed"
         if energy <= -2:
-            return "calm, answer gently"
+            return "calm"
         return None
 
 
@@ -67,7 +67,7 @@ class FollowBounds:
     """How far the voice may move and how much of the user's deviation it mirrors."""
 
     gain: float = 0.9
-    max_rate: float = 1.4
+    max_rate: float = 1.35
     min_rate: float = 0.72
     max_loudness_db: float = 4.0
     min_loudness_db: float = -6.0

@@ -26,7 +26,7 @@ def test_a_hurried_loud_turn_reads_so_and_speeds_the_voice_up():
     assert style.rate > 1.1 and style.loudness_db > 2 and style.pitch_semitones > 1
     assert style.expressiveness > 1
     hint = reading.describe()
-    assert "fast" in hint and "loud" in hint and "high-pitched" in hint and "brisk" in hint
+    assert "fast" in hint and "loud" in hint and "high-pitched" in hint and "rushed" in hint
 
 
 def test_a_naturally_fast_talker_stops_reading_as_hurried():

@@ -13,6 +13,10 @@ from tts.base import SpeechContext, SpeechEngine
 # Level of the neutral delivery below Piper's peak-normalised output, so a louder style has
 # headroom before the limiter (Piper scales each chunk to full scale, then by ``volume``).
 NEUTRAL_GAIN_DB = -4.0
+# Piper's speech duration moves less than its length_scale: a scale of 0.65 gives about 0.74
+# of the neutral duration (measured by benchmarks/speech_styles.py), i.e. duration goes as
+# length_scale ** 0.7. The scale is raised to 1/0.7 so the rate comes out as asked.
+LENGTH_SCALE_RESPONSE = 0.7
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class PiperEngine(SpeechEngine):
         # that much slower/faster so the duration comes out as the rate asks.
         pitch_factor = 2.0 ** (wanted.pitch_semitones / 12)
         config = SynthesisConfig(
-            length_scale=base.length_scale * pitch_factor / wanted.rate,
+            length_scale=base.length_scale
+            * (pitch_factor / wanted.rate) ** (1 / LENGTH_SCALE_RESPONSE),
             noise_scale=base.noise_scale * wanted.expressiveness,
             noise_w_scale=base.noise_w_scale * wanted.expressiveness,
             volume=base.volume,
