@@ -50,9 +50,9 @@ class LocalLLM:
         max_tokens: int,
         temperature: float,
         seed: int | None,
-        should_stop: threading.Event | None = None,
     ) -> Iterator[dict]:
-        """Yield chat-completion chunks for ``messages``; stop early when ``should_stop`` is set."""
+        """Yield chat-completion chunks for ``messages``. Closing the iterator stops the
+        generation and frees the model for the next caller."""
         with self._lock:
             stream = self._llama.create_chat_completion(
                 messages=messages,
@@ -62,10 +62,7 @@ class LocalLLM:
                 stream=True,
             )
             try:
-                for chunk in stream:
-                    if should_stop is not None and should_stop.is_set():
-                        break
-                    yield chunk
+                yield from stream
             finally:
                 close = getattr(stream, "close", None)
                 if close:

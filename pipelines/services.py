@@ -139,10 +139,7 @@ class _ThreadedChunkStream:
     """LocalLLM's chunks, generated on the model's own thread, as Pipecat's chunk stream."""
 
     def __init__(self, llm: LocalLLM, messages: list[dict], **options):
-        self._stop = threading.Event()
-        self._chunks = _ThreadFedIterator(
-            lambda: llm.stream_chat(messages, should_stop=self._stop, **options), llm.submit
-        )
+        self._chunks = _ThreadFedIterator(lambda: llm.stream_chat(messages, **options), llm.submit)
 
     def __aiter__(self):
         return self
@@ -155,7 +152,7 @@ class _ThreadedChunkStream:
 
     async def aclose(self):
         # An interruption or a closing session stops generation at the next token.
-        self._stop.set()
+        self._chunks.stop()
 
 
 def _start_thread(work: Callable[[], None]) -> None:
