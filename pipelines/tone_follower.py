@@ -16,12 +16,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from agent.tone import analyze_tone
 from loguru import logger
 from pipecat.frames.frames import Frame, LLMContextFrame, UserStoppedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent.session import SessionState
+from agent.tone import analyze_tone
 from agent.tone_follow import as_log
 
 # The recorder usually has the audio before the context gets here; never hold the LLM
@@ -62,7 +62,7 @@ class ToneFollowerProcessor(FrameProcessor):
     async def _follow(self, turn: int, context) -> None:
         waited = time.perf_counter()
         audio = await self._turn_audio(turn)
-        logger.debug(f"{self}: waited {1000 * (time.perf_counter() - waited):.0f} ms for turn {turn} audio")
+        wait_ms = (time.perf_counter() - waited) * 1000
         messages = context.get_messages()
         last = messages[-1] if messages else None
         if audio is None or not last or last.get("role") != "user":
@@ -82,7 +82,7 @@ class ToneFollowerProcessor(FrameProcessor):
         if hint and self._hint_to_llm:
             context.add_message({"role": "system", "content": f"{HINT_PREFIX}{hint})"})
         logger.debug(f"{self}: turn {turn} tone {reading} -> {style}; hint {hint!r} "
-                     f"({analysis_ms:.0f} ms)")
+                     f"(waited {wait_ms:.0f} ms for the audio, analysis {analysis_ms:.0f} ms)")
         if self.on_tone is not None:
             await self.on_tone(as_log(features, reading, style,
                                        hint if self._hint_to_llm else None, analysis_ms))
