@@ -11,6 +11,7 @@ are remembered.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -59,8 +60,9 @@ def pick_device(device: str, allow_cpu: bool) -> torch.device:
     return wanted
 
 
-def int16_to_float(samples: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(samples.astype(np.float32) / 32768.0)
+def _audio_key(samples: np.ndarray) -> bytes:
+    """A short key for a stretch of audio (the audio itself would be kept as the key)."""
+    return hashlib.sha1(samples.tobytes()).digest()
 
 
 def float_to_int16(audio: torch.Tensor) -> np.ndarray:
@@ -146,18 +148,17 @@ class MisoEngine(SpeechEngine):
             text=spoken.text,
             audio=self._audio_at_codec_rate(spoken),
             sample_rate=self.sample_rate,
-            codes=self._known_codes.get(spoken.samples.tobytes()),
+            codes=self._known_codes.get(_audio_key(spoken.samples)),
         )
 
     def _audio_at_codec_rate(self, spoken: SpokenAudio) -> torch.Tensor:
         if spoken.samples.ndim != 1:
             raise ValueError(f"captured audio must be mono, got shape {spoken.samples.shape}")
-        if spoken.sample_rate == self.sample_rate:
-            return int16_to_float(spoken.samples)
-        import soxr
+        audio = spoken.samples.astype(np.float32) / 32768.0
+        if spoken.sample_rate != self.sample_rate:
+            import soxr
 
-        audio = soxr.resample(spoken.samples.astype(np.float32) / 32768.0, spoken.sample_rate,
-                              self.sample_rate)
+            audio = soxr.resample(audio, spoken.sample_rate, self.sample_rate)
         return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
 
     # -- speaking -----------------------------------------------------------------------
@@ -186,7 +187,7 @@ class MisoEngine(SpeechEngine):
         if spoken:
             # The pipeline stores exactly these samples as the bot's utterance; when they
             # come back as context, their codes are already known.
-            self._remember(np.concatenate(spoken).tobytes(), torch.cat(codes, dim=1))
+            self._remember(_audio_key(np.concatenate(spoken)), torch.cat(codes, dim=1))
 
     def _remember(self, key: bytes, codes: torch.Tensor, limit: int = 64) -> None:
         self._known_codes[key] = codes
