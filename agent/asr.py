@@ -6,10 +6,18 @@ over those 3000 mel frames is most of a short turn's recognition time (tiny.en, 
 turn is encoded over its own length plus a margin of silence, like whisper.cpp's
 audio_ctx. Long audio falls back to faster-whisper's ordinary path. The object offers the
 part of WhisperModel's API that Pipecat's Whisper service uses.
+
+It can also start early: ``transcribe_early(speech)`` transcribes a turn's audio as soon
+as the speech seems to have ended, on a thread of its own; when the request for the
+segment comes (the VAD's stop, a fifth of a second later) and it is that same speech with
+only silence after it, the early result answers it, so the words are ready about when the
+VAD says the user stopped instead of a Whisper run later.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +32,10 @@ MIN_WINDOW_FRAMES = 1000
 MARGIN_FRAMES = 100
 # Roughly the most tokens anyone speaks per second, to bound decoding of a short window.
 MAX_TOKENS_PER_SECOND = 8
+# Audio after the early-transcribed speech counts as silence below this RMS, or below
+# this fraction of the speech's own RMS (float samples, full scale 1.0).
+SILENCE_RMS = 0.004
+SILENCE_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,45 @@ class ShortUtteranceWhisper:
         self._model = model
         self._beam_size = beam_size
         self._max_short_secs = max_short_secs if utterance_window else 0.0
+        self._early: tuple[np.ndarray, str | None, Future] | None = None
+        self._early_lock = threading.Lock()
+        self._early_pool: ThreadPoolExecutor | None = None
+        self.early_hits = 0  # requests answered by an early transcription
+
+    def transcribe_early(self, speech: np.ndarray, trailing: np.ndarray, language: str | None):
+        """Start transcribing ``speech`` + ``trailing`` (the silence the caller will pad the
+        segment with) now, for a request that may follow with only silence added."""
+        if len(speech) / SAMPLE_RATE >= self._max_short_secs:
+            return
+        with self._early_lock:
+            if self._early_pool is None:
+                self._early_pool = ThreadPoolExecutor(1, thread_name_prefix="whisper-early")
+            audio = np.concatenate([speech, trailing])
+            future = self._early_pool.submit(self._transcribe_short, audio, language, None)
+            self._early = (speech, language, future)
+
+    def _early_result(self, audio: np.ndarray, language: str | None) -> Utterance | None:
+        """The early transcription of ``audio`` if it is the early speech + silence."""
+        with self._early_lock:
+            early, self._early = self._early, None
+        if early is None:
+            return None
+        speech, early_language, future = early
+        n = len(speech)
+        if early_language != language or len(audio) < n or not np.array_equal(audio[:n], speech):
+            return None
+        tail = audio[n:]
+        if len(tail):
+            tail_rms = float(np.sqrt(np.mean(tail**2)))
+            speech_rms = float(np.sqrt(np.mean(speech**2))) if n else 0.0
+            if tail_rms > max(SILENCE_RMS, SILENCE_FRACTION * speech_rms):
+                return None  # more speech came after it
+        try:
+            result = future.result()
+        except Exception:
+            return None
+        self.early_hits += 1
+        return result
 
     @property
     def supported_languages(self):
@@ -66,6 +117,10 @@ class ShortUtteranceWhisper:
         **options,
     ):
         """Return ``([Utterance], None)`` for a short turn, else faster-whisper's result."""
+        if not hotwords and not initial_prompt:
+            early = self._early_result(audio, language)
+            if early is not None:
+                return [early], None
         if len(audio) / SAMPLE_RATE >= self._max_short_secs or initial_prompt:
             return self._model.transcribe(
                 audio,

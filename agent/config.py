@@ -38,6 +38,12 @@ class ASRConfig(_Section):
     utterance_window: bool = True
     # CTranslate2 threads; 0 lets it choose. On 2 cores, 2 leaves nothing oversubscribed.
     cpu_threads: int = Field(0, ge=0)
+    # p99 time from the end of speech to the final transcript (measured by
+    # benchmarks/turn_end.py); turn-end detection waits this long for the words at most.
+    ttfs_p99_secs: float = Field(0.6, gt=0, le=5)
+    # Start transcribing when the voice falls silent, before the VAD confirms the stop
+    # (its stop_secs later), so the words are ready about when the turn can end.
+    early_transcription: bool = True
 
 
 class VADConfig(_Section):
@@ -48,10 +54,19 @@ class VADConfig(_Section):
 
 
 class TurnConfig(_Section):
-    # smart-turn: Pipecat's bundled Smart Turn v3 model decides whether the user is done
-    # after each pause; silence: the turn ends after a fixed silence.
+    # smart-turn: after each pause Pipecat's bundled Smart Turn v3 model and the
+    # transcript's words decide whether the user is done (pipelines/turn_end.py);
+    # silence: the turn ends after a fixed silence.
     end_detection: Literal["smart-turn", "silence"] = "smart-turn"
     silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
+    # smart-turn: when Smart Turn says unfinished but the words read as a finished
+    # sentence, the turn ends this long after the speech; when nothing says finished (or
+    # the words trail off: "and", "um", a comma), after fallback_secs of silence.
+    finished_wait_secs: float = Field(0.3, ge=0, le=5)
+    fallback_secs: float = Field(1.2, ge=0.2, le=10)
+    # smart-turn: start the LLM on the words while that wait runs; its reply is held
+    # until the turn has ended and dropped if the user goes on.
+    speculative_llm: bool = True
     # Audio kept before the VAD's start of speech when a user turn is captured.
     pre_roll_secs: float = Field(0.3, ge=0, le=2)
     # After the bot's audio has played, input stays closed this long so the tail of the
@@ -145,10 +160,11 @@ class MisoVoiceConfig(_Section):
 
 class TTSConfig(_Section):
     engine: Literal["piper", "miso"] = "piper"
-    # A reply's first clause (up to a comma, semicolon or colon) is spoken on its own once
-    # it has this many words, so the voice starts before the first sentence is written.
-    # 0 speaks whole sentences only.
-    first_clause_min_words: int = Field(4, ge=0)
+    # A reply's first phrase (up to a comma, semicolon or colon, or up to a word that
+    # opens a new phrase: "and", "because", "with", ...) is spoken on its own once it has
+    # this many words, so the voice starts before the first sentence is written
+    # (pipelines/first_clause.py). 0 speaks whole sentences only.
+    first_clause_min_words: int = Field(3, ge=0)
     piper: PiperVoiceConfig | None = None
     miso: MisoVoiceConfig | None = None
 
@@ -160,10 +176,9 @@ class TTSConfig(_Section):
 
 
 class ToneConfig(_Section):
-    # The voice moves toward how the user sounds (rate, loudness, pitch, liveliness).
+    # The voice moves toward how the user sounds (rate, loudness, pitch, liveliness). The
+    # LLM is not told: small models narrated such notes instead of answering.
     follow: bool = True
-    # The LLM is told how the user sounded ("The user spoke fast and loudly.").
-    hint: bool = True
 
 
 class ServerConfig(_Section):

@@ -9,6 +9,7 @@ half-duplex gate stops that audio before it reaches the recorder.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,9 +34,9 @@ class SessionState:
     )
     # How the user sounds against their own baseline, and the reply style that follows.
     tone: ToneFollower = field(default_factory=ToneFollower)
-    # Audio of each ended user turn by turn number (from 1), as soon as the turn ends, for
-    # the tone analysis that must finish before the LLM runs; only the latest few are kept.
-    _ended_turns: dict[int, SpokenAudio | None] = field(default_factory=dict, repr=False)
+    # The analysis of the latest user turn's tone, while it runs (the reply's style waits
+    # for it).
+    _style_task: asyncio.Task | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_user_turn(self, turn: SpokenAudio) -> None:
@@ -48,21 +49,22 @@ class SessionState:
             self.bot_replies.append(reply)
             self.conversation.append(Utterance("bot", reply))
 
-    def turn_ended(self, number: int, audio: SpokenAudio | None) -> None:
-        with self._lock:
-            self._ended_turns[number] = audio
-            for old in [n for n in self._ended_turns if n <= number - 4]:
-                del self._ended_turns[old]
-
-    def ended_turn(self, number: int) -> tuple[bool, SpokenAudio | None]:
-        """(whether turn ``number`` has ended, its audio if any was captured)."""
-        with self._lock:
-            return number in self._ended_turns, self._ended_turns.get(number)
+    def style_pending(self, task: asyncio.Task) -> None:
+        """The style for the next reply is being worked out by ``task``."""
+        self._style_task = task
 
     @property
     def last_user_turn(self) -> SpokenAudio | None:
         with self._lock:
             return self.user_turns[-1] if self.user_turns else None
+
+    async def reply_context(self, max_wait_secs: float = 0.5) -> SpeechContext:
+        """The speech context once the latest turn's tone has been read (or after
+        ``max_wait_secs``: a slow analysis delays the voice no longer than that)."""
+        task = self._style_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=max_wait_secs)
+        return self.speech_context()
 
     def speech_context(self) -> SpeechContext:
         """The context a speech engine gets for the reply being spoken now."""

@@ -1,8 +1,8 @@
 """Assembles one session's Pipecat pipeline around any transport.
 
-    transport.input → half-duplex gate → user-turn recorder → Whisper STT
-      → user aggregator (Silero VAD, turn-end detection) → LLM → TTS
-      → transport.output → reply-played watcher → assistant aggregator
+    transport.input → half-duplex gate → Whisper STT
+      → user aggregator (Silero VAD, turn-end detection) → user turn (audio, text, tone)
+      → LLM → TTS → transport.output → reply-played watcher → assistant aggregator
 
 The models come from a ModelStack loaded once per process; everything built here is
 per session and cheap.
@@ -13,11 +13,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from loguru import logger
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import OutputTransportMessageUrgentFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
@@ -25,14 +27,12 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import (
-    SpeechTimeoutUserTurnStopStrategy,
-    TurnAnalyzerUserTurnStopStrategy,
-)
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from agent.config import AgentConfig
 from agent.session import SessionState
+from pipelines.first_clause import FirstClauseAggregator
 from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
 from pipelines.services import (
     EngineTTSService,
@@ -42,9 +42,9 @@ from pipelines.services import (
 )
 from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.stack import ModelStack
-from pipelines.tone_follower import ToneFollowerProcessor
-from pipelines.turn_recorder import UserTurnRecorder
+from pipelines.turn_end import TranscriptAwareTurnStopStrategy, TurnEndPolicy
 from pipelines.turn_timeline import TurnTimeline
+from pipelines.user_turn import UserTurnProcessor
 
 
 @dataclass
@@ -73,7 +73,15 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
     start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     if config.turn.end_detection == "smart-turn":
         analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn)
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
+        policy = TurnEndPolicy(
+            finished_wait_secs=config.turn.finished_wait_secs,
+            fallback_secs=config.turn.fallback_secs,
+        )
+        stop = [
+            TranscriptAwareTurnStopStrategy(
+                turn_analyzer=analyzer, policy=policy, speculate=config.turn.speculative_llm
+            )
+        ]
     else:
         stop = [
             SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)
@@ -107,13 +115,15 @@ def build_session(
         echo_tail_secs=config.turn.echo_tail_secs,
         max_reply_wait_secs=config.turn.max_reply_wait_secs,
     )
-    recorder = UserTurnRecorder(
+    user_turn = UserTurnProcessor(
         session=state, pre_roll_secs=config.turn.pre_roll_secs, vad_start_secs=config.vad.start_secs
     )
     stt = SharedWhisperSTTService(
         model=stack.whisper,
         beam_size=config.asr.beam_size,
         utterance_window=config.asr.utterance_window,
+        ttfs_p99_latency=config.asr.ttfs_p99_secs,
+        early=config.asr.early_transcription,
         settings=SharedWhisperSTTService.Settings(
             language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
         ),
@@ -121,14 +131,13 @@ def build_session(
     llm = _llm_service(stack)
     # MisoTTS hears the conversation it answers; other engines speak the text alone.
     tts_class = MisoTTSService if config.tts.engine == "miso" else EngineTTSService
-    tts = tts_class(
-        engine=stack.speech,
-        session=state,
-        first_clause_min_words=config.tts.first_clause_min_words,
+    tts = tts_class(engine=stack.speech, session=state)
+    # What the TTS speaks at once: the reply's first phrase alone, then whole sentences.
+    text_to_speech = LLMTextProcessor(
+        text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
     )
     watcher = ReplyPlayedWatcher(gate)
     state.tone.enabled = config.tone.follow
-    tone_follower = ToneFollowerProcessor(session=state, hint_to_llm=config.tone.hint)
 
     context = LLMContext()
     aggregators = LLMContextAggregatorPair(
@@ -168,7 +177,14 @@ def build_session(
         timeline.set_tone(tone)
         await tell_client({"type": "tone", **tone})
 
-    tone_follower.on_tone = on_tone
+    user_turn.on_tone = on_tone
+
+    async def on_turn_done(turn):
+        # Every transport gets the same per-turn latency line; the page shows the figures.
+        logger.info(f"session {state.session_id} {turn.summary()}")
+        await tell_client({"type": "latency", "turn": turn.index + 1, **turn.stages()})
+
+    timeline.on_turn_done = on_turn_done
 
     @tts.event_handler("on_synthesis_started")
     async def _on_synthesis_started(_tts, _text):
@@ -178,11 +194,11 @@ def build_session(
         [
             transport.input(),
             gate,
-            recorder,
             stt,
             aggregators.user(),
-            tone_follower,
+            user_turn,
             llm,
+            text_to_speech,
             tts,
             transport.output(),
             watcher,

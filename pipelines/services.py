@@ -9,33 +9,131 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 import numpy as np
 from loguru import logger
 from openai.types.chat import ChatCompletionChunk
-from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agent.asr import ShortUtteranceWhisper
 from agent.llm import LocalLLM
 from agent.session import SessionState
-from pipelines.first_clause import FirstClauseAggregator
 from tts.base import SpeechEngine, SpokenAudio
 
 _DONE = object()
+# Silence Pipecat's segmented STT appends to each segment (its default, set explicitly
+# because early transcription must add the same).
+TRAILING_SILENCE_SECS = 0.5
 
 
 class SharedWhisperSTTService(WhisperSTTService):
-    """Pipecat's faster-whisper service, reading a WhisperModel loaded once per process."""
+    """Pipecat's faster-whisper service, reading a WhisperModel loaded once per process.
 
-    def __init__(self, *, model, beam_size: int = 1, utterance_window: bool = True, **kwargs):
+    With ``early``, it starts transcribing when the user's voice drops to silence, a
+    fifth of a second before the VAD (which waits ``stop_secs`` to be sure) reports the
+    stop and Pipecat asks for the segment (agent/asr.py, ``transcribe_early``).
+    """
+
+    def __init__(
+        self,
+        *,
+        model,
+        beam_size: int = 1,
+        utterance_window: bool = True,
+        early: bool = True,
+        **kwargs,
+    ):
         # WhisperSTTService.__init__ calls _load(); the shared model must be in place first.
         self._shared_model = ShortUtteranceWhisper(
             model, beam_size=beam_size, utterance_window=utterance_window
         )
-        super().__init__(**kwargs)
+        super().__init__(trailing_silence_secs=TRAILING_SILENCE_SECS, **kwargs)
+        self._onset = SpeechEndWatch() if early else None
 
     def _load(self):
         self._model = self._shared_model
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if self._onset is not None:
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                self._onset.speech_started()
+            elif isinstance(frame, VADUserStoppedSpeakingFrame):
+                self._onset.speech_stopped()
+        await super().process_frame(frame, direction)
+
+    async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection):
+        await super().process_audio_frame(frame, direction)
+        if self._onset is not None and self._onset.add(frame.audio, self.sample_rate):
+            # The same audio Pipecat's segmented STT will send (it keeps 1 s before the
+            # VAD start), with the silence it pads segments with.
+            speech = self._onset.segment().astype(np.float32) / 32768
+            trailing = np.zeros(int(self.sample_rate * TRAILING_SILENCE_SECS), np.float32)
+            self._shared_model.transcribe_early(speech, trailing, self._settings.language)
+
+
+class SpeechEndWatch:
+    """Follows the audio of the current speech segment and says when the voice has just
+    fallen silent (a few quiet frames after loud ones), before the VAD is sure of it.
+
+    Keeps the segment as Pipecat's SegmentedSTTService does: the last second before the VAD
+    start, then everything until the VAD stop.
+    """
+
+    QUIET_FRAMES = 2  # 20 ms frames below the level that follow speech
+    FLOOR = 300  # int16 RMS: below this a frame is silent whatever the speech level
+    FRACTION = 0.12  # ...or below this fraction of the segment's loudest frame
+
+    def __init__(self, lead_secs: float = 1.0):
+        self._lead_secs = lead_secs
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+        self._speaking = False
+        self._peak = 0.0
+        self._quiet = 0
+        self._fired = False
+
+    def speech_started(self):
+        self._speaking = True
+        self._quiet = 0
+        self._fired = False
+
+    def speech_stopped(self):
+        # Pipecat's segmented STT empties its buffer at the VAD stop; so does this.
+        self._speaking = False
+        self._peak = 0.0
+        self._chunks.clear()
+        self._samples = 0
+
+    def add(self, audio: bytes, sample_rate: int) -> bool:
+        """Add a frame; True when the voice has just gone quiet within the VAD's speech."""
+        samples = np.frombuffer(audio, dtype=np.int16)
+        self._chunks.append(samples)
+        self._samples += len(samples)
+        if not self._speaking:
+            keep = int(self._lead_secs * sample_rate)
+            while self._chunks and self._samples - len(self._chunks[0]) >= keep:
+                self._samples -= len(self._chunks.pop(0))
+        rms = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if len(samples) else 0.0
+        if rms > max(self.FLOOR, self.FRACTION * self._peak):
+            self._peak = max(self._peak, rms)
+            self._quiet = 0
+            self._fired = False
+            return False
+        self._quiet += 1
+        if self._speaking and not self._fired and self._quiet == self.QUIET_FRAMES:
+            self._fired = True
+            return True
+        return False
+
+    def segment(self) -> np.ndarray:
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
 class LocalLLMService(OpenAILLMService):
@@ -160,30 +258,19 @@ def _start_thread(work: Callable[[], None]) -> None:
 
 
 class EngineTTSService(TTSService):
-    """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio."""
+    """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio.
 
-    def __init__(
-        self,
-        *,
-        engine: SpeechEngine,
-        session: SessionState,
-        first_clause_min_words: int = 0,
-        **kwargs,
-    ):
+    The text arrives already cut into what is spoken at once (AggregatedTextFrames from
+    an LLMTextProcessor in front of it, see pipelines/first_clause.py).
+    """
+
+    def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
             settings=TTSSettings(model=None, voice=None, language=None),
             **kwargs,
         )
-        if first_clause_min_words > 0:
-            # TTSService builds its sentence aggregator itself and offers no argument for
-            # another one; this replaces it right after construction, before any text.
-            self._text_aggregator = FirstClauseAggregator(
-                min_words=first_clause_min_words,
-                aggregation_type=TextAggregationMode.SENTENCE,
-                language=self._text_aggregator.language,
-            )
         self._engine = engine
         self._session = session
         # Fired as synthesis of each sentence begins; the turn timeline uses it.
@@ -194,7 +281,7 @@ class EngineTTSService(TTSService):
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         engine = self._engine
-        speech_context = self._session.speech_context()
+        speech_context = await self._session.reply_context()
         spoken: list[np.ndarray] = []
 
         async def chunks(audio) -> AsyncIterator[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pipecat.frames.frames import (
@@ -59,6 +60,21 @@ class TurnRecord:
             "reply_total": span(self.speech_end, self.reply_played),
         }
 
+    def summary(self) -> str:
+        """One line for the log: voice-to-voice and the stages it is made of."""
+
+        def ms(value):
+            return "?" if value is None else f"{value * 1000:.0f}"
+
+        s = self.stages()
+        return (
+            f"turn {self.index + 1}: voice-to-voice {ms(s['voice_to_voice'])} ms = "
+            f"turn end {ms(s['turn_end_detection'])} + LLM first sentence "
+            f"{ms(s['llm_first_sentence'])} (first token {ms(s['llm_first_token'])}) + TTS "
+            f"first audio {ms(s['tts_first_audio'])} + output; ASR {ms(s['asr'])} ms after "
+            f"the VAD stop; heard {self.transcript!r}"
+        )
+
 
 class TurnTimeline(BaseObserver):
     """Watches frames between processors and fills one TurnRecord per user turn."""
@@ -72,6 +88,8 @@ class TurnTimeline(BaseObserver):
         self.turns: list[TurnRecord] = []
         self._seen: set[int] = set()
         self._known_speech_end: float | None = None
+        # Called with each turn once its reply has been played out.
+        self.on_turn_done: Callable[[TurnRecord], Awaitable[None]] | None = None
 
     @property
     def current(self) -> TurnRecord | None:
@@ -144,6 +162,8 @@ class TurnTimeline(BaseObserver):
             turn.reply_played = now
             turn.reply = turn.reply.strip()
             turn.done.set()
+            if self.on_turn_done is not None:
+                await self.on_turn_done(turn)
 
     def no_reply(self):
         """The user turn ended without text; nothing will be spoken."""

@@ -28,6 +28,24 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+class SentClip:
+    """A clip queued on a ScriptedMicrophone; ``started_at`` is when its first sample went
+    out (time.monotonic()), so a caller can time the bot from the end of its speech."""
+
+    def __init__(self, first_sample: int, samples: int, sample_rate: int):
+        # first_sample: the microphone's sample count (pts) at which the clip begins.
+        self.first_sample = first_sample
+        self.samples = samples
+        self.sample_rate = sample_rate
+        self.started_at: float | None = None
+
+    def time_of(self, offset: int) -> float | None:
+        """When sample ``offset`` of the clip was (or will be) sent, at real-time pacing."""
+        if self.started_at is None:
+            return None
+        return self.started_at + offset / self.sample_rate
+
+
 class ScriptedMicrophone(MediaStreamTrack):
     """An audio track that plays queued clips in real time and silence in between."""
 
@@ -40,9 +58,10 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._pending = np.zeros(0, np.int16)
         self._pts = 0
         self._start: float | None = None
+        self._clips: list[SentClip] = []  # clips whose first sample has not gone out yet
         self.clip_finished = asyncio.Event()
 
-    def say(self, samples: np.ndarray, sample_rate: int):
+    def say(self, samples: np.ndarray, sample_rate: int) -> SentClip:
         """Queue int16 mono speech; ``clip_finished`` is set when it has all been sent."""
         if sample_rate != self.sample_rate:
             import soxr
@@ -52,7 +71,11 @@ class ScriptedMicrophone(MediaStreamTrack):
             )
             samples = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         self.clip_finished.clear()
+        # Queued behind what is pending: its first sample goes out in the frame with that pts.
+        clip = SentClip(self._pts + len(self._pending), len(samples), self.sample_rate)
+        self._clips.append(clip)
         self._pending = np.concatenate([self._pending, samples])
+        return clip
 
     async def recv(self) -> AudioFrame:
         if self._start is None:
@@ -63,6 +86,10 @@ class ScriptedMicrophone(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         n = self._samples_per_frame
+        now = time.monotonic()
+        for clip in [c for c in self._clips if c.first_sample < self._pts + n]:
+            clip.started_at = now + max(0, clip.first_sample - self._pts) / self.sample_rate
+            self._clips.remove(clip)
         chunk, self._pending = self._pending[:n], self._pending[n:]
         if len(self._pending) == 0:
             self.clip_finished.set()
@@ -87,7 +114,8 @@ class WebRTCCaller:
         self._heard: list[tuple[float, np.ndarray]] = []
         self._reader: asyncio.Task | None = None
         self.pc_id: str | None = None
-        # Messages the server sends over the data channel (what it heard and answered).
+        # Messages the server sends over the data channel (what it heard and answered),
+        # each with "_at", the time.monotonic() it arrived.
         self.messages: list[dict] = []
 
         @self.pc.on("track")
@@ -114,9 +142,11 @@ class WebRTCCaller:
         @channel.on("message")
         def on_message(data):
             try:
-                self.messages.append(json.loads(data))
+                message = json.loads(data)
             except (TypeError, ValueError):
-                pass
+                return
+            if isinstance(message, dict):
+                self.messages.append({**message, "_at": time.monotonic()})
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
@@ -136,6 +166,10 @@ class WebRTCCaller:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"peer connection stuck in state {self.pc.connectionState}")
             await asyncio.sleep(0.05)
+
+    def heard_chunks(self) -> list[tuple[float, np.ndarray]]:
+        """(arrival time, int16 samples at ``record_rate``) of everything heard so far."""
+        return list(self._heard)
 
     def heard_since(self, since: float) -> np.ndarray:
         chunks = [c for t, c in self._heard if t >= since]

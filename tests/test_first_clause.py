@@ -60,3 +60,41 @@ async def test_every_reply_gets_its_own_first_clause():
 async def test_zero_means_whole_sentences():
     tokens = ["One", " two", " three", " four,", " five."]
     assert await _speak_reply(_aggregator(0), tokens) == ["One two three four, five."]
+
+
+async def test_first_phrase_ends_before_a_word_that_opens_a_new_phrase():
+    tokens = ["Bees", " make", " honey", " because", " they", " store", " food.", " Yes", " and",
+              " no."]
+    assert await _speak_reply(_aggregator(3), tokens) == [
+        "Bees make honey",
+        "because they store food.",
+        "Yes and no.",
+    ]
+
+
+async def test_a_phrase_word_too_early_does_not_cut():
+    assert await _speak_reply(_aggregator(3), ["I", " and", " you", " agree."]) == [
+        "I and you agree."
+    ]
+
+
+async def test_llm_text_processor_cuts_the_llm_text_for_the_tts():
+    """The aggregator in place: Pipecat's LLMTextProcessor between the LLM and the TTS."""
+    from pipecat.frames.frames import (
+        AggregatedTextFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+    )
+    from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
+    from pipecat.tests.utils import run_test
+
+    processor = LLMTextProcessor(text_aggregator=FirstClauseAggregator(min_words=3))
+    reply = ["Paris", " is", " a", " city", " with", " art.", " It", " is", " old."]
+    down, _ = await run_test(processor, frames_to_send=[
+        LLMFullResponseStartFrame(), *[LLMTextFrame(t) for t in reply], LLMFullResponseEndFrame(),
+        LLMFullResponseStartFrame(), *[LLMTextFrame(t) for t in reply], LLMFullResponseEndFrame(),
+    ])
+    spoken = [f.text for f in down if isinstance(f, AggregatedTextFrame)]
+    # Each reply gets its own first phrase.
+    assert spoken == ["Paris is a city", "with art.", "It is old."] * 2

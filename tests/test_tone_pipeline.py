@@ -1,5 +1,6 @@
 """Tone following through the whole pipeline with the CPU voice (real Silero, Whisper,
-SmolLM2, Piper): how the user sounds moves the reply's delivery, and the LLM is told."""
+SmolLM2, Piper): how the user sounds moves the reply's delivery; the LLM's context holds
+only what was said."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import dataclasses
 from agent.tone import analyze_tone
 from pipelines.file_mode import FileTurn, run_files
 from pipelines.file_transport import write_wav
-from pipelines.tone_follower import HINT_PREFIX
 from tts.base import SpeakingStyle, SpeechContext
 
 QUESTION = "What is the capital of France?"
@@ -55,27 +55,21 @@ async def test_a_hurried_loud_question_gets_a_brisker_louder_reply_than_a_calm_q
     assert hurried_style["rate"] > 1 > calm_style["rate"]
     assert hurried_style["pitch_semitones"] > calm_style["pitch_semitones"]
 
-    # The LLM was told, right after each question, before it answered.
-    messages = result.session.context.get_messages()
-    roles = [m["role"] for m in messages]
-    hints = [i for i, m in enumerate(messages)
-             if m["role"] == "system" and m["content"].startswith(HINT_PREFIX)]
-    assert len(hints) == 2, messages
-    for at, word in zip(hints, ("fast", "slow"), strict=True):
-        assert roles[at - 1] == "user" and roles[at + 1] == "assistant"
-        assert word in messages[at]["content"]
-    assert hurried_turn["tone"]["hint"] and "fast" in hurried_turn["tone"]["hint"]
+    # How the user sounded is reported (log, page), but the LLM only reads the words:
+    # small models narrate notes about the user instead of answering.
+    assert "fast" in hurried_turn["tone"]["hint"] and "slow" in calm_turn["tone"]["hint"]
     assert hurried_turn["tone"]["analysis_ms"] > 0
+    roles = [m["role"] for m in result.session.context.get_messages()]
+    assert roles == ["user", "assistant", "user", "assistant"], roles
 
 
-async def test_with_following_off_the_voice_stays_neutral_and_no_hint(stack, tmp_path):
+async def test_with_following_off_the_voice_stays_neutral(stack, tmp_path):
     config = stack.config.model_copy(update={
-        "tone": stack.config.tone.model_copy(update={"follow": False, "hint": False})
+        "tone": stack.config.tone.model_copy(update={"follow": False})
     })
     plain = dataclasses.replace(stack, config=config)
     result = await run_files(plain, [FileTurn(say(stack, QUESTION, HURRIED, tmp_path / "q.wav"))])
     (turn,) = result.turns
     assert turn["tone"]["style"] == {"rate": 1.0, "loudness_db": 0.0, "pitch_semitones": 0.0,
                                      "expressiveness": 1.0}
-    assert turn["tone"]["hint"] is None
-    assert not any(m["role"] == "system" for m in result.session.context.get_messages())
+    assert "fast" in turn["tone"]["hint"]  # still read and reported, only not followed

@@ -1,0 +1,261 @@
+"""Voice-to-voice latency and answer quality where the user is: at the far end of a call.
+
+    python -m benchmarks.call_latency [--set human|piper|espeak] [--callers 1] [--config default]
+
+Starts the agent's server (``run_agent.py``) in its own process, calls it over real WebRTC
+on loopback with one or more scripted callers (pipelines/webrtc_client.py) and plays each
+clip of the set as a user turn. Timed at the caller: from the end of the clip's speech
+leaving the caller's microphone to the first audible reply sample arriving back. The
+server's own per-turn stages (sent over the data channel) are reported beside it.
+
+Sets (made by ``python -m benchmarks.human_speech`` and ``--answer-set``):
+  human   real recordings: questions, statements, commands, very short and paused turns;
+  piper / espeak  the answer-quality questions spoken by two different synthetic voices.
+
+Reported: far-end voice-to-voice p50/p95 (all, and per category), server stages p50/p95,
+finished turns that waited > 1.5 s for turn end, cut-ins on paused turns (the reply began
+before the user had finished), question WER, and the words: answers with the accepted
+keywords, replies about "the user" or notes, echoes of statements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from benchmarks.answer_set import COMMANDS, QUESTIONS, STATEMENTS, is_correct, is_echo, is_meta
+from benchmarks.conversation import corpus_wer, percentile
+from benchmarks.report import write_report
+from pipelines.file_transport import load_input_wav, speech_end_offset
+from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SET_DIR = ROOT / "out" / "human_speech"
+SLOW_TURN_END_SECS = 1.5
+RATE = 16000
+
+
+def load_set(name: str, limit: int | None) -> list[dict]:
+    """The clips of a set: dicts with path, category, text and (answer sets) the item."""
+    if name == "human":
+        manifest = SET_DIR / "manifest.json"
+    else:
+        manifest = SET_DIR / "manifest_answer_set.json"
+    if not manifest.exists():
+        sys.exit(f"{manifest} not found: run python -m benchmarks.human_speech first")
+    items = json.loads(manifest.read_text())
+    items = items["items"] if isinstance(items, dict) else items
+    clips = []
+    if name == "human":
+        for item in items:
+            clips.append({**item, "text": item["transcript"]})
+    else:
+        for item in items:
+            if item["voice"] == name:
+                clips.append({**item, "category": answer_item(item["text"])[0]})
+    for clip in clips:
+        path = Path(clip["path"])
+        clip["path"] = str(path if path.is_absolute() else manifest.parent / path)
+    return clips[:limit] if limit else clips
+
+
+def answer_item(text: str):
+    """(category, item) of an answer-set turn by its text."""
+    for category, items in (("question", QUESTIONS), ("statement", STATEMENTS),
+                            ("command", COMMANDS)):
+        for item in items:
+            if item.text == text:
+                return category, item
+    raise KeyError(f"not in benchmarks.answer_set: {text!r}")
+
+
+async def wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            try:
+                async with http.get(f"{url}/api/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"the server did not come up within {timeout:.0f} s")
+
+
+def _first_loud_after(caller: WebRTCCaller, since: float, level: int) -> float | None:
+    for at, chunk in caller.heard_chunks():
+        if at >= since and chunk.size and np.abs(chunk).max() > level:
+            return at
+    return None
+
+
+async def call_turn(caller: WebRTCCaller, clip: dict, *, level: int, timeout: float) -> dict:
+    samples, _ = load_input_wav(clip["path"], RATE)
+    speech_end = speech_end_offset(samples, RATE)
+    seen = len(caller.messages)
+    sent = caller.mic.say(samples, RATE)
+    await caller.mic.clip_finished.wait()
+    result = {k: clip.get(k) for k in ("id", "category", "text", "path")}
+    try:
+        await caller.wait_for_reply(sent.started_at, timeout=timeout, level=level)
+    except TimeoutError as e:
+        result["error"] = str(e)
+    # The server's figures for the turn arrive once its reply has been played out.
+    for _ in range(50):
+        if any(m.get("type") == "latency" for m in caller.messages[seen:]):
+            break
+        await asyncio.sleep(0.1)
+    messages = caller.messages[seen:]
+    speech_end_at = sent.time_of(speech_end)
+    first_audio_at = _first_loud_after(caller, sent.started_at, level)
+    replying_at = [m["_at"] for m in messages if m.get("state") == "replying"]
+    result.update(
+        heard=" ".join(m["text"] for m in messages if m.get("role") == "user"),
+        reply=" ".join(m["text"] for m in messages if m.get("role") == "bot"),
+        user_turns=sum(1 for m in messages if m.get("role") == "user"),
+        voice_to_voice=(
+            round(first_audio_at - speech_end_at, 3) if first_audio_at is not None else None
+        ),
+        # The bot stopped listening (its turn began) before the user's speech had ended.
+        cut_in=bool(replying_at and replying_at[0] < speech_end_at - 0.05),
+        server=next((m for m in messages if m.get("type") == "latency"), None),
+    )
+    return result
+
+
+async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[dict]:
+    await asyncio.sleep(delay)
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    results = []
+    try:
+        await asyncio.sleep(1.0)
+        for clip in clips:
+            results.append(
+                await call_turn(caller, clip, level=args.level, timeout=args.reply_timeout)
+            )
+            await asyncio.sleep(args.pause)
+    finally:
+        await caller.close()
+    return results
+
+
+def summarize(turns: list[dict]) -> dict:
+    def stats(values):
+        return {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(
+            [v for v in values if v is not None])}
+
+    categories = sorted({t["category"] for t in turns})
+    finished = [t for t in turns if t["category"] != "paused" and t.get("server")]
+    paused = [t for t in turns if t["category"] == "paused"]
+    stages = sorted({k for t in turns if t.get("server") for k in t["server"]} - {"type", "turn"})
+    statements = [t for t in turns if t["category"] == "statement"]
+    replies = [t for t in turns if t["reply"]]
+    summary = {
+        "turns": len(turns),
+        "no_reply": sum(1 for t in turns if not t["reply"]),
+        "voice_to_voice_far_end": stats([t["voice_to_voice"] for t in turns]),
+        "voice_to_voice_far_end_by_category": {
+            c: stats([t["voice_to_voice"] for t in turns if t["category"] == c])
+            for c in categories
+        },
+        "server_stages": {
+            s: stats([t["server"].get(s) for t in turns if t.get("server")]) for s in stages
+        },
+        "finished_turns_slow_turn_end": _rate(
+            [(t["server"].get("turn_end_detection") or 0) > SLOW_TURN_END_SECS for t in finished]
+        ),
+        "paused_cut_ins": _rate([t["cut_in"] or t["user_turns"] > 1 for t in paused]),
+        "question_wer": round(corpus_wer([t["text"] for t in turns], [t["heard"] for t in
+                                                                       turns]), 4),
+        "meta_replies": _rate([is_meta(t["reply"]) for t in replies]),
+        "statement_echoes": _rate([is_echo(t["reply"], t["text"]) for t in statements
+                                   if t["reply"]]),
+    }
+    if any("item" in t for t in turns):
+        asked = [t for t in turns if t["category"] == "question"]
+        summary["answers_correct"] = _rate([is_correct(t["reply"], t["item"]) for t in asked])
+    return summary
+
+
+def _rate(flags: list[bool]) -> dict:
+    return {"rate": round(sum(flags) / len(flags), 3) if flags else None, "of": len(flags)}
+
+
+async def run(args) -> dict:
+    clips = load_set(args.set, args.limit)
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = Path(args.out).with_suffix(".server.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_agent.py"), "--config", args.config,
+             "--port", str(port)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            await wait_for_server(url, server, timeout=600)
+            rng = random.Random(0)
+            per_caller = await asyncio.gather(*(
+                run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
+                for i in range(args.callers)
+            ))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    turns = []
+    for caller, results in enumerate(per_caller):
+        for t in results:
+            turns.append({**t, "caller": caller})
+    if args.set != "human":
+        for t in turns:
+            t["item"] = answer_item(t["text"])[1]
+    report = {
+        "set": args.set,
+        "config": args.config,
+        "callers": args.callers,
+        "summary": summarize(turns),
+        "per_turn": [{k: v for k, v in t.items() if k != "item"} for t in turns],
+        "server_log": str(log_path),
+    }
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--set", choices=["human", "piper", "espeak"], default="human")
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--callers", type=int, default=1)
+    parser.add_argument("--limit", type=int, help="only the first N clips")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
+    parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")
+    parser.add_argument("--reply-timeout", type=float, default=30.0)
+    parser.add_argument("--out", help="default out/benchmarks/call_latency_SET.json")
+    args = parser.parse_args()
+    args.out = args.out or f"out/benchmarks/call_latency_{args.set}.json"
+    report = asyncio.run(run(args))
+    out = write_report(report, args.out)
+    print(json.dumps(report["summary"], indent=2))
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Turn-end detection on human speech: how long finished turns wait, how often paused ones
+are cut into, for each setting of the policy in pipelines/turn_end.py.
+
+    python -m benchmarks.turn_end [--config default] [--out out/benchmarks/turn_end.json]
+
+Each clip of the human set (``python -m benchmarks.human_speech``) goes through the
+pipeline's own parts, 20 ms at a time: Silero VAD with the config's parameters, Smart
+Turn v3 at every VAD stop, and Whisper on each speech segment exactly as Pipecat's
+segmented STT cuts it (1 s before the VAD start to the VAD stop, plus 0.5 s of silence).
+What each pause yields (Smart Turn's verdict, the words so far, when the transcript was
+ready) is recorded once; every policy is then applied to the same record:
+
+  * a finished turn waits from its end of speech to the turn end (never less than the
+    time the transcript took);
+  * a pause inside a turn is a cut-in when the turn would end before the VAD hears the
+    user again.
+
+Besides the sweep of (finished_wait_secs, fallback_secs), the report has Pipecat's own
+Smart Turn strategy (done → at the transcript, else its 3 s silence time-out) and plain
+silence time-outs, and the measured time from end of speech to final transcript (p50 /
+p95 / p99: the ``asr.ttfs_p99_secs`` figure). The curve is drawn to a PNG beside the JSON
+when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.asr import ShortUtteranceWhisper
+from agent.config import load_config
+from benchmarks.conversation import percentile
+from benchmarks.report import write_report
+from pipelines.build import vad_params
+from pipelines.file_transport import load_input_wav
+from pipelines.shared_analyzers import (
+    SharedSileroVADAnalyzer,
+    SharedSmartTurnAnalyzer,
+    load_silero_session,
+    load_smart_turn_session,
+)
+from pipelines.turn_end import TurnEndPolicy
+
+RATE = 16000
+FRAME = RATE // 50
+STT_LEAD_SECS = 1.0  # what Pipecat's segmented STT keeps before the VAD start
+STT_TRAILING_SECS = 0.5  # the silence it appends to each segment
+TAIL_SECS = 3.5  # silence played after each clip
+SMART_TURN_ALONE_SILENCE_SECS = 3.0
+SLOW_SECS = 1.5
+
+
+@dataclass
+class Pause:
+    speech_end: float  # seconds into the clip
+    smart_turn_done: bool
+    text: str  # the turn's words up to this pause
+    transcript_ready: float  # seconds into the clip
+    resumed_at: float | None  # the next VAD start (None: the user did not speak again)
+
+
+@dataclass
+class ClipRecord:
+    id: str
+    category: str
+    transcript: str
+    pauses: list[Pause] = field(default_factory=list)
+
+
+async def record_clip(clip: dict, stack) -> ClipRecord:
+    """Feed one clip through VAD, Smart Turn and Whisper; what each pause yields."""
+    config, whisper, silero, smart_turn = stack
+    samples, _ = load_input_wav(clip["path"], RATE)
+    samples = np.concatenate([np.zeros(int(0.5 * RATE), np.int16), samples,
+                              np.zeros(int(TAIL_SECS * RATE), np.int16)])
+    params = vad_params(config)
+    vad = SharedSileroVADAnalyzer(session=silero, params=params)
+    vad.set_sample_rate(RATE)
+    analyzer = SharedSmartTurnAnalyzer(session=smart_turn)
+    analyzer.set_sample_rate(RATE)
+    analyzer.update_vad_start_secs(params.start_secs)
+    from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+    from pipecat.audio.vad.vad_analyzer import VADState
+
+    record = ClipRecord(clip["id"], clip["category"], clip["transcript"])
+    speaking, seg_start, text = False, 0, ""
+    for i in range(0, len(samples) - FRAME + 1, FRAME):
+        chunk = samples[i : i + FRAME].tobytes()
+        state = await vad.analyze_audio(chunk)
+        now = (i + FRAME) / RATE
+        analyzer.append_audio(chunk, speaking)
+        if state == VADState.SPEAKING and not speaking:
+            speaking = True
+            seg_start = max(0, i + FRAME - int(STT_LEAD_SECS * RATE))
+            if record.pauses and record.pauses[-1].resumed_at is None:
+                record.pauses[-1].resumed_at = now
+        elif state == VADState.QUIET and speaking:
+            speaking = False
+            verdict, _ = await analyzer.analyze_end_of_turn()
+            segment = np.concatenate([samples[seg_start : i + FRAME],
+                                      np.zeros(int(STT_TRAILING_SECS * RATE), np.int16)])
+            started = time.perf_counter()
+            words = transcribe_segment(whisper, segment, config.asr.no_speech_prob)
+            asr_secs = time.perf_counter() - started
+            text = f"{text} {words}".strip()
+            record.pauses.append(Pause(
+                speech_end=round(now - params.stop_secs, 3),
+                smart_turn_done=verdict == EndOfTurnState.COMPLETE,
+                text=text,
+                transcript_ready=round(now + asr_secs, 3),
+                resumed_at=None,
+            ))
+    return record
+
+
+def transcribe_segment(whisper: ShortUtteranceWhisper, segment: np.ndarray, no_speech: float):
+    """Words as Pipecat's Whisper service makes them (segments under the no-speech bar)."""
+    pieces, _ = whisper.transcribe(segment.astype(np.float32) / 32768, language="en")
+    return " ".join(p.text.strip() for p in pieces if p.no_speech_prob < no_speech).strip()
+
+
+def turn_end_after(pause: Pause, wait: float) -> float:
+    """When a turn ends at this pause, in seconds after its end of speech."""
+    return max(pause.speech_end + wait, pause.transcript_ready) - pause.speech_end
+
+
+def outcome(records: list[ClipRecord], wait_for) -> dict:
+    """Apply a policy (pause -> wait after speech end) to every clip."""
+    finished_waits, cut_ins, paused = [], [], []
+    for rec in records:
+        ended_early = False
+        for pause in rec.pauses[:-1]:  # every pause but the last is inside the turn
+            end = pause.speech_end + turn_end_after(pause, wait_for(pause))
+            if pause.resumed_at is not None and end < pause.resumed_at:
+                ended_early = True
+                break
+        if rec.category == "paused":
+            paused.append(ended_early)
+        else:
+            cut_ins.append(ended_early)
+            if rec.pauses and not ended_early:
+                finished_waits.append(turn_end_after(rec.pauses[-1], wait_for(rec.pauses[-1])))
+    return {
+        "finished_wait_p50": percentile(finished_waits, 50),
+        "finished_wait_p95": percentile(finished_waits, 95),
+        "finished_slow_rate": round(np.mean([w > SLOW_SECS for w in finished_waits]), 3)
+        if finished_waits else None,
+        "paused_cut_in_rate": round(float(np.mean(paused)), 3) if paused else None,
+        "finished_cut_in_rate": round(float(np.mean(cut_ins)), 3) if cut_ins else None,
+        "paused": len(paused),
+        "finished": len(finished_waits),
+    }
+
+
+def sweep(records: list[ClipRecord]) -> list[dict]:
+    rows = []
+    for fallback in (0.6, 0.8, 1.0, 1.2, 1.5, 2.0):
+        for finished in (0.0, 0.15, 0.3, 0.5, 0.8, None):
+            policy = TurnEndPolicy(
+                finished_wait_secs=fallback if finished is None else min(finished, fallback),
+                fallback_secs=fallback,
+            )
+            rows.append({
+                "policy": "smart-turn+words",
+                "finished_wait_secs": policy.finished_wait_secs,
+                "fallback_secs": fallback,
+                **outcome(records, lambda p, q=policy: q.wait_after_speech(p.smart_turn_done,
+                                                                           p.text)),
+            })
+    rows.append({
+        "policy": "smart-turn alone (pipecat)",
+        **outcome(records, lambda p: 0.0 if p.smart_turn_done else SMART_TURN_ALONE_SILENCE_SECS),
+    })
+    for silence in (0.4, 0.6, 0.8, 1.0, 1.5):
+        rows.append({"policy": f"silence {silence}s", "fallback_secs": silence,
+                     **outcome(records, lambda p, s=silence: s)})
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, marker in (("smart-turn+words", "o"), ("smart-turn alone", "s"), ("silence", "^")):
+        pts = [r for r in rows if r["policy"].startswith(name)]
+        ax.scatter([r["finished_wait_p50"] for r in pts], [r["paused_cut_in_rate"] for r in pts],
+                   marker=marker, label=name)
+    ax.set_xlabel("finished turns: turn-end wait p50 (s after end of speech)")
+    ax.set_ylabel("paused turns: cut-in rate")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+async def run(args) -> dict:
+    from faster_whisper import WhisperModel
+
+    from agent.models import resolve_model
+    from benchmarks.call_latency import load_set
+
+    config = load_config(args.config)
+    model = WhisperModel(str(resolve_model(config.asr.model, "asr")), device="cpu",
+                         compute_type=config.asr.compute_type, cpu_threads=config.asr.cpu_threads)
+    whisper = ShortUtteranceWhisper(model, beam_size=config.asr.beam_size)
+    stack = (config, whisper, load_silero_session(), load_smart_turn_session())
+    clips = load_set("human", args.limit)
+    records = [await record_clip(c, stack) for c in clips]
+    ttfs = [p.transcript_ready - p.speech_end for r in records for p in r.pauses]
+    rows = sweep(records)
+    return {
+        "config": args.config,
+        "clips": len(records),
+        "time_to_final_transcript_secs": {
+            "p50": percentile(ttfs, 50), "p95": percentile(ttfs, 95), "p99": percentile(ttfs, 99)
+        },
+        "chosen": {"finished_wait_secs": config.turn.finished_wait_secs,
+                   "fallback_secs": config.turn.fallback_secs},
+        "rows": rows,
+        "clips_detail": [
+            {"id": r.id, "category": r.category, "transcript": r.transcript,
+             "pauses": [p.__dict__ for p in r.pauses]}
+            for r in records
+        ],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--out", default="out/benchmarks/turn_end.json")
+    args = parser.parse_args()
+    report = asyncio.run(run(args))
+    out = write_report(report, args.out)
+    picture = plot(report["rows"], out.with_suffix(".png"))
+    chosen = report["chosen"]
+    for row in report["rows"]:
+        mark = " <- default" if (row.get("finished_wait_secs") == chosen["finished_wait_secs"]
+                                 and row.get("fallback_secs") == chosen["fallback_secs"]
+                                 and row["policy"] == "smart-turn+words") else ""
+        print(f"{row['policy']:28s} finished_wait={row.get('finished_wait_secs')!s:5s} "
+              f"fallback={row.get('fallback_secs')!s:5s} wait p50/p95 "
+              f"{row['finished_wait_p50']}/{row['finished_wait_p95']} slow "
+              f"{row['finished_slow_rate']} paused cut-in {row['paused_cut_in_rate']} "
+              f"finished cut-in {row['finished_cut_in_rate']}{mark}")
+    print(json.dumps(report["time_to_final_transcript_secs"]))
+    print(f"report: {out}" + (f", curve: {picture}" if picture else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""When has the user finished? Smart Turn's verdict, the transcript's words, a bounded wait.
+
+After each pause long enough for the VAD to report a stop, two opinions are at hand:
+Smart Turn v3 (a model of how speech sounds at a turn's end) and Whisper's transcript of
+what was said (its words and punctuation). Smart Turn alone judges many short or flat
+human turns unfinished and then waits for its silence time-out; the transcript alone ends
+a turn at every full stop Whisper writes, even mid-thought. Together:
+
+  * Smart Turn says done, and the words do not trail off      → end the turn now;
+  * Smart Turn says not done, but the words make a sentence   → end after ``finished_wait_secs``;
+  * the words trail off ("and", "um", "...", a comma)         → wait ``fallback_secs``;
+
+all measured from the end of speech (the VAD stop minus its stop_secs), and any new
+speech cancels the wait. ``benchmarks/turn_end.py`` measures the trade-off between the
+wait on finished turns and cutting in on paused ones for these two knobs.
+
+With ``speculate``, the LLM starts on the words as soon as they are known, while the wait
+runs: Pipecat's speculation gate in the LLM service holds the reply until the turn is
+confirmed, and the speculation is withdrawn if the user speaks again. Nothing is spoken
+before the turn has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, EndOfTurnState
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    MetricsFrame,
+    SpeechControlParamsFrame,
+    StartFrame,
+    STTMetadataFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
+from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+# Words a finished English statement does not end on: conjunctions, articles,
+# possessives, prepositions that need an object, and fillers. Whisper often puts a full
+# stop after them anyway. (Particles that end commands, "come in", "stand by", are not
+# here; a question mark overrides the list: "What are you looking at?")
+CONTINUATION_WORDS = frozenset(
+    """and but or because if than although though while
+    the a an my your his her their our
+    to of at for with from into
+    um uh er erm hmm mm ah""".split()
+)
+_TRAILING = re.compile(r"(\.\.\.|…|,|;|:|-)\s*$")
+_SENTENCE_END = re.compile(r"[.?!]\s*$")
+
+
+def trails_off(text: str) -> bool:
+    """The words stop mid-thought: a trailing comma or ellipsis, or a continuation word."""
+    text = text.strip()
+    if not text or _TRAILING.search(text):
+        return True
+    if text.endswith("?"):
+        return False
+    words = re.findall(r"[a-z']+", text.lower())
+    return bool(words) and words[-1] in CONTINUATION_WORDS
+
+
+def reads_finished(text: str) -> bool:
+    """The words make a finished sentence: end punctuation and no trailing continuation."""
+    return bool(_SENTENCE_END.search(text.strip())) and not trails_off(text)
+
+
+@dataclass(frozen=True)
+class TurnEndPolicy:
+    # Smart Turn says unfinished but the transcript reads as a finished sentence.
+    finished_wait_secs: float = 0.3
+    # Nothing says finished (or the words trail off): the longest a silence may last
+    # before the turn ends anyway.
+    fallback_secs: float = 1.2
+
+    def wait_after_speech(self, smart_turn_done: bool, text: str) -> float:
+        """Seconds after the end of speech at which the turn ends, given both opinions."""
+        if trails_off(text):
+            return self.fallback_secs
+        if smart_turn_done:
+            return 0.0
+        if reads_finished(text):
+            return self.finished_wait_secs
+        return self.fallback_secs
+
+
+class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
+    """A user-turn stop strategy that applies a TurnEndPolicy at each pause.
+
+    The turn analyzer (Smart Turn) runs at the VAD stop, as in Pipecat's
+    TurnAnalyzerUserTurnStopStrategy; the decision waits for that pause's transcript
+    (segmented STT transcripts are final), or for the STT service's p99 time to the final
+    transcript after the end of speech (its STTMetadataFrame), whichever comes first.
+    """
+
+    def __init__(
+        self,
+        *,
+        turn_analyzer: BaseTurnAnalyzer,
+        policy: TurnEndPolicy = TurnEndPolicy(),
+        speculate: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._analyzer = turn_analyzer
+        self._policy = policy
+        self._speculate = speculate
+        self._speculated: str | None = None  # the words an LLM speculation is running on
+        self._ending = False
+        self._transcript_timeout_secs = 1.0  # until the STT service says otherwise
+        self._speaking = False
+        self._text = ""  # the turn's transcript so far
+        self._speech_end: float | None = None  # time.time() of the end of speech
+        self._verdict: bool | None = None  # Smart Turn at the latest pause
+        self._transcript_in = False  # the latest pause's transcript has arrived
+        self._timer: asyncio.Task | None = None
+
+    async def setup(self, setup: FrameProcessorSetup):
+        await super().setup(setup)
+        self._analyzer.set_sample_rate(setup.audio_in_sample_rate)
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._cancel_timer()
+        await self._analyzer.cleanup()
+
+    async def handle_user_turn_started(self):
+        await self._reset()
+
+    async def handle_user_turn_stopped(self):
+        if self._speculated is not None and not self._ending:
+            # Something else ended the turn (Pipecat's stop watchdog): that answer is not
+            # ours to confirm.
+            await self._withdraw()
+        self._ending = False
+        await self._reset()
+        self._analyzer.clear()
+
+    async def _reset(self):
+        self._text = ""
+        await self._new_pause()
+
+    async def _new_pause(self):
+        self._speech_end = None
+        self._verdict = None
+        self._transcript_in = False
+        await self._cancel_timer()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        await super().process_frame(frame)
+        if isinstance(frame, StartFrame):
+            await self.broadcast_frame(SpeechControlParamsFrame, turn_params=self._analyzer.params)
+        elif isinstance(frame, STTMetadataFrame):
+            self._transcript_timeout_secs = frame.ttfs_p99_latency
+        elif isinstance(frame, InputAudioRawFrame):
+            # Smart Turn keeps the turn's audio; its own silence time-out is not used (the
+            # policy's fallback is shorter), so its answer here is ignored.
+            self._analyzer.append_audio(frame.audio, self._speaking)
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._analyzer.update_vad_start_secs(frame.start_secs)
+            self._speaking = True
+            await self._withdraw()
+            await self._new_pause()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._speaking = False
+            self._speech_end = frame.timestamp - frame.stop_secs
+            state, metrics = await self._analyzer.analyze_end_of_turn()
+            if metrics:
+                await self.push_frame(MetricsFrame(data=[metrics]))
+            self._verdict = state == EndOfTurnState.COMPLETE
+            await self._decide()
+        elif isinstance(frame, TranscriptionFrame):
+            self._text = " ".join(f"{self._text} {frame.text}".split())
+            if not self._speaking:
+                self._transcript_in = True
+                await self._decide()
+        return ProcessFrameResult.CONTINUE
+
+    async def _decide(self):
+        if self._speech_end is None or self._verdict is None:
+            return
+        if not self._transcript_in:
+            # Wait for the words, but not forever: decide on what is there by then.
+            delay = self._transcript_timeout_secs
+        else:
+            delay = self._policy.wait_after_speech(self._verdict, self._text)
+        await self._cancel_timer()
+        remaining = self._speech_end + delay - time.time()
+        if self._transcript_in and remaining > 0:
+            await self._speculate_on(self._text)
+        self._timer = self.task_manager.create_task(
+            self._end_after(max(0.0, remaining), final=self._transcript_in),
+            f"{self}::end_after",
+        )
+
+    async def _end_after(self, delay: float, final: bool):
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            return
+        self._timer = None
+        if not final:
+            # The transcript is late; judge the words there are (maybe none yet).
+            self._transcript_in = True
+            await self._decide()
+            return
+        if not self._text:
+            return
+        self._ending = True
+        if self._speculated == self._text:
+            await self.trigger_user_turn_finalized(confirms_speculation=True)
+        else:
+            await self._withdraw()
+            await self.trigger_user_turn_stopped()
+        self._speculated = None
+
+    async def _speculate_on(self, text: str):
+        if not self._speculate or not text or text == self._speculated:
+            return
+        await self._withdraw()
+        self._speculated = text
+        await self.trigger_user_turn_inference_triggered(speculation=UserTurnSpeculation(text))
+
+    async def _withdraw(self):
+        if self._speculated is not None:
+            self._speculated = None
+            await self.trigger_user_turn_speculation_cancelled()
+
+    async def _cancel_timer(self):
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(timer)

@@ -1,0 +1,161 @@
+"""Frame-level tests of our processors with Pipecat's run_test: frames in, frames out.
+
+Audio frames are queued by a processor while system frames (VAD, errors) jump the queue,
+so a SleepFrame lets queued audio through before each system frame, as time does live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InputAudioRawFrame,
+    LLMContextUserTurnFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.tests.utils import SleepFrame, run_test
+
+from agent.session import SessionState
+from pipelines.half_duplex import HalfDuplexGate
+from pipelines.user_turn import UserTurnProcessor
+
+RATE = 16000
+
+
+def audio(secs: float, hz: float = 0.0, level: float = 0.3) -> list[InputAudioRawFrame]:
+    """20 ms input frames: a tone at ``hz`` (silence when 0) lasting ``secs``."""
+    t = np.arange(int(secs * RATE)) / RATE
+    samples = (np.sin(2 * np.pi * hz * t) * level * 32767 if hz else 0 * t).astype(np.int16)
+    step = RATE // 50
+    return [
+        InputAudioRawFrame(audio=samples[i : i + step].tobytes(), sample_rate=RATE,
+                           num_channels=1)
+        for i in range(0, len(samples), step)
+    ]
+
+
+def pause(secs: float = 0.05) -> SleepFrame:
+    return SleepFrame(sleep=secs)
+
+
+async def test_gate_drops_the_users_audio_from_turn_end_until_it_reopens():
+    gate = HalfDuplexGate(echo_tail_secs=0.0, max_reply_wait_secs=1.0)
+    frames = [
+        *audio(0.1, 200),
+        pause(),
+        UserStoppedSpeakingFrame(),
+        pause(),
+        *audio(0.2, 200),  # spoken while the bot is busy: never passes
+        pause(1.2),  # no reply came: the gate listens again after max_reply_wait_secs
+        *audio(0.1, 200),
+    ]
+    down, _ = await run_test(gate, frames_to_send=frames)
+    kinds = [type(f) for f in down]
+    assert kinds == [InputAudioRawFrame] * 5 + [UserStoppedSpeakingFrame] + [
+        InputAudioRawFrame] * 5
+    assert abs(gate.dropped_audio_secs - 0.2) < 1e-6
+    assert gate.listening
+
+
+async def test_gate_reopens_at_once_when_the_reply_fails():
+    gate = HalfDuplexGate(echo_tail_secs=0.5, max_reply_wait_secs=60)
+    frames = [
+        UserStoppedSpeakingFrame(),
+        pause(),
+        *audio(0.1, 200),
+        pause(),
+        ErrorFrame(error="the LLM failed"),
+        pause(0.1),
+        *audio(0.1, 200),
+    ]
+    down, up = await run_test(gate, frames_to_send=frames)
+    assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
+    assert abs(gate.dropped_audio_secs - 0.1) < 1e-6
+
+
+def _turn_frames(text: str, speech_secs: float = 1.0, hz: float = 180) -> list:
+    return [
+        *audio(1.0),  # silence before the turn: only the pre-roll of it is kept
+        pause(),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        *audio(speech_secs, hz),
+        pause(),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        *audio(0.2),
+        pause(),
+        UserStoppedSpeakingFrame(),
+        LLMContextUserTurnFrame(text=text, timestamp=""),
+        pause(0.3),  # the tone is analysed on a thread
+    ]
+
+
+async def test_user_turn_holds_the_spoken_audio_its_text_and_its_tone():
+    session = SessionState(session_id="t")
+    reported: list[dict] = []
+
+    async def on_tone(tone):
+        reported.append(tone)
+
+    processor = UserTurnProcessor(
+        session=session, pre_roll_secs=0.3, vad_start_secs=0.2, on_tone=on_tone
+    )
+    frames = _turn_frames(" Hello there, how are you? ")
+    down, _ = await run_test(processor, frames_to_send=frames)
+    # Every frame goes on, untouched.
+    assert len(down) == len([f for f in frames if not isinstance(f, SleepFrame)])
+    (turn,) = session.user_turns
+    assert turn.text == "Hello there, how are you?"
+    # Pre-roll (0.3 s) + the VAD's start delay (0.2 s) + the speech; the silence after the
+    # VAD stop is not the user's.
+    assert abs(turn.duration_secs - 1.5) < 0.021, turn.duration_secs
+    loud = np.abs(turn.samples[int(0.5 * RATE):]).mean()
+    assert loud > 1000 and np.abs(turn.samples[: int(0.45 * RATE)]).max() == 0
+    # The tone was read from that audio: a 180 Hz voice.
+    (tone,) = reported
+    assert abs(tone["features"]["f0_median_hz"] - 180) < 5, tone
+    assert [u.role for u in session.speech_context().conversation] == ["user"]
+
+
+async def test_a_turn_with_no_words_is_not_kept():
+    session = SessionState(session_id="t")
+    processor = UserTurnProcessor(session=session, pre_roll_secs=0.3, vad_start_secs=0.2)
+    await run_test(processor, frames_to_send=_turn_frames(""))
+    assert not session.user_turns
+
+
+async def test_a_loud_turn_moves_the_reply_style_louder():
+    session = SessionState(session_id="t")
+    processor = UserTurnProcessor(session=session, pre_roll_secs=0.3, vad_start_secs=0.2)
+    before = session.tone.style
+    frames = [*_turn_frames("Tell me now!", hz=220)]
+    frames = [*audio(0.1)] + [  # the same turn, spoken at nearly full scale
+        f if not isinstance(f, InputAudioRawFrame) or not np.frombuffer(f.audio, np.int16).any()
+        else InputAudioRawFrame(audio=(np.frombuffer(f.audio, np.int16) * 3).tobytes(),
+                                sample_rate=RATE, num_channels=1)
+        for f in frames
+    ]
+    await run_test(processor, frames_to_send=frames)
+    assert session.tone.style.loudness_db > before.loudness_db
+
+
+async def test_the_reply_context_waits_for_the_tone_analysis_in_flight():
+    import asyncio
+
+    from tts.base import SpeakingStyle
+
+    session = SessionState(session_id="t")
+    louder = SpeakingStyle(loudness_db=3.0)
+
+    async def analysis():
+        await asyncio.sleep(0.1)
+        session.tone.style = louder
+
+    session.style_pending(asyncio.create_task(analysis()))
+    assert (await session.reply_context()).style == louder
+    # A stuck analysis delays the voice by max_wait_secs at most.
+    session.style_pending(asyncio.create_task(asyncio.sleep(10)))
+    started = asyncio.get_running_loop().time()
+    await session.reply_context(max_wait_secs=0.1)
+    assert asyncio.get_running_loop().time() - started < 1.0

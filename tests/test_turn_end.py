@@ -1,0 +1,139 @@
+"""Turn-end detection: the policy's reading of words, and the stop strategy inside Pipecat's
+user aggregator (frame level, with Smart Turn's verdict scripted)."""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
+from pipecat.frames.frames import (
+    EagerEndOfTurnCancelFrame,
+    LLMContextFrame,
+    TranscriptionFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from pipelines.turn_end import (
+    TranscriptAwareTurnStopStrategy,
+    TurnEndPolicy,
+    reads_finished,
+    trails_off,
+)
+
+
+@pytest.mark.parametrize("text", ["How do we define it?", "Go forward ten meters.", "Yes.",
+                                  "Thank you.", "Please stand by.", "What are you looking at?"])
+def test_finished_words(text):
+    assert reads_finished(text) and not trails_off(text)
+
+
+@pytest.mark.parametrize("text", ["I went to the store and", "I was thinking, um", "Well...",
+                                  "My favourite colour is the", "So I said,", ""])
+def test_words_that_trail_off(text):
+    assert trails_off(text) and not reads_finished(text)
+
+
+def test_policy_combines_smart_turn_and_words():
+    policy = TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=1.2)
+    assert policy.wait_after_speech(True, "How are you?") == 0.0
+    assert policy.wait_after_speech(False, "How are you?") == 0.3
+    # Words that trail off outweigh Smart Turn's "done"; no punctuation is not "finished".
+    assert policy.wait_after_speech(True, "I went to the store and") == 1.2
+    assert policy.wait_after_speech(False, "so yeah") == 1.2
+
+
+class ScriptedTurnAnalyzer(BaseTurnAnalyzer):
+    """Stands in for Smart Turn: says "done" or "not done" as told."""
+
+    def __init__(self, done: bool):
+        super().__init__()
+        self._done = done
+
+    @property
+    def speech_triggered(self) -> bool:
+        return True
+
+    @property
+    def params(self) -> BaseTurnParams:
+        return BaseTurnParams()
+
+    def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
+        return EndOfTurnState.INCOMPLETE
+
+    async def analyze_end_of_turn(self):
+        return (EndOfTurnState.COMPLETE if self._done else EndOfTurnState.INCOMPLETE), None
+
+    def clear(self):
+        pass
+
+
+async def _run(done: bool, text: str, *, resume_after: float, speculate: bool = False):
+    strategy = TranscriptAwareTurnStopStrategy(
+        turn_analyzer=ScriptedTurnAnalyzer(done),
+        policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=1.0),
+        speculate=speculate,
+    )
+    pair = LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(stop=[strategy])
+        ),
+    )
+    frames = [
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        SleepFrame(sleep=0.05),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        TranscriptionFrame(text=text, user_id="", timestamp="", finalized=True),
+        SleepFrame(sleep=resume_after),
+        VADUserStartedSpeakingFrame(start_secs=0.2),  # the user speaks again
+        SleepFrame(sleep=0.1),
+    ]
+    down, _ = await run_test(pair.user(), frames_to_send=frames)
+    return [type(f) for f in down], down
+
+
+def _ended_before_resuming(kinds) -> bool:
+    resumed = [i for i, k in enumerate(kinds) if k is VADUserStartedSpeakingFrame][1]
+    return UserStoppedSpeakingFrame in kinds[:resumed]
+
+
+async def test_smart_turn_done_and_finished_words_end_the_turn_at_once():
+    kinds, _ = await _run(True, "How do we define it?", resume_after=0.15)
+    assert _ended_before_resuming(kinds)
+
+
+async def test_finished_words_end_the_turn_after_a_short_wait_even_if_smart_turn_doubts():
+    kinds, _ = await _run(False, "He was not an ill disposed young man.", resume_after=0.5)
+    assert _ended_before_resuming(kinds)
+
+
+async def test_a_pause_after_trailing_words_is_not_a_turn_end():
+    kinds, _ = await _run(True, "I went to the store and um", resume_after=0.6)
+    assert not _ended_before_resuming(kinds)
+    assert UserStoppedSpeakingFrame not in kinds
+
+
+async def test_the_llm_starts_on_the_words_during_the_wait_and_is_withdrawn_when_they_go_on():
+    kinds, down = await _run(False, "I went to the store and", resume_after=0.4, speculate=True)
+    contexts = [f for f in down if isinstance(f, LLMContextFrame)]
+    assert contexts[0].speculation
+    assert contexts[0].context.get_messages()[-1]["content"] == "I went to the store and"
+    # Withdrawn when the user went on (the LLM drops what it held), and the turn goes on.
+    assert kinds.index(EagerEndOfTurnCancelFrame) > kinds.index(LLMContextFrame)
+    assert UserStoppedSpeakingFrame not in kinds
+
+
+async def test_a_confirmed_speculation_is_not_run_twice():
+    kinds, down = await _run(False, "He was not an ill disposed young man.", resume_after=0.5,
+                             speculate=True)
+    contexts = [f for f in down if isinstance(f, LLMContextFrame)]
+    assert len(contexts) == 1 and contexts[0].speculation  # the answer already running
+    assert _ended_before_resuming(kinds) and EagerEndOfTurnCancelFrame not in kinds
