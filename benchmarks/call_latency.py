@@ -70,8 +70,11 @@ def load_set(name: str, limit: int | None) -> list[dict]:
 
 def answer_item(text: str):
     """(category, item) of an answer-set turn by its text."""
-    for category, items in (("question", QUESTIONS), ("statement", STATEMENTS),
-                            ("command", COMMANDS)):
+    for category, items in (
+        ("question", QUESTIONS),
+        ("statement", STATEMENTS),
+        ("command", COMMANDS),
+    ):
         for item in items:
             if item.text == text:
                 return category, item
@@ -154,13 +157,19 @@ async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[di
 
 def summarize(turns: list[dict]) -> dict:
     def stats(values):
-        return {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(
-            [v for v in values if v is not None])}
+        return {
+            "p50": percentile(values, 50),
+            "p95": percentile(values, 95),
+            "n": len([v for v in values if v is not None]),
+        }
 
     categories = sorted({t["category"] for t in turns})
     finished = [t for t in turns if t["category"] != "paused" and t.get("server")]
     paused = [t for t in turns if t["category"] == "paused"]
-    stages = sorted({k for t in turns if t.get("server") for k in t["server"]} - {"type", "turn"})
+    stages = sorted(
+        {k for t in turns if t.get("server") for k in t["server"] if not k.startswith("_")}
+        - {"type", "turn"}
+    )
     statements = [t for t in turns if t["category"] == "statement"]
     replies = [t for t in turns if t["reply"]]
     summary = {
@@ -168,8 +177,7 @@ def summarize(turns: list[dict]) -> dict:
         "no_reply": sum(1 for t in turns if not t["reply"]),
         "voice_to_voice_far_end": stats([t["voice_to_voice"] for t in turns]),
         "voice_to_voice_far_end_by_category": {
-            c: stats([t["voice_to_voice"] for t in turns if t["category"] == c])
-            for c in categories
+            c: stats([t["voice_to_voice"] for t in turns if t["category"] == c]) for c in categories
         },
         "server_stages": {
             s: stats([t["server"].get(s) for t in turns if t.get("server")]) for s in stages
@@ -178,11 +186,13 @@ def summarize(turns: list[dict]) -> dict:
             [(t["server"].get("turn_end_detection") or 0) > SLOW_TURN_END_SECS for t in finished]
         ),
         "paused_cut_ins": _rate([t["cut_in"] or t["user_turns"] > 1 for t in paused]),
-        "question_wer": round(corpus_wer([t["text"] for t in turns], [t["heard"] for t in
-                                                                       turns]), 4),
+        "question_wer": round(
+            corpus_wer([t["text"] for t in turns], [t["heard"] for t in turns]), 4
+        ),
         "meta_replies": _rate([is_meta(t["reply"]) for t in replies]),
-        "statement_echoes": _rate([is_echo(t["reply"], t["text"]) for t in statements
-                                   if t["reply"]]),
+        "statement_echoes": _rate(
+            [is_echo(t["reply"], t["text"]) for t in statements if t["reply"]]
+        ),
     }
     if any("item" in t for t in turns):
         asked = [t for t in turns if t["category"] == "question"]
@@ -202,17 +212,27 @@ async def run(args) -> dict:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_agent.py"), "--config", args.config,
-             "--port", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                str(ROOT / "run_agent.py"),
+                "--config",
+                args.config,
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             await wait_for_server(url, server, timeout=600)
             rng = random.Random(0)
-            per_caller = await asyncio.gather(*(
-                run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
-                for i in range(args.callers)
-            ))
+            per_caller = await asyncio.gather(
+                *(
+                    run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
+                    for i in range(args.callers)
+                )
+            )
         finally:
             server.terminate()
             try:

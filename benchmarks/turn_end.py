@@ -77,8 +77,9 @@ async def record_clip(clip: dict, stack) -> ClipRecord:
     """Feed one clip through VAD, Smart Turn and Whisper; what each pause yields."""
     config, whisper, silero, smart_turn = stack
     samples, _ = load_input_wav(clip["path"], RATE)
-    samples = np.concatenate([np.zeros(int(0.5 * RATE), np.int16), samples,
-                              np.zeros(int(TAIL_SECS * RATE), np.int16)])
+    samples = np.concatenate(
+        [np.zeros(int(0.5 * RATE), np.int16), samples, np.zeros(int(TAIL_SECS * RATE), np.int16)]
+    )
     params = vad_params(config)
     vad = SharedSileroVADAnalyzer(session=silero, params=params)
     vad.set_sample_rate(RATE)
@@ -103,19 +104,22 @@ async def record_clip(clip: dict, stack) -> ClipRecord:
         elif state == VADState.QUIET and speaking:
             speaking = False
             verdict, _ = await analyzer.analyze_end_of_turn()
-            segment = np.concatenate([samples[seg_start : i + FRAME],
-                                      np.zeros(int(STT_TRAILING_SECS * RATE), np.int16)])
+            segment = np.concatenate(
+                [samples[seg_start : i + FRAME], np.zeros(int(STT_TRAILING_SECS * RATE), np.int16)]
+            )
             started = time.perf_counter()
             words = transcribe_segment(whisper, segment, config.asr.no_speech_prob)
             asr_secs = time.perf_counter() - started
             text = f"{text} {words}".strip()
-            record.pauses.append(Pause(
-                speech_end=round(now - params.stop_secs, 3),
-                smart_turn_done=verdict == EndOfTurnState.COMPLETE,
-                text=text,
-                transcript_ready=round(now + asr_secs, 3),
-                resumed_at=None,
-            ))
+            record.pauses.append(
+                Pause(
+                    speech_end=round(now - params.stop_secs, 3),
+                    smart_turn_done=verdict == EndOfTurnState.COMPLETE,
+                    text=text,
+                    transcript_ready=round(now + asr_secs, 3),
+                    resumed_at=None,
+                )
+            )
     return record
 
 
@@ -125,18 +129,30 @@ def transcribe_segment(whisper: ShortUtteranceWhisper, segment: np.ndarray, no_s
     return " ".join(p.text.strip() for p in pieces if p.no_speech_prob < no_speech).strip()
 
 
-def turn_end_after(pause: Pause, wait: float) -> float:
-    """When a turn ends at this pause, in seconds after its end of speech."""
-    return max(pause.speech_end + wait, pause.transcript_ready) - pause.speech_end
+def turn_end_after(pause: Pause, wait: float, words_at: float) -> float:
+    """When a turn ends at this pause, in seconds after its end of speech, if the words
+    are ready ``words_at`` seconds into the clip."""
+    return max(pause.speech_end + wait, words_at) - pause.speech_end
 
 
-def outcome(records: list[ClipRecord], wait_for) -> dict:
+def words_ready(pause: Pause, asr: str, stop_secs: float) -> float:
+    """measured: after Whisper ran on the segment at the VAD stop (on this machine);
+    at-vad-stop: the words are there when the VAD reports the stop (early transcription
+    at its best)."""
+    return pause.transcript_ready if asr == "measured" else pause.speech_end + stop_secs
+
+
+def outcome(
+    records: list[ClipRecord], wait_for, asr: str = "measured", stop_secs: float = 0.2
+) -> dict:
     """Apply a policy (pause -> wait after speech end) to every clip."""
     finished_waits, cut_ins, paused = [], [], []
     for rec in records:
         ended_early = False
         for pause in rec.pauses[:-1]:  # every pause but the last is inside the turn
-            end = pause.speech_end + turn_end_after(pause, wait_for(pause))
+            end = pause.speech_end + turn_end_after(
+                pause, wait_for(pause), words_ready(pause, asr, stop_secs)
+            )
             if pause.resumed_at is not None and end < pause.resumed_at:
                 ended_early = True
                 break
@@ -145,12 +161,16 @@ def outcome(records: list[ClipRecord], wait_for) -> dict:
         else:
             cut_ins.append(ended_early)
             if rec.pauses and not ended_early:
-                finished_waits.append(turn_end_after(rec.pauses[-1], wait_for(rec.pauses[-1])))
+                last = rec.pauses[-1]
+                finished_waits.append(
+                    turn_end_after(last, wait_for(last), words_ready(last, asr, stop_secs))
+                )
     return {
         "finished_wait_p50": percentile(finished_waits, 50),
         "finished_wait_p95": percentile(finished_waits, 95),
         "finished_slow_rate": round(np.mean([w > SLOW_SECS for w in finished_waits]), 3)
-        if finished_waits else None,
+        if finished_waits
+        else None,
         "paused_cut_in_rate": round(float(np.mean(paused)), 3) if paused else None,
         "finished_cut_in_rate": round(float(np.mean(cut_ins)), 3) if cut_ins else None,
         "paused": len(paused),
@@ -158,7 +178,7 @@ def outcome(records: list[ClipRecord], wait_for) -> dict:
     }
 
 
-def sweep(records: list[ClipRecord]) -> list[dict]:
+def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
     rows = []
     for fallback in (0.6, 0.8, 1.0, 1.2, 1.5, 2.0):
         for finished in (0.0, 0.15, 0.3, 0.5, 0.8, None):
@@ -166,21 +186,37 @@ def sweep(records: list[ClipRecord]) -> list[dict]:
                 finished_wait_secs=fallback if finished is None else min(finished, fallback),
                 fallback_secs=fallback,
             )
-            rows.append({
-                "policy": "smart-turn+words",
-                "finished_wait_secs": policy.finished_wait_secs,
-                "fallback_secs": fallback,
-                **outcome(records, lambda p, q=policy: q.wait_after_speech(p.smart_turn_done,
-                                                                           p.text)),
-            })
-    rows.append({
-        "policy": "smart-turn alone (pipecat)",
-        **outcome(records, lambda p: 0.0 if p.smart_turn_done else SMART_TURN_ALONE_SILENCE_SECS),
-    })
-    for silence in (0.4, 0.6, 0.8, 1.0, 1.5):
-        rows.append({"policy": f"silence {silence}s", "fallback_secs": silence,
-                     **outcome(records, lambda p, s=silence: s)})
-    return rows
+            if finished is None and fallback != 1.2:
+                continue
+            rows.append(
+                {
+                    "policy": "smart-turn+words",
+                    "finished_wait_secs": policy.finished_wait_secs,
+                    "fallback_secs": fallback,
+                    **outcome(
+                        records,
+                        lambda p, q=policy: q.wait_after_speech(p.smart_turn_done, p.text),
+                        asr,
+                    ),
+                }
+            )
+    rows.append(
+        {
+            "policy": "smart-turn alone (pipecat)",
+            **outcome(
+                records, lambda p: 0.0 if p.smart_turn_done else SMART_TURN_ALONE_SILENCE_SECS, asr
+            ),
+        }
+    )
+    for silence in (0.4, 0.6, 0.8, 1.0, 1.2, 1.5):
+        rows.append(
+            {
+                "policy": f"silence {silence}s",
+                "fallback_secs": silence,
+                **outcome(records, lambda p, s=silence: s, asr),
+            }
+        )
+    return [{**row, "asr": asr} for row in rows]
 
 
 def plot(rows: list[dict], path: Path) -> Path | None:
@@ -193,10 +229,16 @@ def plot(rows: list[dict], path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, marker in (("smart-turn+words", "o"), ("smart-turn alone", "s"), ("silence", "^")):
-        pts = [r for r in rows if r["policy"].startswith(name)]
-        ax.scatter([r["finished_wait_p50"] for r in pts], [r["paused_cut_in_rate"] for r in pts],
-                   marker=marker, label=name)
-    ax.set_xlabel("finished turns: turn-end wait p50 (s after end of speech)")
+        for asr, color in (("measured", "tab:blue"), ("at-vad-stop", "tab:orange")):
+            pts = [r for r in rows if r["policy"].startswith(name) and r["asr"] == asr]
+            ax.scatter(
+                [r["finished_wait_p95"] for r in pts],
+                [r["paused_cut_in_rate"] for r in pts],
+                marker=marker,
+                color=color,
+                label=f"{name}, words {asr}",
+            )
+    ax.set_xlabel("finished turns: turn-end wait p95 (s after end of speech)")
     ax.set_ylabel("paused turns: cut-in rate")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -211,26 +253,38 @@ async def run(args) -> dict:
     from benchmarks.call_latency import load_set
 
     config = load_config(args.config)
-    model = WhisperModel(str(resolve_model(config.asr.model, "asr")), device="cpu",
-                         compute_type=config.asr.compute_type, cpu_threads=config.asr.cpu_threads)
+    model = WhisperModel(
+        str(resolve_model(config.asr.model, "asr")),
+        device="cpu",
+        compute_type=config.asr.compute_type,
+        cpu_threads=config.asr.cpu_threads,
+    )
     whisper = ShortUtteranceWhisper(model, beam_size=config.asr.beam_size)
     stack = (config, whisper, load_silero_session(), load_smart_turn_session())
     clips = load_set("human", args.limit)
     records = [await record_clip(c, stack) for c in clips]
     ttfs = [p.transcript_ready - p.speech_end for r in records for p in r.pauses]
-    rows = sweep(records)
+    rows = sweep(records, "measured") + sweep(records, "at-vad-stop")
     return {
         "config": args.config,
         "clips": len(records),
         "time_to_final_transcript_secs": {
-            "p50": percentile(ttfs, 50), "p95": percentile(ttfs, 95), "p99": percentile(ttfs, 99)
+            "p50": percentile(ttfs, 50),
+            "p95": percentile(ttfs, 95),
+            "p99": percentile(ttfs, 99),
         },
-        "chosen": {"finished_wait_secs": config.turn.finished_wait_secs,
-                   "fallback_secs": config.turn.fallback_secs},
+        "chosen": {
+            "finished_wait_secs": config.turn.finished_wait_secs,
+            "fallback_secs": config.turn.fallback_secs,
+        },
         "rows": rows,
         "clips_detail": [
-            {"id": r.id, "category": r.category, "transcript": r.transcript,
-             "pauses": [p.__dict__ for p in r.pauses]}
+            {
+                "id": r.id,
+                "category": r.category,
+                "transcript": r.transcript,
+                "pauses": [p.__dict__ for p in r.pauses],
+            }
             for r in records
         ],
     }
@@ -249,14 +303,22 @@ def main():
     picture = plot(report["rows"], out.with_suffix(".png"))
     chosen = report["chosen"]
     for row in report["rows"]:
-        mark = " <- default" if (row.get("finished_wait_secs") == chosen["finished_wait_secs"]
-                                 and row.get("fallback_secs") == chosen["fallback_secs"]
-                                 and row["policy"] == "smart-turn+words") else ""
-        print(f"{row['policy']:28s} finished_wait={row.get('finished_wait_secs')!s:5s} "
-              f"fallback={row.get('fallback_secs')!s:5s} wait p50/p95 "
-              f"{row['finished_wait_p50']}/{row['finished_wait_p95']} slow "
-              f"{row['finished_slow_rate']} paused cut-in {row['paused_cut_in_rate']} "
-              f"finished cut-in {row['finished_cut_in_rate']}{mark}")
+        mark = (
+            " <- default"
+            if (
+                row.get("finished_wait_secs") == chosen["finished_wait_secs"]
+                and row.get("fallback_secs") == chosen["fallback_secs"]
+                and row["policy"] == "smart-turn+words"
+            )
+            else ""
+        )
+        print(
+            f"{row['asr']:11s} {row['policy']:26s} finished_wait={row.get('finished_wait_secs')!s:5s} "
+            f"fallback={row.get('fallback_secs')!s:5s} wait p50/p95 "
+            f"{row['finished_wait_p50']}/{row['finished_wait_p95']} slow "
+            f"{row['finished_slow_rate']} paused cut-in {row['paused_cut_in_rate']} "
+            f"finished cut-in {row['finished_cut_in_rate']}{mark}"
+        )
     print(json.dumps(report["time_to_final_transcript_secs"]))
     print(f"report: {out}" + (f", curve: {picture}" if picture else ""))
 

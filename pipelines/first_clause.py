@@ -48,8 +48,11 @@ class FirstClauseAggregator(SimpleTextAggregator):
 
     def _first_phrase(self) -> str | None:
         """The reply's first phrase once it is complete (removed from the buffer), or None."""
-        if not (self._at_reply_start and self._min_words > 0
-                and self._lookahead_state == _LookaheadState.IDLE):
+        if not (
+            self._at_reply_start
+            and self._min_words > 0
+            and self._lookahead_state == _LookaheadState.IDLE
+        ):
             return None
         words = self._text.split()
         if _CLAUSE_END.search(self._text) and len(words) >= self._min_words:
@@ -57,8 +60,7 @@ class FirstClauseAggregator(SimpleTextAggregator):
             return phrase
         # A word just ended: if it opens a phrase, what came before it is the first phrase.
         last = _LAST_TWO_WORDS.search(self._text)
-        if (last and len(words) - 1 >= self._min_words
-                and last.group(2).lower() in PHRASE_STARTS):
+        if last and len(words) - 1 >= self._min_words and last.group(2).lower() in PHRASE_STARTS:
             cut = self._text.rstrip().rfind(last.group(2))
             phrase, self._text = self._text[:cut].strip(), self._text[cut:]
             return phrase

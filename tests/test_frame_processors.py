@@ -30,8 +30,7 @@ def audio(secs: float, hz: float = 0.0, level: float = 0.3) -> list[InputAudioRa
     samples = (np.sin(2 * np.pi * hz * t) * level * 32767 if hz else 0 * t).astype(np.int16)
     step = RATE // 50
     return [
-        InputAudioRawFrame(audio=samples[i : i + step].tobytes(), sample_rate=RATE,
-                           num_channels=1)
+        InputAudioRawFrame(audio=samples[i : i + step].tobytes(), sample_rate=RATE, num_channels=1)
         for i in range(0, len(samples), step)
     ]
 
@@ -53,8 +52,7 @@ async def test_gate_drops_the_users_audio_from_turn_end_until_it_reopens():
     ]
     down, _ = await run_test(gate, frames_to_send=frames)
     kinds = [type(f) for f in down]
-    assert kinds == [InputAudioRawFrame] * 5 + [UserStoppedSpeakingFrame] + [
-        InputAudioRawFrame] * 5
+    assert kinds == [InputAudioRawFrame] * 5 + [UserStoppedSpeakingFrame] + [InputAudioRawFrame] * 5
     assert abs(gate.dropped_audio_secs - 0.2) < 1e-6
     assert gate.listening
 
@@ -70,7 +68,7 @@ async def test_gate_reopens_at_once_when_the_reply_fails():
         pause(0.1),
         *audio(0.1, 200),
     ]
-    down, up = await run_test(gate, frames_to_send=frames)
+    down, _ = await run_test(gate, frames_to_send=frames)
     assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
     assert abs(gate.dropped_audio_secs - 0.1) < 1e-6
 
@@ -110,12 +108,12 @@ async def test_user_turn_holds_the_spoken_audio_its_text_and_its_tone():
     # Pre-roll (0.3 s) + the VAD's start delay (0.2 s) + the speech; the silence after the
     # VAD stop is not the user's.
     assert abs(turn.duration_secs - 1.5) < 0.021, turn.duration_secs
-    loud = np.abs(turn.samples[int(0.5 * RATE):]).mean()
+    loud = np.abs(turn.samples[int(0.5 * RATE) :]).mean()
     assert loud > 1000 and np.abs(turn.samples[: int(0.45 * RATE)]).max() == 0
     # The tone was read from that audio: a 180 Hz voice.
     (tone,) = reported
     assert abs(tone["features"]["f0_median_hz"] - 180) < 5, tone
-    assert [u.role for u in session.speech_context().conversation] == ["user"]
+    assert [u.speaker for u in session.speech_context().conversation] == ["user"]
 
 
 async def test_a_turn_with_no_words_is_not_kept():
@@ -131,9 +129,11 @@ async def test_a_loud_turn_moves_the_reply_style_louder():
     before = session.tone.style
     frames = [*_turn_frames("Tell me now!", hz=220)]
     frames = [*audio(0.1)] + [  # the same turn, spoken at nearly full scale
-        f if not isinstance(f, InputAudioRawFrame) or not np.frombuffer(f.audio, np.int16).any()
-        else InputAudioRawFrame(audio=(np.frombuffer(f.audio, np.int16) * 3).tobytes(),
-                                sample_rate=RATE, num_channels=1)
+        f
+        if not isinstance(f, InputAudioRawFrame) or not np.frombuffer(f.audio, np.int16).any()
+        else InputAudioRawFrame(
+            audio=(np.frombuffer(f.audio, np.int16) * 3).tobytes(), sample_rate=RATE, num_channels=1
+        )
         for f in frames
     ]
     await run_test(processor, frames_to_send=frames)

@@ -29,14 +29,32 @@ from pipelines.turn_end import (
 )
 
 
-@pytest.mark.parametrize("text", ["How do we define it?", "Go forward ten meters.", "Yes.",
-                                  "Thank you.", "Please stand by.", "What are you looking at?"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How do we define it?",
+        "Go forward ten meters.",
+        "Yes.",
+        "Thank you.",
+        "Please stand by.",
+        "What are you looking at?",
+    ],
+)
 def test_finished_words(text):
     assert reads_finished(text) and not trails_off(text)
 
 
-@pytest.mark.parametrize("text", ["I went to the store and", "I was thinking, um", "Well...",
-                                  "My favourite colour is the", "So I said,", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I went to the store and",
+        "I was thinking, um",
+        "Well...",
+        "My favourite colour is the",
+        "So I said,",
+        "",
+    ],
+)
 def test_words_that_trail_off(text):
     assert trails_off(text) and not reads_finished(text)
 
@@ -132,8 +150,9 @@ async def test_the_llm_starts_on_the_words_during_the_wait_and_is_withdrawn_when
 
 
 async def test_a_confirmed_speculation_is_not_run_twice():
-    kinds, down = await _run(False, "He was not an ill disposed young man.", resume_after=0.5,
-                             speculate=True)
+    kinds, down = await _run(
+        False, "He was not an ill disposed young man.", resume_after=0.5, speculate=True
+    )
     contexts = [f for f in down if isinstance(f, LLMContextFrame)]
     assert len(contexts) == 1 and contexts[0].speculation  # the answer already running
     assert _ended_before_resuming(kinds) and EagerEndOfTurnCancelFrame not in kinds
