@@ -164,8 +164,7 @@ def summarize(turns: list[dict]) -> dict:
         }
 
     categories = sorted({t["category"] for t in turns})
-    finished = [t for t in turns if t["category"] != "paused" and t.get("server")]
-    paused = [t for t in turns if t["category"] == "paused"]
+    finished = [t for t in turns if not t["category"].startswith("paused") and t.get("server")]
     stages = sorted(
         {k for t in turns if t.get("server") for k in t["server"] if not k.startswith("_")}
         - {"type", "turn"}
@@ -185,7 +184,11 @@ def summarize(turns: list[dict]) -> dict:
         "finished_turns_slow_turn_end": _rate(
             [(t["server"].get("turn_end_detection") or 0) > SLOW_TURN_END_SECS for t in finished]
         ),
-        "paused_cut_ins": _rate([t["cut_in"] or t["user_turns"] > 1 for t in paused]),
+        # A pause mid-thought, and a pause between two sentences of one turn.
+        "paused_cut_ins": {
+            c: _rate([t["cut_in"] or t["user_turns"] > 1 for t in turns if t["category"] == c])
+            for c in ("paused_mid", "paused_between")
+        },
         "question_wer": round(
             corpus_wer([t["text"] for t in turns], [t["heard"] for t in turns]), 4
         ),

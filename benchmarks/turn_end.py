@@ -146,7 +146,8 @@ def outcome(
     records: list[ClipRecord], wait_for, asr: str = "measured", stop_secs: float = 0.2
 ) -> dict:
     """Apply a policy (pause -> wait after speech end) to every clip."""
-    finished_waits, cut_ins, paused = [], [], []
+    finished_waits, cut_ins = [], []
+    paused: dict[str, list[bool]] = {"paused_mid": [], "paused_between": []}
     for rec in records:
         ended_early = False
         for pause in rec.pauses[:-1]:  # every pause but the last is inside the turn
@@ -156,8 +157,8 @@ def outcome(
             if pause.resumed_at is not None and end < pause.resumed_at:
                 ended_early = True
                 break
-        if rec.category == "paused":
-            paused.append(ended_early)
+        if rec.category in paused:
+            paused[rec.category].append(ended_early)
         else:
             cut_ins.append(ended_early)
             if rec.pauses and not ended_early:
@@ -168,14 +169,18 @@ def outcome(
     return {
         "finished_wait_p50": percentile(finished_waits, 50),
         "finished_wait_p95": percentile(finished_waits, 95),
-        "finished_slow_rate": round(np.mean([w > SLOW_SECS for w in finished_waits]), 3)
-        if finished_waits
-        else None,
-        "paused_cut_in_rate": round(float(np.mean(paused)), 3) if paused else None,
-        "finished_cut_in_rate": round(float(np.mean(cut_ins)), 3) if cut_ins else None,
-        "paused": len(paused),
+        "finished_slow_rate": _mean([w > SLOW_SECS for w in finished_waits]),
+        "paused_cut_in_rate": _mean(paused["paused_mid"]),
+        "between_sentences_cut_in_rate": _mean(paused["paused_between"]),
+        "finished_cut_in_rate": _mean(cut_ins),
+        "paused": len(paused["paused_mid"]),
+        "between_sentences": len(paused["paused_between"]),
         "finished": len(finished_waits),
     }
+
+
+def _mean(flags: list[bool]) -> float | None:
+    return round(float(np.mean(flags)), 3) if flags else None
 
 
 def sweep(records: list[ClipRecord], asr: str) -> list[dict]:

@@ -39,3 +39,31 @@ def test_long_audio_uses_the_ordinary_path(stack):
     segments, info = short.transcribe(audio, language="en")
     assert info is not None  # faster-whisper's own result, with its TranscriptionInfo
     assert wer(QUESTIONS[0], " ".join(s.text for s in segments)) <= 0.2
+
+
+def test_early_transcription_answers_the_same_speech_with_silence_after(stack):
+    whisper = ShortUtteranceWhisper(stack.whisper)
+    speech = speak(stack, QUESTIONS[0]).astype(np.float32) / 32768
+    trailing = np.zeros(8000, np.float32)
+    expected = whisper.transcribe(np.concatenate([speech, trailing]), language="en")[0][0].text
+    # The voice fell silent: transcription starts on the speech so far...
+    whisper.transcribe_early(speech, trailing, "en")
+    # ...and the segment asked for a moment later (0.2 s more silence) gets that result.
+    segment = np.concatenate([speech, np.zeros(3200, np.float32), trailing])
+    (utterance,), _ = whisper.transcribe(segment, language="en")
+    assert whisper.early_hits == 1 and utterance.text == expected
+
+
+def test_early_transcription_is_not_used_when_the_user_went_on(stack):
+    whisper = ShortUtteranceWhisper(stack.whisper)
+    first = speak(stack, "What is the capital").astype(np.float32) / 32768
+    rest = speak(stack, "of France?").astype(np.float32) / 32768
+    trailing = np.zeros(8000, np.float32)
+    whisper.transcribe_early(first, trailing, "en")
+    (utterance,), _ = whisper.transcribe(np.concatenate([first, rest, trailing]), language="en")
+    assert whisper.early_hits == 0
+    assert wer("What is the capital of France?", utterance.text) <= 0.2
+    # A different language is a different request too.
+    whisper.transcribe_early(first, trailing, "de")
+    whisper.transcribe(np.concatenate([first, trailing]), language="en")
+    assert whisper.early_hits == 0
