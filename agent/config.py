@@ -59,11 +59,12 @@ class TurnConfig(_Section):
     # silence: the turn ends after a fixed silence.
     end_detection: Literal["smart-turn", "silence"] = "smart-turn"
     silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
-    # smart-turn: when Smart Turn says unfinished but the words read as a finished
-    # sentence, the turn ends this long after the speech; when nothing says finished (or
-    # the words trail off: "and", "um", a comma), after fallback_secs of silence.
-    finished_wait_secs: float = Field(0.3, ge=0, le=5)
-    fallback_secs: float = Field(1.2, ge=0.2, le=10)
+    # smart-turn: when only one of Smart Turn and the transcript's words says the user is
+    # done, the turn ends this long after the speech; when neither does (or the words
+    # trail off: "and", "the", "um", a comma), after fallback_secs of silence. Both say
+    # done: at once. Chosen from python -m benchmarks.turn_end.
+    finished_wait_secs: float = Field(0.5, ge=0, le=5)
+    fallback_secs: float = Field(2.5, ge=0.2, le=10)
     # smart-turn: start the LLM on the words while that wait runs; its reply is held
     # until the turn has ended and dropped if the user goes on.
     speculative_llm: bool = True

@@ -185,14 +185,12 @@ def _mean(flags: list[bool]) -> float | None:
 
 def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
     rows = []
-    for fallback in (0.6, 0.8, 1.0, 1.2, 1.5, 2.0):
-        for finished in (0.0, 0.15, 0.3, 0.5, 0.8, None):
+    for fallback in (0.8, 1.2, 1.5, 2.0, 2.5, 3.0):
+        for finished in (0.0, 0.2, 0.3, 0.5, 0.8, 1.0):
             policy = TurnEndPolicy(
-                finished_wait_secs=fallback if finished is None else min(finished, fallback),
+                finished_wait_secs=min(finished, fallback),
                 fallback_secs=fallback,
             )
-            if finished is None and fallback != 1.2:
-                continue
             rows.append(
                 {
                     "policy": "smart-turn+words",
@@ -258,6 +256,14 @@ async def run(args) -> dict:
     from benchmarks.call_latency import load_set
 
     config = load_config(args.config)
+    if args.replay:
+        # The pauses of an earlier run, judged again (e.g. after changing the policy's words).
+        earlier = json.loads(Path(args.replay).read_text())
+        records = [
+            ClipRecord(c["id"], c["category"], c["transcript"], [Pause(**p) for p in c["pauses"]])
+            for c in earlier["clips_detail"]
+        ]
+        return report(args, config, records)
     model = WhisperModel(
         str(resolve_model(config.asr.model, "asr")),
         device="cpu",
@@ -268,6 +274,10 @@ async def run(args) -> dict:
     stack = (config, whisper, load_silero_session(), load_smart_turn_session())
     clips = load_set("human", args.limit)
     records = [await record_clip(c, stack) for c in clips]
+    return report(args, config, records)
+
+
+def report(args, config, records: list[ClipRecord]) -> dict:
     ttfs = [p.transcript_ready - p.speech_end for r in records for p in r.pauses]
     rows = sweep(records, "measured") + sweep(records, "at-vad-stop")
     return {
@@ -301,6 +311,7 @@ def main():
     )
     parser.add_argument("--config", default="default")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--replay", help="judge the pauses recorded in this earlier report")
     parser.add_argument("--out", default="out/benchmarks/turn_end.json")
     args = parser.parse_args()
     report = asyncio.run(run(args))

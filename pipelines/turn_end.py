@@ -6,9 +6,10 @@ what was said (its words and punctuation). Smart Turn alone judges many short or
 human turns unfinished and then waits for its silence time-out; the transcript alone ends
 a turn at every full stop Whisper writes, even mid-thought. Together:
 
-  * Smart Turn says done, and the words do not trail off      → end the turn now;
-  * Smart Turn says not done, but the words make a sentence   → end after ``finished_wait_secs``;
-  * the words trail off ("and", "um", "...", a comma)         → wait ``fallback_secs``;
+  * Smart Turn says done and the words make a finished sentence → end the turn now;
+  * only one of them says finished                             → after ``finished_wait_secs``;
+  * neither does, or the words trail off ("and", "the", "um",
+    "You have.", "...", a comma)                               → after ``fallback_secs``;
 
 all measured from the end of speech (the VAD stop minus its stop_secs), and any new
 speech cancels the wait. ``benchmarks/turn_end.py`` measures the trade-off between the
@@ -44,13 +45,17 @@ from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
 
 # Words a finished English statement does not end on: conjunctions, articles,
-# possessives, prepositions that need an object, and fillers. Whisper often puts a full
-# stop after them anyway. (Particles that end commands, "come in", "stand by", are not
-# here; a question mark overrides the list: "What are you looking at?")
+# possessives, prepositions that need an object, auxiliaries and verbs left without their
+# object, and fillers. Whisper puts a full stop after them anyway ("You have.", "If this is
+# correct, press."). Particles that end commands ("come in", "stand by") are not here; a
+# question mark overrides the list ("What are you looking at?").
 CONTINUATION_WORDS = frozenset(
-    """and but or because if than although though while
-    the a an my your his her their our
-    to of at for with from into
+    """and but or because if than although though while whether
+    the a an my your his her their our its this that these those every some any no
+    to of at for with from into about
+    is are was were am be been being have has had do does did will would can could
+    shall should may might must press enter say dial
+    currently successfully also just very really
     um uh er erm hmm mm ah""".split()
 )
 _TRAILING = re.compile(r"(\.\.\.|…|,|;|:|-)\s*$")
@@ -58,38 +63,39 @@ _SENTENCE_END = re.compile(r"[.?!]\s*$")
 
 
 def trails_off(text: str) -> bool:
-    """The words stop mid-thought: a trailing comma or ellipsis, or a continuation word."""
+    """The words stop mid-thought: a trailing comma or ellipsis, or a word a sentence does
+    not end on."""
     text = text.strip()
     if not text or _TRAILING.search(text):
         return True
     if text.endswith("?"):
         return False
     words = re.findall(r"[a-z']+", text.lower())
-    return bool(words) and words[-1] in CONTINUATION_WORDS
+    return len(words) > 1 and words[-1] in CONTINUATION_WORDS
 
 
 def reads_finished(text: str) -> bool:
-    """The words make a finished sentence: end punctuation and no trailing continuation."""
+    """The words make a finished sentence: end punctuation (Whisper writes it after speech
+    that sounds finished) and no trailing continuation."""
     return bool(_SENTENCE_END.search(text.strip())) and not trails_off(text)
 
 
 @dataclass(frozen=True)
 class TurnEndPolicy:
-    # Smart Turn says unfinished but the transcript reads as a finished sentence.
-    finished_wait_secs: float = 0.3
-    # Nothing says finished (or the words trail off): the longest a silence may last
+    # Only one of Smart Turn and the words says finished.
+    finished_wait_secs: float = 0.5
+    # Neither says finished (or the words trail off): the longest a silence may last
     # before the turn ends anyway.
-    fallback_secs: float = 1.2
+    fallback_secs: float = 2.5
 
     def wait_after_speech(self, smart_turn_done: bool, text: str) -> float:
-        """Seconds after the end of speech at which the turn ends, given both opinions."""
+        """Seconds after the end of speech at which the turn ends, given both opinions:
+        both say finished → now; one of them → ``finished_wait_secs``; neither, or words
+        that trail off → ``fallback_secs``."""
         if trails_off(text):
             return self.fallback_secs
-        if smart_turn_done:
-            return 0.0
-        if reads_finished(text):
-            return self.finished_wait_secs
-        return self.fallback_secs
+        votes = int(smart_turn_done) + int(reads_finished(text))
+        return (self.fallback_secs, self.finished_wait_secs, 0.0)[votes]
 
 
 class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
