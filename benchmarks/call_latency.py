@@ -26,15 +26,14 @@ import json
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
 from benchmarks.answer_set import COMMANDS, QUESTIONS, STATEMENTS, is_correct, is_echo, is_meta
 from benchmarks.conversation import corpus_wer, percentile
 from benchmarks.report import write_report
+from benchmarks.server_memory import wait_healthy
 from pipelines.file_transport import load_input_wav, speech_end_offset
 from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
@@ -79,22 +78,6 @@ def answer_item(text: str):
             if item.text == text:
                 return category, item
     raise KeyError(f"not in benchmarks.answer_set: {text!r}")
-
-
-async def wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}")
-            try:
-                async with http.get(f"{url}/api/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError(f"the server did not come up within {timeout:.0f} s")
 
 
 def _first_loud_after(caller: WebRTCCaller, since: float, level: int) -> float | None:
@@ -228,7 +211,7 @@ async def run(args) -> dict:
             stderr=subprocess.STDOUT,
         )
         try:
-            await wait_for_server(url, server, timeout=600)
+            await wait_healthy(url, server, timeout=600)
             rng = random.Random(0)
             per_caller = await asyncio.gather(
                 *(
