@@ -85,10 +85,19 @@ class LLMConfig(_Section):
     base_url: str | None = None
     api_key: str = "not-needed"
     model_name: str | None = None
+    # Chosen with benchmarks/llm_choice.py (answers, echoes of statements, replies about
+    # "the user", first-token time) for the packaged small models.
     system_prompt: str = (
-        "You are a friendly voice assistant. Answer in one or two short spoken sentences. "
-        "Use plain words only: no lists, no markdown, no emojis, no code."
+        "You are a friendly voice assistant talking with someone. Reply in one or two short "
+        "sentences. Answer questions directly. When someone tells you something, respond to "
+        "it naturally, don't repeat it. Plain words only."
     )
+    # Example exchanges (what a person says, what the assistant answers) placed before the
+    # conversation: small models answer and react to statements far better with them.
+    examples: list[tuple[str, str]] = [
+        ("What is the capital of Spain?", "Madrid."),
+        ("I painted my kitchen.", "Nice! What color did you pick?"),
+    ]
     max_tokens: int = Field(80, ge=1, le=4096)
     temperature: float = Field(0.3, ge=0, le=2)
     seed: int | None = 0

@@ -38,6 +38,7 @@ from pipelines.services import (
     EngineTTSService,
     LocalLLMService,
     MisoTTSService,
+    ServerLLMService,
     SharedWhisperSTTService,
 )
 from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
@@ -98,11 +99,17 @@ def _llm_service(stack: ModelStack):
         max_tokens=llm.max_tokens,
         seed=llm.seed,
     )
+    examples = [tuple(pair) for pair in llm.examples]
     if stack.llm is not None:
         return LocalLLMService(
-            llm=stack.llm, max_history_turns=llm.max_history_turns, settings=settings
+            llm=stack.llm,
+            max_history_turns=llm.max_history_turns,
+            examples=examples,
+            settings=settings,
         )
-    return OpenAILLMService(api_key=llm.api_key, base_url=llm.base_url, settings=settings)
+    return ServerLLMService(
+        api_key=llm.api_key, base_url=llm.base_url, examples=examples, settings=settings
+    )
 
 
 def build_session(

@@ -136,6 +136,38 @@ class SpeechEndWatch:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
+def with_examples(messages: list[dict], examples: list[tuple[str, str]]) -> list[dict]:
+    """The messages with example exchanges (user, assistant) right after the leading
+    system messages: a small model learns how to answer a person from two examples far
+    better than from instructions. They are a fixed prefix, so llama.cpp's prompt cache
+    keeps them."""
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    shots = [
+        message
+        for user, assistant in examples
+        for message in (
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        )
+    ]
+    return messages[:lead] + shots + messages[lead:]
+
+
+class ServerLLMService(OpenAILLMService):
+    """Pipecat's OpenAI service for an OpenAI-compatible server, with example exchanges."""
+
+    def __init__(self, *, examples: list[tuple[str, str]] = (), **kwargs):
+        super().__init__(**kwargs)
+        self._examples = list(examples)
+
+    def build_chat_completion_params(self, params_from_context) -> dict:
+        params = super().build_chat_completion_params(params_from_context)
+        params["messages"] = with_examples(list(params["messages"]), self._examples)
+        return params
+
+
 class LocalLLMService(OpenAILLMService):
     """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
 
@@ -143,10 +175,18 @@ class LocalLLMService(OpenAILLMService):
     OpenAI service does (context handling, text frames, metrics, errors) is reused as is.
     """
 
-    def __init__(self, *, llm: LocalLLM, max_history_turns: int, **kwargs):
+    def __init__(
+        self,
+        *,
+        llm: LocalLLM,
+        max_history_turns: int,
+        examples: list[tuple[str, str]] = (),
+        **kwargs,
+    ):
         super().__init__(api_key="in-process", base_url="http://in-process.invalid/v1", **kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
+        self._examples = list(examples)
 
     async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
         adapter = self.get_llm_adapter()
@@ -156,6 +196,7 @@ class LocalLLMService(OpenAILLMService):
             convert_developer_to_user=True,
         )
         messages = trim_history(list(params["messages"]), self._max_history_turns)
+        messages = with_examples(messages, self._examples)
         return _ThreadedChunkStream(
             self._llm,
             messages,
@@ -183,7 +224,7 @@ def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
         return system + rest
     block = max(1, max_turns // 2)
     drop = -(-(exchanges - max_turns) // block) * block
-    return system + rest[user_at[drop]:]
+    return system + rest[user_at[drop] :]
 
 
 class _ThreadFedIterator:

@@ -49,3 +49,18 @@ def test_notes_between_exchanges_stay_in_place_and_go_with_their_exchange():
         if m["role"] == "user":
             assert kept[1:][i + 1]["content"] == "note" + m["content"][1:]
     assert not any(m["content"] == "note0" for m in kept)
+
+
+def test_example_exchanges_follow_the_system_prompt_and_do_not_count_as_history():
+    from pipelines.services import with_examples
+
+    examples = [("What is the capital of Spain?", "Madrid.")]
+    messages = with_examples(trim_history(_conversation(9), 4), examples)
+    assert messages[0]["role"] == "system"
+    assert messages[1:3] == [
+        {"role": "user", "content": "What is the capital of Spain?"},
+        {"role": "assistant", "content": "Madrid."},
+    ]
+    # The trimmed conversation follows, unchanged, ending with the new question.
+    assert messages[3:] == trim_history(_conversation(9), 4)[1:]
+    assert with_examples(_conversation(1), []) == _conversation(1)
