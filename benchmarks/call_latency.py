@@ -117,8 +117,29 @@ async def call_turn(caller: WebRTCCaller, clip: dict, *, level: int, timeout: fl
         # The bot stopped listening (its turn began) before the user's speech had ended.
         cut_in=bool(replying_at and replying_at[0] < speech_end_at - 0.05),
         server=next((m for m in messages if m.get("type") == "latency"), None),
+        # When, after the end of speech, the caller heard the bot stop listening, and the
+        # server's report of the played reply arrived (both over the data channel).
+        replying_after=round(replying_at[0] - speech_end_at, 3) if replying_at else None,
+        reply_played_after=next(
+            (round(m["_at"] - speech_end_at, 3) for m in messages if m.get("type") == "latency"),
+            None,
+        ),
+        last_audio_after=_round_after(
+            _last_loud_after(caller, sent.started_at, level), speech_end_at
+        ),
     )
     return result
+
+
+def _last_loud_after(caller: WebRTCCaller, since: float, level: int) -> float | None:
+    loud = [
+        at for at, c in caller.heard_chunks() if at >= since and c.size and np.abs(c).max() > level
+    ]
+    return loud[-1] if loud else None
+
+
+def _round_after(at: float | None, since: float) -> float | None:
+    return round(at - since, 3) if at is not None else None
 
 
 async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[dict]:

@@ -23,6 +23,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agent.asr import ShortUtteranceWhisper
+from agent.echo import is_echo
 from agent.llm import LocalLLM
 from agent.session import SessionState
 from tts.base import SpeechEngine, SpokenAudio
@@ -136,6 +137,26 @@ class SpeechEndWatch:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
+def without_echoes(messages: list[dict]) -> list[dict]:
+    """The messages without past exchanges whose reply only repeated what was said: a small
+    model that sees itself echo once goes on echoing every turn (agent/echo.py)."""
+    kept: list[dict] = []
+    for message in messages:
+        previous = kept[-1] if kept else None
+        if (
+            message.get("role") == "assistant"
+            and previous is not None
+            and previous.get("role") == "user"
+            and isinstance(message.get("content"), str)
+            and isinstance(previous.get("content"), str)
+            and is_echo(message["content"], previous["content"])
+        ):
+            kept.pop()
+            continue
+        kept.append(message)
+    return kept
+
+
 def with_examples(messages: list[dict], examples: list[tuple[str, str]]) -> list[dict]:
     """The messages with example exchanges (user, assistant) right after the leading
     system messages: a small model learns how to answer a person from two examples far
@@ -164,7 +185,7 @@ class ServerLLMService(OpenAILLMService):
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         params = super().build_chat_completion_params(params_from_context)
-        params["messages"] = with_examples(list(params["messages"]), self._examples)
+        params["messages"] = with_examples(without_echoes(params["messages"]), self._examples)
         return params
 
 
@@ -195,7 +216,7 @@ class LocalLLMService(OpenAILLMService):
             system_instruction=self._settings.system_instruction,
             convert_developer_to_user=True,
         )
-        messages = trim_history(list(params["messages"]), self._max_history_turns)
+        messages = trim_history(without_echoes(params["messages"]), self._max_history_turns)
         messages = with_examples(messages, self._examples)
         return _ThreadedChunkStream(
             self._llm,

@@ -140,7 +140,7 @@ class TurnTimeline(BaseObserver):
                 turn.speech_end = now - self._vad_stop_secs
         elif isinstance(frame, TranscriptionFrame):
             self._seen.add(frame.id)
-            turn.transcript_at = turn.transcript_at or now
+            turn.transcript_at = now  # the last segment's words are the ones the turn waits for
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._seen.add(frame.id)
             turn.turn_end = turn.turn_end or now

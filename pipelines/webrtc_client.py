@@ -33,14 +33,16 @@ class SentClip:
     out (time.monotonic()), so a caller can time the bot from the end of its speech."""
 
     def __init__(self, first_sample: int, samples: int, sample_rate: int):
-        # first_sample: the microphone's sample count (pts) at which the clip begins.
+        # first_sample: the microphone's sample count (pts) at which the clip begins;
+        # samples and sample_rate: the clip as given (the microphone may resample it).
         self.first_sample = first_sample
         self.samples = samples
         self.sample_rate = sample_rate
         self.started_at: float | None = None
 
     def time_of(self, offset: int) -> float | None:
-        """When sample ``offset`` of the clip was (or will be) sent, at real-time pacing."""
+        """When sample ``offset`` of the clip (at its own rate) was (or will be) sent, at
+        real-time pacing."""
         if self.started_at is None:
             return None
         return self.started_at + offset / self.sample_rate
@@ -63,6 +65,7 @@ class ScriptedMicrophone(MediaStreamTrack):
 
     def say(self, samples: np.ndarray, sample_rate: int) -> SentClip:
         """Queue int16 mono speech; ``clip_finished`` is set when it has all been sent."""
+        given = len(samples)
         if sample_rate != self.sample_rate:
             import soxr
 
@@ -72,7 +75,7 @@ class ScriptedMicrophone(MediaStreamTrack):
             samples = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         self.clip_finished.clear()
         # Queued behind what is pending: its first sample goes out in the frame with that pts.
-        clip = SentClip(self._pts + len(self._pending), len(samples), self.sample_rate)
+        clip = SentClip(self._pts + len(self._pending), given, sample_rate)
         self._clips.append(clip)
         self._pending = np.concatenate([self._pending, samples])
         return clip

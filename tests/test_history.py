@@ -64,3 +64,17 @@ def test_example_exchanges_follow_the_system_prompt_and_do_not_count_as_history(
     # The trimmed conversation follows, unchanged, ending with the new question.
     assert messages[3:] == trim_history(_conversation(9), 4)[1:]
     assert with_examples(_conversation(1), []) == _conversation(1)
+
+
+def test_exchanges_whose_reply_echoed_the_user_are_left_out():
+    from pipelines.services import without_echoes
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "Bobby ripped the ledger."},
+        {"role": "assistant", "content": "Bobby ripped the ledger."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Mary rolled the barrel."},
+    ]
+    assert without_echoes(messages) == [messages[0], *messages[3:]]

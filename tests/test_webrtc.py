@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+import numpy as np
 import pytest
 import uvicorn
 
@@ -105,3 +106,14 @@ async def test_after_bad_offers_a_real_call_still_connects(server):
     await caller.connect()
     assert caller.pc.connectionState == "connected"
     await caller.close()
+
+
+async def test_the_caller_times_a_clip_at_its_own_rate_whatever_the_microphone_rate():
+    from pipelines.webrtc_client import ScriptedMicrophone
+
+    mic = ScriptedMicrophone(sample_rate=48000)
+    await mic.recv()  # 20 ms of silence first
+    clip = mic.say(np.full(16000, 1000, np.int16), 16000)  # one second at 16 kHz
+    await mic.recv()
+    assert clip.started_at is not None
+    assert abs(clip.time_of(16000) - clip.started_at - 1.0) < 1e-9

@@ -1,0 +1,121 @@
+"""Does a reply repeat what the person said instead of answering it?
+
+Used by the LLM service to keep echoed exchanges out of the prompt (a small model that
+sees itself echo once echoes every turn after) and by the benchmarks to score replies.
+Text is compared after ``clean``: lower case, no punctuation, digits as words.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _int_words(n: int) -> str:
+    """English words for a non-negative integer, as num2words writes them (no hyphens)."""
+    try:
+        from num2words import num2words
+
+        return num2words(n)
+    except ImportError:
+        pass
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for size, name in (
+        (10**9, "billion"),
+        (10**6, "million"),
+        (1000, "thousand"),
+        (100, "hundred"),
+    ):
+        if n >= size:
+            head, rest = divmod(n, size)
+            words = f"{_int_words(head)} {name}"
+            if rest:
+                words += (" and " if rest < 100 else ", ") + _int_words(rest)
+            return words
+    return str(n)
+
+
+def _number(match: re.Match) -> str:
+    digits = match.group(1).replace(",", "")
+    if match.group(2):  # a decimal part: "3.5" -> "three point five"
+        return f" {_int_words(int(digits))} point {' '.join(_int_words(int(d)) for d in match.group(2))} "
+    return f" {_int_words(int(digits))} "
+
+
+def clean(text: str) -> str:
+    """Lower case, no punctuation, digits as words ("7" and "seven" are the same word).
+
+    Thousands separators are dropped ("1,000" -> "one thousand"), a decimal is read out
+    ("3.5" -> "three point five"), ordinal suffixes are dropped ("21st" -> "twenty one"),
+    and markdown and hyphens become spaces. Apostrophes stay ("don't").
+    """
+    text = text.lower().replace("\u2019", "'")
+    text = re.sub(r"(\d[\d,]*\d|\d)(?:\.(\d+))?(?:st|nd|rd|th)?", _number, text)
+    text = text.replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)  # quotes, not apostrophes
+    return " ".join(text.split())
+
+
+STOPWORDS = frozenset(
+    """a an the and or but so of to in on at for from with by about as into over off up out
+    is am are was were be been being do does did have has had will would can could should
+    i i'm im i've i'll i'd me my mine we we're our us you you're your yours he she it it's
+    its they them their this that these those there here what which who just really very
+    too also again some somewhere not no oh wow well going gonna she he's she's they're
+    that's what's there's let's""".split()
+)
+
+
+def _stem(word: str) -> str:
+    """A light suffix strip, enough to match "visiting"/"visit" and "runs"/"run"."""
+    word = re.sub(r"'(s|re|ll|ve|d|m)$", "", word)
+    for suffix, keep in (("ing", 4), ("ed", 4), ("es", 4), ("s", 3)):
+        if word.endswith(suffix) and len(word) - len(suffix) >= keep and not word.endswith("ss"):
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that carry its content: cleaned, stopwords (pronouns, articles,
+    auxiliaries, "just", "really", "going") dropped, light-stemmed (``_stem``: "'s", "-ing",
+    "-ed", "-es", "-s")."""
+    return [_stem(w) for w in clean(text).split() if w not in STOPWORDS]
+
+
+def is_echo(reply: str, said: str) -> bool:
+    """Whether ``reply`` repeats ``said`` back instead of responding to it.
+
+    An echo is either
+
+    * a reply whose content words start with all of the statement's content words, in
+      order ("Bobby ripped the ledger. ..." or "You just got back from a long run!"), or
+    * a reply that contains >= 70 % of the statement's content words *and* whose own
+      content words are at least half the statement's: it adds little of its own
+      ("Oh no, Bobby ripped the ledger?" is an echo; "Oh no, why did Bobby rip the
+      ledger? Was it important?" is not), or
+    * a paraphrase made only of the statement's words that covers at least half of them
+      ("My sister is visiting tomorrow." -> "She's going to visit tomorrow.").
+
+    Content words: ``content_words`` (pronouns and articles dropped, so "I burned the
+    toast" and "You burned the toast" are the same). A statement with no content words is
+    never echoed.
+    """
+    said_words = content_words(said)
+    reply_words = content_words(reply)
+    if not said_words or not reply_words:
+        return False
+    if reply_words[: len(said_words)] == said_words:
+        return True
+    said_set = set(said_words)
+    covered = sum(1 for w in said_set if w in set(reply_words)) / len(said_set)
+    from_said = sum(1 for w in reply_words if w in said_set) / len(reply_words)
+    return (covered >= 0.7 and from_said >= 0.5) or (covered >= 0.5 and from_said == 1.0)
