@@ -128,6 +128,7 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._verdict: bool | None = None  # Smart Turn at the latest pause
         self._transcript_in = False  # the latest pause's transcript has arrived
         self._timer: asyncio.Task | None = None
+        self._judging: asyncio.Task | None = None  # Smart Turn on the latest pause
 
     async def setup(self, setup: FrameProcessorSetup):
         await super().setup(setup)
@@ -159,6 +160,9 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._verdict = None
         self._transcript_in = False
         await self._cancel_timer()
+        judging, self._judging = self._judging, None
+        if judging is not None and judging is not asyncio.current_task():
+            await self.task_manager.cancel_task(judging)
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         await super().process_frame(frame)
@@ -178,17 +182,28 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._speech_end = frame.timestamp - frame.stop_secs
-            state, metrics = await self._analyzer.analyze_end_of_turn()
-            if metrics:
-                await self.push_frame(MetricsFrame(data=[metrics]))
-            self._verdict = state == EndOfTurnState.COMPLETE
-            await self._decide()
+            # Smart Turn runs beside the transcript's arrival, not before it: the words
+            # (often ready at the VAD stop) can start the LLM while Smart Turn listens.
+            self._judging = self.task_manager.create_task(self._judge(), f"{self}::judge")
         elif isinstance(frame, TranscriptionFrame):
             self._text = " ".join(f"{self._text} {frame.text}".split())
             if not self._speaking:
                 self._transcript_in = True
+                if self._verdict is None and self._speech_end is not None:
+                    await self._speculate_on(self._text)
                 await self._decide()
         return ProcessFrameResult.CONTINUE
+
+    async def _judge(self):
+        try:
+            state, metrics = await self._analyzer.analyze_end_of_turn()
+        except asyncio.CancelledError:
+            return
+        self._judging = None
+        if metrics:
+            await self.push_frame(MetricsFrame(data=[metrics]))
+        self._verdict = state == EndOfTurnState.COMPLETE
+        await self._decide()
 
     async def _decide(self):
         if self._speech_end is None or self._verdict is None:
