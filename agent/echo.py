@@ -1,4 +1,4 @@
-"""Does a reply repeat what the person said instead of answering it?
+"""Does a reply repeat what the person said, or what it said itself before?
 
 Used by the LLM service to keep echoed exchanges out of the prompt (a small model that
 sees itself echo once echoes every turn after) and by the benchmarks to score replies.
@@ -119,3 +119,21 @@ def is_echo(reply: str, said: str) -> bool:
     covered = sum(1 for w in said_set if w in set(reply_words)) / len(said_set)
     from_said = sum(1 for w in reply_words if w in said_set) / len(reply_words)
     return (covered >= 0.7 and from_said >= 0.5) or (covered >= 0.5 and from_said == 1.0)
+
+
+def sentences(text: str) -> list[str]:
+    """The cleaned sentences of ``text`` (split on . ! ?)."""
+    return [c for c in (clean(s) for s in re.split(r"[.!?]+(?:\s|$)|\n", text)) if c]
+
+
+def is_repeat(reply: str, earlier: list[str]) -> bool:
+    """Whether ``reply`` says again what an earlier reply in the conversation said: a
+    sentence of three or more words that also appears in an earlier reply, or the whole
+    reply equal to an earlier one (after ``clean``)."""
+    text = clean(reply)
+    if not text:
+        return False
+    before = {s for e in earlier for s in sentences(e)}
+    if text in {clean(e) for e in earlier}:
+        return True
+    return any(len(s.split()) >= 3 and s in before for s in sentences(reply))

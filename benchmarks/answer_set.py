@@ -307,7 +307,7 @@ def question(text: str) -> Question:
 
 # ----------------------------------------------------------------------------- text
 
-from agent.echo import STOPWORDS, clean, content_words, is_echo  # noqa: F401
+from agent.echo import STOPWORDS, clean, content_words, is_echo, is_repeat, sentences  # noqa: F401
 
 
 def _keyword_pattern(keyword: str) -> re.Pattern:
@@ -388,21 +388,3 @@ def is_meta(reply: str) -> bool:
 # ----------------------------------------------------------------------------- echo
 
 # ----------------------------------------------------------------------------- repeats
-
-
-def sentences(text: str) -> list[str]:
-    """The cleaned sentences of ``text`` (split on . ! ?)."""
-    return [c for c in (clean(s) for s in re.split(r"[.!?]+(?:\s|$)|\n", text)) if c]
-
-
-def is_repeat(reply: str, earlier: list[str]) -> bool:
-    """Whether ``reply`` says again what an earlier reply in the conversation said: a
-    sentence of three or more words that also appears in an earlier reply, or the whole
-    reply equal to an earlier one (after ``clean``)."""
-    text = clean(reply)
-    if not text:
-        return False
-    before = {s for e in earlier for s in sentences(e)}
-    if text in {clean(e) for e in earlier}:
-        return True
-    return any(len(s.split()) >= 3 and s in before for s in sentences(reply))

@@ -23,7 +23,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agent.asr import ShortUtteranceWhisper
-from agent.echo import is_echo
+from agent.echo import is_echo, is_repeat
 from agent.llm import LocalLLM
 from agent.session import SessionState
 from tts.base import SpeechEngine, SpokenAudio
@@ -138,21 +138,25 @@ class SpeechEndWatch:
 
 
 def without_echoes(messages: list[dict]) -> list[dict]:
-    """The messages without past exchanges whose reply only repeated what was said: a small
-    model that sees itself echo once goes on echoing every turn (agent/echo.py)."""
+    """The messages without past exchanges whose reply only repeated what was said, or
+    said again what an earlier reply said: a small model that sees itself do either once
+    goes on doing it every turn (agent/echo.py)."""
     kept: list[dict] = []
+    replies: list[str] = []
     for message in messages:
         previous = kept[-1] if kept else None
+        content = message.get("content")
         if (
             message.get("role") == "assistant"
             and previous is not None
             and previous.get("role") == "user"
-            and isinstance(message.get("content"), str)
+            and isinstance(content, str)
             and isinstance(previous.get("content"), str)
-            and is_echo(message["content"], previous["content"])
         ):
-            kept.pop()
-            continue
+            if is_echo(content, previous["content"]) or is_repeat(content, replies):
+                kept.pop()
+                continue
+            replies.append(content)
         kept.append(message)
     return kept
 

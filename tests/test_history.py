@@ -75,6 +75,8 @@ def test_exchanges_whose_reply_echoed_the_user_are_left_out():
         {"role": "assistant", "content": "Bobby ripped the ledger."},
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Where is Paris?"},
+        {"role": "assistant", "content": "Paris."},  # said before: left out too
         {"role": "user", "content": "Mary rolled the barrel."},
     ]
-    assert without_echoes(messages) == [messages[0], *messages[3:]]
+    assert without_echoes(messages) == [messages[0], *messages[3:5], messages[-1]]
