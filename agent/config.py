@@ -40,7 +40,7 @@ class ASRConfig(_Section):
     cpu_threads: int = Field(0, ge=0)
     # p99 time from the end of speech to the final transcript (measured by
     # benchmarks/turn_end.py); turn-end detection waits this long for the words at most.
-    ttfs_p99_secs: float = Field(0.6, gt=0, le=5)
+    ttfs_p99_secs: float = Field(0.65, gt=0, le=5)
     # Start transcribing when the voice falls silent, before the VAD confirms the stop
     # (its stop_secs later), so the words are ready about when the turn can end.
     early_transcription: bool = True
