@@ -282,9 +282,8 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
         + [("statement", s) for s in STATEMENTS[:limit]]
         + [("command", c) for c in COMMANDS[:limit]]
     )
-    turns = []
-    for kind, item in items:
-        rec = generate(llm, _messages(prompt, item.text))
+    def scored(kind, item, with_note: str | None = None) -> dict:
+        rec = generate(llm, _messages(prompt, item.text, with_note))
         rec.update(
             kind=kind,
             text=item.text,
@@ -292,7 +291,9 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
             meta=is_meta(rec["reply"]),
             echo=is_echo(rec["reply"], item.text) if kind == "statement" else None,
         )
-        turns.append(rec)
+        return rec
+
+    turns = [scored(kind, item) for kind, item in items]
 
     # Cold first token: the whole prompt evaluated, as on a session's first turn.
     cold = []
@@ -305,15 +306,7 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
         for kind, item in [("statement", s) for s in STATEMENTS[:limit]] + [
             ("question", q) for q in QUESTIONS[: min(8, limit or 8)]
         ]:
-            rec = generate(llm, _messages(prompt, item.text, note))
-            rec.update(
-                kind=kind,
-                text=item.text,
-                correct=is_correct(rec["reply"], item),
-                meta=is_meta(rec["reply"]),
-                echo=is_echo(rec["reply"], item.text) if kind == "statement" else None,
-            )
-            noted.append(rec)
+            noted.append(scored(kind, item, note))
 
     # One conversation: history kept, to see whether replies repeat themselves; with the
     # tone note on every turn (the worst case) when there is one, and without.
