@@ -26,6 +26,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.empty_user_turn import EmptyUserTurnConfig
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -152,6 +153,10 @@ def build_session(
         user_params=LLMUserAggregatorParams(
             vad_analyzer=SharedSileroVADAnalyzer(session=stack.silero, params=vad_params(config)),
             user_turn_strategies=_turn_strategies(stack),
+            # A turn with no words goes unanswered. Pipecat's default asks the LLM to
+            # recover from an "interrupted" empty turn with a note about "the user", which a
+            # small model reads out; this bot is never interrupted (half-duplex).
+            empty_user_turn=EmptyUserTurnConfig(interrupted_prompt=None, idle_prompt=None),
         ),
     )
 
