@@ -161,14 +161,20 @@ def without_echoes(messages: list[dict]) -> list[dict]:
     return kept
 
 
+def _leading_system_messages(messages: list[dict]) -> int:
+    """How many system messages open the prompt."""
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    return lead
+
+
 def with_examples(messages: list[dict], examples: list[tuple[str, str]]) -> list[dict]:
     """The messages with example exchanges (user, assistant) right after the leading
     system messages: a small model learns how to answer a person from two examples far
     better than from instructions. They are a fixed prefix, so llama.cpp's prompt cache
     keeps them."""
-    lead = 0
-    while lead < len(messages) and messages[lead].get("role") == "system":
-        lead += 1
+    lead = _leading_system_messages(messages)
     shots = [
         message
         for user, assistant in examples
@@ -239,9 +245,7 @@ def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
     reuses its cache for an unchanged prompt prefix, and dropping one exchange every turn
     would change the prefix, and re-read the whole history, on every turn.
     """
-    lead = 0
-    while lead < len(messages) and messages[lead].get("role") == "system":
-        lead += 1
+    lead = _leading_system_messages(messages)
     system, rest = messages[:lead], messages[lead:]
     user_at = [i for i, m in enumerate(rest) if m.get("role") == "user"]
     exchanges = len(user_at) - 1  # complete exchanges before the new question
