@@ -128,6 +128,13 @@ async def call_turn(caller: WebRTCCaller, clip: dict, *, level: int, timeout: fl
             _last_loud_after(caller, sent.started_at, level), speech_end_at
         ),
     )
+    server = result["server"] or {}
+    if server.get("_speech_end_at") is not None and server.get("_bot_started_at") is not None:
+        # Server and caller share this machine's monotonic clock: the far-end figure is
+        # the caller's speech reaching the server's VAD, the server, and the reply's way back.
+        result["uplink"] = round(server["_speech_end_at"] - speech_end_at, 3)
+        if first_audio_at is not None:
+            result["downlink"] = round(first_audio_at - server["_bot_started_at"], 3)
     return result
 
 
@@ -179,6 +186,12 @@ def summarize(turns: list[dict]) -> dict:
         "turns": len(turns),
         "no_reply": sum(1 for t in turns if not t["reply"]),
         "voice_to_voice_far_end": stats([t["voice_to_voice"] for t in turns]),
+        # Turns spoken as finished (questions, statements, commands, short turns): what the
+        # latency goal is about. Paused turns are judged by their cut-in rate instead.
+        "voice_to_voice_far_end_finished": stats([t["voice_to_voice"] for t in finished]),
+        "far_end_split": {
+            part: stats([t.get(part) for t in turns]) for part in ("uplink", "downlink")
+        },
         "voice_to_voice_far_end_by_category": {
             c: stats([t["voice_to_voice"] for t in turns if t["category"] == c]) for c in categories
         },

@@ -74,7 +74,7 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
     config = stack.config
     start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     if config.turn.end_detection == "smart-turn":
-        analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn)
+        analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn, cpu=stack.cpu)
         policy = TurnEndPolicy(
             finished_wait_secs=config.turn.finished_wait_secs,
             fallback_secs=config.turn.fallback_secs,
@@ -91,7 +91,7 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
     return UserTurnStrategies(start=start, stop=stop)
 
 
-def _llm_service(stack: ModelStack):
+def _llm_service(stack: ModelStack, session_id: str):
     llm = stack.config.llm
     settings = OpenAILLMService.Settings(
         model=llm.model_name or (stack.llm.name if stack.llm else None),
@@ -106,6 +106,7 @@ def _llm_service(stack: ModelStack):
             llm=stack.llm,
             max_history_turns=llm.max_history_turns,
             examples=examples,
+            session_id=session_id,
             settings=settings,
         )
     return ServerLLMService(
@@ -136,10 +137,10 @@ def build_session(
             language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
         ),
     )
-    llm = _llm_service(stack)
+    llm = _llm_service(stack, state.session_id)
     # MisoTTS hears the conversation it answers; other engines speak the text alone.
     tts_class = MisoTTSService if config.tts.engine == "miso" else EngineTTSService
-    tts = tts_class(engine=stack.speech, session=state)
+    tts = tts_class(engine=stack.speech, session=state, cpu=stack.cpu)
     # What the TTS speaks at once: the reply's first phrase alone, then whole sentences.
     text_to_speech = LLMTextProcessor(
         text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
@@ -194,7 +195,17 @@ def build_session(
     async def on_turn_done(turn):
         # Every transport gets the same per-turn latency line; the page shows the figures.
         logger.info(f"session {state.session_id} {turn.summary()}")
-        await tell_client({"type": "latency", "turn": turn.index + 1, **turn.stages()})
+        # The two instants are on the server's monotonic clock: a benchmark caller on the
+        # same machine splits its far-end figure into uplink, server and downlink with them.
+        await tell_client(
+            {
+                "type": "latency",
+                "turn": turn.index + 1,
+                **turn.stages(),
+                "_speech_end_at": turn.speech_end,
+                "_bot_started_at": turn.bot_started,
+            }
+        )
 
     timeline.on_turn_done = on_turn_done
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import numpy as np
 from loguru import logger
 from openai.types.chat import ChatCompletionChunk
 from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    StartFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.settings import TTSSettings
@@ -23,12 +27,17 @@ from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agent.asr import ShortUtteranceWhisper
+from agent.cpu_share import CpuShare
 from agent.echo import is_echo, is_repeat
 from agent.llm import LocalLLM
 from agent.session import SessionState
-from tts.base import SpeechEngine, SpokenAudio
+from pipelines.speech_end import SpeechEndWatch
+from tts.base import SpeechEngine, SpokenAudio, without_leading_silence
 
 _DONE = object()
+# How long after a reply's text is written the conversation is read ahead: by then the
+# reply's last sentence has reached the TTS and announced itself if it is urgent.
+READ_AHEAD_DELAY_SECS = 0.3
 # Silence Pipecat's segmented STT appends to each segment (its default, set explicitly
 # because early transcription must add the same).
 TRAILING_SILENCE_SECS = 0.5
@@ -77,64 +86,6 @@ class SharedWhisperSTTService(WhisperSTTService):
             speech = self._onset.segment().astype(np.float32) / 32768
             trailing = np.zeros(int(self.sample_rate * TRAILING_SILENCE_SECS), np.float32)
             self._shared_model.transcribe_early(speech, trailing, self._settings.language)
-
-
-class SpeechEndWatch:
-    """Follows the audio of the current speech segment and says when the voice has just
-    fallen silent (a few quiet frames after loud ones), before the VAD is sure of it.
-
-    Keeps the segment as Pipecat's SegmentedSTTService does: the last second before the VAD
-    start, then everything until the VAD stop.
-    """
-
-    QUIET_FRAMES = 2  # 20 ms frames below the level that follow speech
-    FLOOR = 300  # int16 RMS: below this a frame is silent whatever the speech level
-    FRACTION = 0.12  # ...or below this fraction of the segment's loudest frame
-
-    def __init__(self, lead_secs: float = 1.0):
-        self._lead_secs = lead_secs
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0
-        self._speaking = False
-        self._peak = 0.0
-        self._quiet = 0
-        self._fired = False
-
-    def speech_started(self):
-        self._speaking = True
-        self._quiet = 0
-        self._fired = False
-
-    def speech_stopped(self):
-        # Pipecat's segmented STT empties its buffer at the VAD stop; so does this.
-        self._speaking = False
-        self._peak = 0.0
-        self._chunks.clear()
-        self._samples = 0
-
-    def add(self, audio: bytes, sample_rate: int) -> bool:
-        """Add a frame; True when the voice has just gone quiet within the VAD's speech."""
-        samples = np.frombuffer(audio, dtype=np.int16)
-        self._chunks.append(samples)
-        self._samples += len(samples)
-        if not self._speaking:
-            keep = int(self._lead_secs * sample_rate)
-            while self._chunks and self._samples - len(self._chunks[0]) >= keep:
-                self._samples -= len(self._chunks.pop(0))
-        rms = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if len(samples) else 0.0
-        if rms > max(self.FLOOR, self.FRACTION * self._peak):
-            self._peak = max(self._peak, rms)
-            self._quiet = 0
-            self._fired = False
-            return False
-        self._quiet += 1
-        if self._speaking and not self._fired and self._quiet == self.QUIET_FRAMES:
-            self._fired = True
-            return True
-        return False
-
-    def segment(self) -> np.ndarray:
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
 def without_echoes(messages: list[dict]) -> list[dict]:
@@ -204,6 +155,12 @@ class LocalLLMService(OpenAILLMService):
 
     llama-cpp-python already speaks the OpenAI chunk format, so everything else Pipecat's
     OpenAI service does (context handling, text frames, metrics, errors) is reused as is.
+
+    Reading the prompt is most of the first token's time on a CPU, so the conversation is
+    read ahead (agent/llm.py): the system prompt and examples when the session starts, and,
+    as soon as a reply has been written, the conversation with that reply and the opening
+    of the user's next message, while the reply plays. The user's words are then all that
+    is left to read when they have spoken.
     """
 
     def __init__(
@@ -212,28 +169,68 @@ class LocalLLMService(OpenAILLMService):
         llm: LocalLLM,
         max_history_turns: int,
         examples: list[tuple[str, str]] = (),
+        session_id: str | None = None,
         **kwargs,
     ):
         super().__init__(api_key="in-process", base_url="http://in-process.invalid/v1", **kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
         self._examples = list(examples)
+        self._session_id = session_id
 
-    async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        await self._read_ahead(await self._chat_messages(LLMContext()))
+
+    async def stop(self, frame: EndFrame):
+        await super().stop(frame)
+        self._llm.submit(lambda: self._llm.forget(self._session_id))
+
+    async def cancel(self, frame: CancelFrame):
+        await super().cancel(frame)
+        self._llm.submit(lambda: self._llm.forget(self._session_id))
+
+    async def _chat_messages(self, context: LLMContext) -> list[dict]:
         adapter = self.get_llm_adapter()
         params = await adapter.get_llm_invocation_params(
             context,
             system_instruction=self._settings.system_instruction,
             convert_developer_to_user=True,
         )
-        messages = trim_history(without_echoes(params["messages"]), self._max_history_turns)
-        messages = with_examples(messages, self._examples)
+        return params["messages"]
+
+    def _prompt(self, messages: list[dict]) -> list[dict]:
+        """The messages the model reads for a conversation ending in a user message."""
+        messages = trim_history(without_echoes(messages), self._max_history_turns)
+        return with_examples(messages, self._examples)
+
+    async def _read_ahead(self, messages: list[dict]):
+        """Read the prompt the next user message will be appended to, off the critical
+        path, with the same history trimming the next turn will get. It starts a moment
+        later, once the reply's last text has reached the TTS, and gives way to the
+        synthesis of a first phrase (agent/cpu_share.py): on 2 cores, reading ahead beside
+        Piper made the reply's first audio twice as slow."""
+        prompt = self._prompt(messages + [{"role": "user", "content": "..."}])[:-1]
+
+        def read():
+            self._llm.prefill(prompt, session=self._session_id, when_idle=True)
+
+        asyncio.get_running_loop().call_later(READ_AHEAD_DELAY_SECS, self._llm.submit, read)
+
+    async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
+        messages = await self._chat_messages(context)
+
+        async def read_ahead(reply: str):
+            await self._read_ahead(messages + [{"role": "assistant", "content": reply}])
+
         return _ThreadedChunkStream(
             self._llm,
-            messages,
+            self._prompt(messages),
+            on_complete=read_ahead,
             max_tokens=self._settings.max_tokens,
             temperature=self._settings.temperature,
             seed=self._settings.seed,
+            session=self._session_id,
         )
 
 
@@ -304,23 +301,47 @@ class _ThreadFedIterator:
 
 
 class _ThreadedChunkStream:
-    """LocalLLM's chunks, generated on the model's own thread, as Pipecat's chunk stream."""
+    """LocalLLM's chunks, generated on the model's own thread, as Pipecat's chunk stream.
+    ``on_complete`` gets the reply's text when the model finished it (not when stopped)."""
 
-    def __init__(self, llm: LocalLLM, messages: list[dict], **options):
+    def __init__(
+        self,
+        llm: LocalLLM,
+        messages: list[dict],
+        *,
+        on_complete: Callable[[str], Awaitable[None]] | None = None,
+        **options,
+    ):
         self._chunks = _ThreadFedIterator(lambda: llm.stream_chat(messages, **options), llm.submit)
+        self._on_complete = on_complete
+        self._text: list[str] = []
+        self._closed = False
 
     def __aiter__(self):
         return self
 
     async def __anext__(self) -> ChatCompletionChunk:
         # Errors are surfaced to Pipecat, which reports them as an ErrorFrame.
-        chunk = await self._chunks.__anext__()
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            if self._on_complete is not None and not self._closed:
+                await self._on_complete("".join(self._text).strip())
+            raise
         chunk.setdefault("object", "chat.completion.chunk")
+        for choice in chunk.get("choices", ()):
+            self._text.append((choice.get("delta") or {}).get("content") or "")
         return ChatCompletionChunk.model_validate(chunk)
 
     async def aclose(self):
         # An interruption or a closing session stops generation at the next token.
+        self._closed = True
         self._chunks.stop()
+
+
+def _while_urgent(cpu: CpuShare, chunks: Iterator) -> Iterator:
+    with cpu.urgent():
+        yield from chunks
 
 
 def _start_thread(work: Callable[[], None]) -> None:
@@ -334,7 +355,14 @@ class EngineTTSService(TTSService):
     an LLMTextProcessor in front of it, see pipelines/first_clause.py).
     """
 
-    def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
+    def __init__(
+        self,
+        *,
+        engine: SpeechEngine,
+        session: SessionState,
+        cpu: CpuShare | None = None,
+        **kwargs,
+    ):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -343,6 +371,9 @@ class EngineTTSService(TTSService):
         )
         self._engine = engine
         self._session = session
+        # A reply's first phrase is synthesised with the LLM held back (agent/cpu_share.py).
+        self._cpu = cpu or CpuShare()
+        self._reply_spoken: str | None = None  # context id of the reply being spoken
         # Fired as synthesis of each sentence begins; the turn timeline uses it.
         self._register_event_handler("on_synthesis_started")
 
@@ -354,14 +385,26 @@ class EngineTTSService(TTSService):
         speech_context = await self._session.reply_context()
         spoken: list[np.ndarray] = []
 
+        first_phrase = context_id != self._reply_spoken
+        self._reply_spoken = context_id
+
         async def chunks(audio) -> AsyncIterator[bytes]:
             async for item in audio:
+                if first_phrase and not spoken:
+                    # The reply's first sound comes at once, not after the engine's silence.
+                    item = without_leading_silence(item, engine.sample_rate)
                 spoken.append(item)
                 yield item.tobytes()
 
         await self.start_tts_usage_metrics(text)
         await self._call_event_handler("on_synthesis_started", text)
-        audio = _ThreadFedIterator(lambda: engine.synthesize(text, speech_context), _start_thread)
+
+        def synthesize():
+            if not first_phrase:
+                return engine.synthesize(text, speech_context)
+            return _while_urgent(self._cpu, engine.synthesize(text, speech_context))
+
+        audio = _ThreadFedIterator(synthesize, _start_thread)
         try:
             async for frame in self._stream_audio_frames_from_iterator(
                 chunks(audio), in_sample_rate=engine.sample_rate, context_id=context_id

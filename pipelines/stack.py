@@ -9,6 +9,7 @@ import numpy as np
 from loguru import logger
 
 from agent.config import AgentConfig, ConfigError
+from agent.cpu_share import CpuShare
 from agent.llm import LocalLLM
 from agent.models import resolve_model
 from tts.base import SpeechEngine
@@ -22,6 +23,8 @@ class ModelStack:
     speech: SpeechEngine
     # Shared ONNX sessions of the per-session analyzers (pipelines/shared_analyzers.py);
     # smart_turn is None unless turn.end_detection is smart-turn.
+    # Lets a reply's first phrase be synthesised without the LLM competing (agent/cpu_share.py).
+    cpu: CpuShare = field(default_factory=CpuShare)
     silero: object | None = None
     smart_turn: object | None = None
     load_secs: dict[str, float] = field(default_factory=dict)
@@ -32,6 +35,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     from faster_whisper import WhisperModel
 
     times: dict[str, float] = {}
+    cpu = CpuShare()
 
     # The voice first: it is the part most likely to be missing or not fit this machine
     # (a GPU voice without a GPU fails now, not after the other models have loaded).
@@ -57,6 +61,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
             resolve_model(config.llm.model, "llm"),
             context_tokens=config.llm.context_tokens,
             threads=config.llm.threads,
+            cpu=cpu,
         )
         times["llm"] = time.perf_counter() - start
 
@@ -83,6 +88,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         whisper=whisper,
         llm=llm,
         speech=speech,
+        cpu=cpu,
         silero=silero,
         smart_turn=smart_turn,
         load_secs=times,

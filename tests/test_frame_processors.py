@@ -159,3 +159,65 @@ async def test_the_reply_context_waits_for_the_tone_analysis_in_flight():
     started = asyncio.get_running_loop().time()
     await session.reply_context(max_wait_secs=0.1)
     assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_reply_opens_with_its_first_sound_and_later_sentences_keep_their_pauses(stack):
+    from pipecat.frames.frames import (
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        TTSAudioRawFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
+
+    from pipelines.first_clause import FirstClauseAggregator
+    from pipelines.services import EngineTTSService
+
+    session = SessionState(session_id="t")
+    tts = EngineTTSService(engine=stack.speech, session=session)
+    reply = Pipeline([LLMTextProcessor(text_aggregator=FirstClauseAggregator(min_words=3)), tts])
+    frames = [
+        LLMFullResponseStartFrame(),
+        LLMTextFrame("Mary rolled the barrel. "),
+        LLMTextFrame("Then she rolled it back."),
+        LLMFullResponseEndFrame(),
+        pause(2.0),
+    ]
+    down, _ = await run_test(reply, frames_to_send=frames)
+    first_audio = next(f for f in down if isinstance(f, TTSAudioRawFrame))
+
+    def sound_starts_ms(samples: np.ndarray, rate: int) -> float:
+        return np.flatnonzero(np.abs(samples.astype(np.int32)) > 100)[0] * 1000 / rate
+
+    # Piper opens each sentence with 35-60 ms of silence: the reply's first sentence is
+    # cut to 10 ms before its first sound, the next keeps its own (a pause between them).
+    assert (
+        sound_starts_ms(np.frombuffer(first_audio.audio, np.int16), first_audio.sample_rate) <= 15
+    )
+    first, second = session.bot_replies
+    assert first.text == "Mary rolled the barrel." and second.text == "Then she rolled it back."
+    assert sound_starts_ms(first.samples, first.sample_rate) <= 15
+    assert sound_starts_ms(second.samples, second.sample_rate) >= 30
+
+
+def test_urgent_work_holds_background_work_back_until_it_ends():
+    import threading
+
+    from agent.cpu_share import CpuShare
+
+    cpu = CpuShare(max_wait_secs=30)
+    went_on = threading.Event()
+
+    def background():
+        cpu.wait_for_urgent()
+        went_on.set()
+
+    with cpu.urgent():
+        worker = threading.Thread(target=background)
+        worker.start()
+        assert not went_on.wait(0.3)
+        assert cpu.busy
+    assert went_on.wait(10)
+    worker.join()
+    assert not cpu.busy

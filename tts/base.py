@@ -58,6 +58,18 @@ class SpeakingStyle:
 NEUTRAL_STYLE = SpeakingStyle()
 
 
+def without_leading_silence(
+    samples: np.ndarray, sample_rate: int, *, level: int = 100, keep_secs: float = 0.01
+) -> np.ndarray:
+    """int16 ``samples`` from ``keep_secs`` before the first one above ``level``: Piper
+    opens every sentence with 35-60 ms of silence, which the user waits through in
+    silence when it opens a reply. All of it if nothing is that loud."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > level)
+    if not len(loud):
+        return samples
+    return samples[max(0, loud[0] - int(keep_secs * sample_rate)) :]
+
+
 @dataclass(frozen=True)
 class SpeechContext:
     """What an engine may listen to before it speaks.

@@ -1,0 +1,74 @@
+"""When the voice falls silent: a few quiet frames after speech, before the VAD is sure.
+
+The VAD reports the end of speech only after ``stop_secs`` (0.2 s) of silence. Work that
+only needs the speech so far can start a fifth of a second earlier, at the first quiet
+frames: Whisper's transcription (pipelines/services.py) and Smart Turn's verdict
+(pipelines/turn_end.py). If the voice comes back, that work is for nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SpeechEndWatch:
+    """Follows the audio of the current speech segment and says when the voice has just
+    fallen silent (a few quiet frames after loud ones), before the VAD is sure of it.
+
+    Keeps the segment as Pipecat's SegmentedSTTService does: the last second before the VAD
+    start, then everything until the VAD stop.
+    """
+
+    QUIET_FRAMES = 2  # 20 ms frames below the level that follow speech
+    FLOOR = 300  # int16 RMS: below this a frame is silent whatever the speech level
+    FRACTION = 0.12  # ...or below this fraction of the segment's loudest frame
+
+    def __init__(self, lead_secs: float = 1.0):
+        self._lead_secs = lead_secs
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+        self._speaking = False
+        self._peak = 0.0
+        self._quiet = 0
+        self._fired = False
+
+    @property
+    def quiet(self) -> bool:
+        """The voice has fallen silent (and not come back) within the VAD's speech."""
+        return self._fired
+
+    def speech_started(self):
+        self._speaking = True
+        self._quiet = 0
+        self._fired = False
+
+    def speech_stopped(self):
+        # Pipecat's segmented STT empties its buffer at the VAD stop; so does this.
+        self._speaking = False
+        self._peak = 0.0
+        self._chunks.clear()
+        self._samples = 0
+
+    def add(self, audio: bytes, sample_rate: int) -> bool:
+        """Add a frame; True when the voice has just gone quiet within the VAD's speech."""
+        samples = np.frombuffer(audio, dtype=np.int16)
+        self._chunks.append(samples)
+        self._samples += len(samples)
+        if not self._speaking:
+            keep = int(self._lead_secs * sample_rate)
+            while self._chunks and self._samples - len(self._chunks[0]) >= keep:
+                self._samples -= len(self._chunks.pop(0))
+        rms = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if len(samples) else 0.0
+        if rms > max(self.FLOOR, self.FRACTION * self._peak):
+            self._peak = max(self._peak, rms)
+            self._quiet = 0
+            self._fired = False
+            return False
+        self._quiet += 1
+        if self._speaking and not self._fired and self._quiet == self.QUIET_FRAMES:
+            self._fired = True
+            return True
+        return False
+
+    def segment(self) -> np.ndarray:
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
