@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from loguru import logger
 
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100
@@ -60,9 +61,14 @@ class ShortUtteranceWhisper:
         beam_size: int = 1,
         utterance_window: bool = True,
         max_short_secs: float = 20.0,
+        filler_prompt: str | None = None,
     ):
         self._model = model
         self._beam_size = beam_size
+        # Text Whisper takes as what came before. Written with fillers ("um", "uh"), it
+        # makes Whisper keep the user's fillers instead of tidying them away, and a turn
+        # that pauses on "um" reads as unfinished (pipelines/turn_end.py).
+        self._filler_prompt = filler_prompt
         self._max_short_secs = max_short_secs if utterance_window else 0.0
         self._early: tuple[np.ndarray, str | None, Future] | None = None
         self._early_lock = threading.Lock()
@@ -77,6 +83,10 @@ class ShortUtteranceWhisper:
         with self._early_lock:
             if self._early_pool is None:
                 self._early_pool = ThreadPoolExecutor(1, thread_name_prefix="whisper-early")
+            if self._early is not None:
+                # Superseded (the voice came back and fell silent again): if it has not
+                # started, it never will, so the latest speech is transcribed next.
+                self._early[2].cancel()
             audio = np.concatenate([speech, trailing])
             future = self._early_pool.submit(self._transcribe_short, audio, language, None)
             self._early = (speech, language, future)
@@ -90,18 +100,25 @@ class ShortUtteranceWhisper:
         speech, early_language, future = early
         n = len(speech)
         if early_language != language or len(audio) < n or not np.array_equal(audio[:n], speech):
+            logger.debug("early transcription not used: other audio")
             return None
         tail = audio[n:]
         if len(tail):
             tail_rms = float(np.sqrt(np.mean(tail**2)))
             speech_rms = float(np.sqrt(np.mean(speech**2))) if n else 0.0
             if tail_rms > max(SILENCE_RMS, SILENCE_FRACTION * speech_rms):
+                logger.debug(
+                    f"early transcription not used: {len(tail) / SAMPLE_RATE:.2f} s after it "
+                    f"not silent (RMS {tail_rms:.4f}, speech {speech_rms:.4f})"
+                )
                 return None  # more speech came after it
+        ready = future.done()
         try:
             result = future.result()
         except Exception:
             return None
         self.early_hits += 1
+        logger.debug(f"early transcription used ({'ready' if ready else 'waited for it'})")
         return result
 
     @property
@@ -152,7 +169,8 @@ class ShortUtteranceWhisper:
             task="transcribe",
             language=language or "en",
         )
-        prompt = model.get_prompt(tokenizer, [], without_timestamps=True, hotwords=hotwords)
+        previous = tokenizer.encode(" " + self._filler_prompt) if self._filler_prompt else []
+        prompt = model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=hotwords)
         max_tokens = int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE) + 10
         result = model.model.generate(
             encoded,

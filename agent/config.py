@@ -44,6 +44,12 @@ class ASRConfig(_Section):
     # Start transcribing when the voice falls silent, before the VAD confirms the stop
     # (its stop_secs later), so the words are ready about when the turn can end.
     early_transcription: bool = True
+    # Given to Whisper as the text before each turn; fillers in it make Whisper write the
+    # user's "um"s and "uh"s, which tell turn-end detection a pause is mid-thought. On the
+    # human set (benchmarks/turn_end.py) cut-ins on pauses mid-thought fell from 39 % to
+    # 33 %, finished turns waiting > 1.5 s from 3 % to 0 %, and WER on finished turns from
+    # 0.23 to 0.20. Empty: none (Whisper drops most fillers).
+    filler_prompt: str = "Um, so, uh, I was thinking, hmm, like... and, um, yeah."
 
 
 class VADConfig(_Section):

@@ -270,7 +270,9 @@ async def run(args) -> dict:
         compute_type=config.asr.compute_type,
         cpu_threads=config.asr.cpu_threads,
     )
-    whisper = ShortUtteranceWhisper(model, beam_size=config.asr.beam_size)
+    whisper = ShortUtteranceWhisper(
+        model, beam_size=config.asr.beam_size, filler_prompt=config.asr.filler_prompt or None
+    )
     stack = (config, whisper, load_silero_session(), load_smart_turn_session())
     clips = load_set("human", args.limit)
     records = [await record_clip(c, stack) for c in clips]

@@ -133,6 +133,7 @@ def build_session(
         utterance_window=config.asr.utterance_window,
         ttfs_p99_latency=config.asr.ttfs_p99_secs,
         early=config.asr.early_transcription,
+        filler_prompt=config.asr.filler_prompt or None,
         settings=SharedWhisperSTTService.Settings(
             language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
         ),

@@ -58,11 +58,15 @@ class SharedWhisperSTTService(WhisperSTTService):
         beam_size: int = 1,
         utterance_window: bool = True,
         early: bool = True,
+        filler_prompt: str | None = None,
         **kwargs,
     ):
         # WhisperSTTService.__init__ calls _load(); the shared model must be in place first.
         self._shared_model = ShortUtteranceWhisper(
-            model, beam_size=beam_size, utterance_window=utterance_window
+            model,
+            beam_size=beam_size,
+            utterance_window=utterance_window,
+            filler_prompt=filler_prompt,
         )
         super().__init__(trailing_silence_secs=TRAILING_SILENCE_SECS, **kwargs)
         self._onset = SpeechEndWatch() if early else None

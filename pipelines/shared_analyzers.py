@@ -8,16 +8,13 @@ at once.
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
 
 import onnxruntime as ort
-from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
-from pipecat.metrics.metrics import MetricsData
 
 from agent.cpu_share import CpuShare
 
@@ -80,12 +77,3 @@ class SharedSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
     def _predict_endpoint(self, audio_array):
         with self._cpu.urgent():
             return super()._predict_endpoint(audio_array)
-
-    async def analyze_so_far(self) -> tuple[EndOfTurnState, MetricsData | None]:
-        """Smart Turn's verdict on the turn's audio so far, leaving that audio in place
-        (unlike ``analyze_end_of_turn``): the voice has only just fallen silent and may
-        come back before the VAD reports a stop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._model_executor, self._process_speech_segment, list(self._audio_buffer)
-        )

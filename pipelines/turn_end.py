@@ -15,13 +15,6 @@ all measured from the end of speech (the VAD stop minus its stop_secs), and any 
 speech cancels the wait. ``benchmarks/turn_end.py`` measures the trade-off between the
 wait on finished turns and cutting in on paused ones for these two knobs.
 
-Smart Turn starts as soon as the voice falls silent (pipelines/speech_end.py), a fifth of
-a second before the VAD is sure, when the analyzer can judge the audio so far without
-consuming it (``analyze_so_far``, pipelines/shared_analyzers.py); if the voice comes back
-the verdict is dropped. On the human set it judged finished turns from 40 ms of silence as
-well as from 200 ms (51 vs 45 of 62 "done") with as few "done"s mid-thought (12 vs 11 of
-34), and the verdict is then ready when the VAD reports the stop.
-
 With ``speculate``, the LLM starts on the words as soon as they are known, while the wait
 runs: Pipecat's speculation gate in the LLM service holds the reply until the turn is
 confirmed, and the speculation is withdrawn if the user speaks again. Nothing is spoken
@@ -50,8 +43,6 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
-
-from pipelines.speech_end import SpeechEndWatch
 
 # Words a finished English statement does not end on: conjunctions, articles,
 # possessives, prepositions that need an object, auxiliaries and verbs left without their
@@ -138,9 +129,6 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._transcript_in = False  # the latest pause's transcript has arrived
         self._timer: asyncio.Task | None = None
         self._judging: asyncio.Task | None = None  # Smart Turn on the latest pause
-        # Smart Turn on the speech so far, started when the voice fell silent.
-        self._early: asyncio.Task | None = None
-        self._voice = SpeechEndWatch() if hasattr(turn_analyzer, "analyze_so_far") else None
 
     async def setup(self, setup: FrameProcessorSetup):
         await super().setup(setup)
@@ -175,12 +163,6 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         judging, self._judging = self._judging, None
         if judging is not None and judging is not asyncio.current_task():
             await self.task_manager.cancel_task(judging)
-        await self._drop_early_verdict()
-
-    async def _drop_early_verdict(self):
-        early, self._early = self._early, None
-        if early is not None:
-            await self.task_manager.cancel_task(early)
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         await super().process_frame(frame)
@@ -192,30 +174,17 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
             # Smart Turn keeps the turn's audio; its own silence time-out is not used (the
             # policy's fallback is shorter), so its answer here is ignored.
             self._analyzer.append_audio(frame.audio, self._speaking)
-            if self._speaking and self._voice is not None:
-                if self._voice.add(frame.audio, frame.sample_rate):
-                    await self._drop_early_verdict()
-                    self._early = self.task_manager.create_task(
-                        self._analyzer.analyze_so_far(), f"{self}::judge_early"
-                    )
-                elif self._early is not None and not self._voice.quiet:
-                    await self._drop_early_verdict()  # the voice came back
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._analyzer.update_vad_start_secs(frame.start_secs)
             self._speaking = True
-            if self._voice is not None:
-                self._voice.speech_started()
             await self._withdraw()
             await self._new_pause()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._speech_end = frame.timestamp - frame.stop_secs
-            if self._voice is not None:
-                self._voice.speech_stopped()
             # Smart Turn runs beside the transcript's arrival, not before it: the words
             # (often ready at the VAD stop) can start the LLM while Smart Turn listens.
-            early, self._early = self._early, None
-            self._judging = self.task_manager.create_task(self._judge(early), f"{self}::judge")
+            self._judging = self.task_manager.create_task(self._judge(), f"{self}::judge")
         elif isinstance(frame, TranscriptionFrame):
             self._text = " ".join(f"{self._text} {frame.text}".split())
             if not self._speaking:
@@ -225,14 +194,9 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
                 await self._decide()
         return ProcessFrameResult.CONTINUE
 
-    async def _judge(self, early: asyncio.Task | None = None):
-        """Smart Turn's verdict on this pause: the one started when the voice fell silent,
-        if there is one, else a run now."""
+    async def _judge(self):
         try:
-            if early is not None:
-                state, metrics = await early
-            else:
-                state, metrics = await self._analyzer.analyze_end_of_turn()
+            state, metrics = await self._analyzer.analyze_end_of_turn()
         except asyncio.CancelledError:
             return
         self._judging = None

@@ -3,12 +3,10 @@ user aggregator (frame level, with Smart Turn's verdict scripted)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
-    InputAudioRawFrame,
     LLMContextFrame,
     TranscriptionFrame,
     UserStoppedSpeakingFrame,
@@ -161,71 +159,3 @@ async def test_a_confirmed_speculation_is_not_run_twice():
     contexts = [f for f in down if isinstance(f, LLMContextFrame)]
     assert len(contexts) == 1 and contexts[0].speculation  # the answer already running
     assert _ended_before_resuming(kinds) and EagerEndOfTurnCancelFrame not in kinds
-
-
-class EarlyScriptedTurnAnalyzer(ScriptedTurnAnalyzer):
-    """Also judges the audio so far, as the shared Smart Turn analyzer does; counts how
-    each verdict was asked for."""
-
-    def __init__(self, done: bool):
-        super().__init__(done)
-        self.asked_early = 0
-        self.asked_at_stop = 0
-
-    async def analyze_so_far(self):
-        self.asked_early += 1
-        return await super().analyze_end_of_turn()
-
-    async def analyze_end_of_turn(self):
-        self.asked_at_stop += 1
-        return await super().analyze_end_of_turn()
-
-
-def _audio(loud: bool, frames: int) -> list[InputAudioRawFrame]:
-    t = np.arange(320) / 16000  # 20 ms at 16 kHz
-    samples = (np.sin(2 * np.pi * 200 * t) * (6000 if loud else 0)).astype(np.int16)
-    return [
-        InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
-        for _ in range(frames)
-    ]
-
-
-async def _run_with_audio(analyzer, speech: list):
-    strategy = TranscriptAwareTurnStopStrategy(
-        turn_analyzer=analyzer, policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=3.0)
-    )
-    pair = LLMContextAggregatorPair(
-        LLMContext(),
-        user_params=LLMUserAggregatorParams(
-            user_turn_strategies=UserTurnStrategies(stop=[strategy])
-        ),
-    )
-    frames = [
-        VADUserStartedSpeakingFrame(start_secs=0.2),
-        *speech,
-        SleepFrame(sleep=0.05),
-        VADUserStoppedSpeakingFrame(stop_secs=0.2),
-        TranscriptionFrame(text="How do we define it?", user_id="", timestamp="", finalized=True),
-        SleepFrame(sleep=0.15),
-        VADUserStartedSpeakingFrame(start_secs=0.2),
-        SleepFrame(sleep=0.1),
-    ]
-    down, _ = await run_test(pair.user(), frames_to_send=frames)
-    return [type(f) for f in down]
-
-
-async def test_smart_turn_judges_when_the_voice_falls_silent_before_the_vad_stop():
-    analyzer = EarlyScriptedTurnAnalyzer(done=True)
-    kinds = await _run_with_audio(analyzer, _audio(True, 10) + _audio(False, 3))
-    assert analyzer.asked_early == 1 and analyzer.asked_at_stop == 0
-    assert _ended_before_resuming(kinds)
-
-
-async def test_an_early_verdict_is_dropped_when_the_voice_comes_back():
-    analyzer = EarlyScriptedTurnAnalyzer(done=True)
-    speech = _audio(True, 10) + _audio(False, 3) + [SleepFrame(sleep=0.05)] + _audio(True, 10)
-    kinds = await _run_with_audio(analyzer, speech)
-    # The voice came back after the early verdict: the pause the VAD reported is judged
-    # again, at its stop (the audio frames above never fell silent a second time).
-    assert analyzer.asked_early == 1 and analyzer.asked_at_stop == 1
-    assert _ended_before_resuming(kinds)
