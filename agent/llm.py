@@ -65,12 +65,34 @@ class LocalLLM:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         # Urgent work (a reply's first phrase being spoken) pauses generation between tokens.
         self._cpu = cpu or CpuShare()
+        self._waiting_lock = threading.Lock()
+        self._replies_waiting = 0  # submitted replies not yet started
         self._holder: Hashable = None  # the session whose conversation the KV cache holds
         self._set_aside: dict[Hashable, _SavedConversation] = {}
 
-    def submit(self, work: Callable[[], None]) -> Future:
-        """Run ``work`` (which calls stream_chat) on the model's own thread."""
-        return self._executor.submit(work)
+    def submit(self, work: Callable[[], None], *, background: bool = False) -> Future:
+        """Run ``work`` (which calls stream_chat) on the model's own thread.
+
+        ``background`` work (reading ahead) gives way to every reply waiting for the
+        thread: when its turn comes while one waits, it goes to the back of the queue."""
+        if not background:
+            with self._waiting_lock:
+                self._replies_waiting += 1
+
+            def reply():
+                with self._waiting_lock:
+                    self._replies_waiting -= 1
+                return work()
+
+            return self._executor.submit(reply)
+
+        def read_ahead():
+            if self._replies_waiting:
+                self._executor.submit(read_ahead)
+                return
+            work()
+
+        return self._executor.submit(read_ahead)
 
     @property
     def name(self) -> str:

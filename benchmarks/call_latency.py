@@ -59,7 +59,8 @@ def load_set(name: str, limit: int | None) -> list[dict]:
             clips.append({**item, "text": item["transcript"]})
     else:
         for item in items:
-            if item["voice"] == name:
+            # "piper:en_US-joe-medium.onnx", "espeak-ng:en-us": the voice, then its model.
+            if item["voice"].startswith(name):
                 clips.append({**item, "category": answer_item(item["text"])[0]})
     for clip in clips:
         path = Path(clip["path"])

@@ -219,7 +219,9 @@ class LocalLLMService(OpenAILLMService):
         def read():
             self._llm.prefill(prompt, session=self._session_id, when_idle=True)
 
-        asyncio.get_running_loop().call_later(READ_AHEAD_DELAY_SECS, self._llm.submit, read)
+        asyncio.get_running_loop().call_later(
+            READ_AHEAD_DELAY_SECS, lambda: self._llm.submit(read, background=True)
+        )
 
     async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
         messages = await self._chat_messages(context)

@@ -75,3 +75,29 @@ def test_forgetting_a_session_drops_what_was_set_aside(llm):
     assert llm.sessions_set_aside() == {"a"}
     llm.forget("a")
     assert llm.sessions_set_aside() == set()
+
+
+def test_reading_ahead_gives_way_to_a_waiting_reply(llm):
+    import threading
+
+    order: list[str] = []
+    busy = threading.Event()
+    release = threading.Event()
+
+    def occupy():
+        busy.set()
+        release.wait(30)
+
+    llm.submit(occupy)
+    assert busy.wait(30)
+    read_ahead = llm.submit(lambda: order.append("read ahead"), background=True)
+    reply = llm.submit(lambda: order.append("reply"))
+    release.set()
+    reply.result(30)
+    read_ahead.result(30)
+    # The read-ahead, queued first, went to the back when its turn came.
+    for _ in range(300):
+        if order == ["reply", "read ahead"]:
+            break
+        threading.Event().wait(0.1)
+    assert order == ["reply", "read ahead"]
