@@ -424,10 +424,14 @@ def analyze_set(run: dict, turns: list[StyledTurn], whisper, embedder, neutral_e
 
 
 def plot(result: dict, source: str, title: str, stem: Path) -> list[str]:
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        # The figures are in the report either way; a run must not be lost to a plot.
+        return []
 
     rows = result["per_turn"]
     user = [r["user_features"].get(source) for r in rows]
