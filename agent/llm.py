@@ -4,12 +4,13 @@ llama.cpp keeps one KV cache per model instance, so generations are serialised w
 lock; with a 0.5B model a reply takes a second or two, and a second session simply waits
 its turn. Tokens stream out through a thread-safe callback as they are sampled.
 
-Reading the prompt is most of the time to the first token on a CPU (~10 ms a token on 2
-cores, benchmarks/llm_prefill.py), so each session's conversation stays read: llama.cpp
-reuses the KV cache for the longest unchanged prompt prefix; when sessions take turns, the
-cache of the one leaving is set aside (a few MB, milliseconds) and the arriving one's is put
-back; and ``prefill`` reads what the next turn's prompt will start with (the conversation
-so far and the opening of a new user message) while the bot's reply plays.
+Reading the prompt is most of the time to the first token on a CPU (~17 ms a token for
+a user's words on 2 cores, benchmarks/llm_prefill.py), so each session's conversation
+stays read: llama.cpp reuses the KV cache for the longest unchanged prompt prefix; when
+sessions take turns, the cache of the one leaving is set aside (a few MB, milliseconds)
+and the arriving one's is put back; and ``prefill`` reads what the next turn's prompt
+will start with (the conversation so far and the opening of a new user message) while
+the bot's reply plays.
 """
 
 from __future__ import annotations

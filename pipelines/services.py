@@ -217,7 +217,10 @@ class LocalLLMService(OpenAILLMService):
         prompt = self._prompt(messages + [{"role": "user", "content": "..."}])[:-1]
 
         def read():
-            self._llm.prefill(prompt, session=self._session_id, when_idle=True)
+            try:
+                self._llm.prefill(prompt, session=self._session_id, when_idle=True)
+            except Exception as e:  # the next turn reads its prompt itself; say why
+                logger.warning(f"{self}: reading ahead failed: {e}")
 
         asyncio.get_running_loop().call_later(
             READ_AHEAD_DELAY_SECS, lambda: self._llm.submit(read, background=True)
