@@ -16,6 +16,7 @@ VAD says the user stopped instead of a Whisper run later.
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,7 +155,6 @@ class ShortUtteranceWhisper:
     def _transcribe_short(self, audio: np.ndarray, language: str | None, hotwords) -> Utterance:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self._model
         features = model.feature_extractor(audio)
@@ -170,8 +170,17 @@ class ShortUtteranceWhisper:
             language=language or "en",
         )
         previous = tokenizer.encode(" " + self._filler_prompt) if self._filler_prompt else []
+        utterance = self._decode(model, tokenizer, encoded, previous, hotwords, len(audio))
+        if previous and repeats_itself(utterance.text):
+            # A prompt can send Whisper into a loop ("Um, um, um, um, ..."): without it.
+            utterance = self._decode(model, tokenizer, encoded, [], hotwords, len(audio))
+        return utterance
+
+    def _decode(self, model, tokenizer, encoded, previous, hotwords, samples: int) -> Utterance:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
         prompt = model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=hotwords)
-        max_tokens = int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE) + 10
+        max_tokens = int(MAX_TOKENS_PER_SECOND * samples / SAMPLE_RATE) + 10
         result = model.model.generate(
             encoded,
             [prompt],
@@ -188,3 +197,20 @@ class ShortUtteranceWhisper:
             no_speech_prob=float(result.no_speech_prob),
             avg_logprob=float(result.scores[0]) / (len(tokens) + 1),
         )
+
+
+def repeats_itself(text: str) -> bool:
+    """Whether ``text`` loops the way Whisper does and people hardly do: a word or two said
+    four times in a row ("um, um, um, um"), or a phrase of three to eight words said twice
+    in a row ("and that should be good. and that should be good."). A false alarm only
+    costs a second decoding."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    for size in range(1, 9):
+        times = 4 if size <= 2 else 2
+        for start in range(len(words) - size * times + 1):
+            phrase = words[start : start + size]
+            if all(
+                words[start + k * size : start + (k + 1) * size] == phrase for k in range(times)
+            ):
+                return True
+    return False

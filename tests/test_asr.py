@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from agent.asr import ShortUtteranceWhisper
+from agent.asr import ShortUtteranceWhisper, repeats_itself
 from tests.conftest import QUESTIONS, speak, wer
 
 
@@ -69,3 +70,18 @@ def test_early_transcription_is_not_used_when_the_user_went_on(stack):
     whisper.transcribe_early(first, trailing, "de")
     whisper.transcribe(np.concatenate([first, trailing]), language="en")
     assert whisper.early_hits == 0
+
+
+@pytest.mark.parametrize(
+    "text, looping",
+    [
+        ("Um, um, um, um, um, um.", True),
+        ("And, uh, that should be good. And, uh, that should be good.", True),
+        ("Words, words, words, words.", True),
+        ("Um, so this is the, um, acoustic corpus.", False),
+        ("Here are some more words, words, words.", False),
+        ("It is what it is.", False),
+    ],
+)
+def test_whisper_looping_is_told_from_a_person_repeating_a_little(text, looping):
+    assert repeats_itself(text) is looping
