@@ -23,10 +23,14 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from agent.cpu_share import CpuShare
+
+if TYPE_CHECKING:
+    from agent.config import LLMConfig
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,19 @@ class LocalLLM:
         self._replies_waiting = 0  # submitted replies not yet started
         self._holder: Hashable = None  # the session whose conversation the KV cache holds
         self._set_aside: dict[Hashable, _SavedConversation] = {}
+
+    @classmethod
+    def from_config(cls, config: LLMConfig, *, cpu: CpuShare | None = None) -> LocalLLM:
+        """The model an ``llm`` config section names (backend llama-cpp), with its sizes."""
+        from agent.models import resolve_model
+
+        assert config.model is not None
+        return cls(
+            resolve_model(config.model, "llm"),
+            context_tokens=config.context_tokens,
+            threads=config.threads,
+            cpu=cpu,
+        )
 
     def submit(self, work: Callable[[], None], *, background: bool = False) -> Future:
         """Run ``work`` (which calls stream_chat) on the model's own thread.

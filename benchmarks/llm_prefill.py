@@ -18,7 +18,6 @@ import time
 
 from agent.config import load_config
 from agent.llm import LocalLLM
-from agent.models import resolve_model
 from benchmarks.conversation import percentile
 from pipelines.services import with_examples
 
@@ -72,11 +71,7 @@ def main():
     parser.add_argument("--turns", type=int, default=8)
     args = parser.parse_args()
     config = load_config(args.config)
-    llm = LocalLLM(
-        resolve_model(config.llm.model, "llm"),
-        context_tokens=config.llm.context_tokens,
-        threads=config.llm.threads,
-    )
+    llm = LocalLLM.from_config(config.llm)
     llm.warm_up()
     report: dict = {"model": llm.name, "turns": args.turns}
     for mode in ("cold", "prefix-cache", "read-ahead"):

@@ -16,7 +16,6 @@ import time
 
 from agent.config import load_config
 from agent.llm import LocalLLM
-from agent.models import resolve_model
 
 
 def ms_per_token(llm: LocalLLM, messages: list[dict]) -> float:
@@ -33,11 +32,7 @@ def main():
     parser.add_argument("--config", default="default")
     args = parser.parse_args()
     config = load_config(args.config)
-    llm = LocalLLM(
-        resolve_model(config.llm.model, "llm"),
-        context_tokens=config.llm.context_tokens,
-        threads=config.llm.threads,
-    )
+    llm = LocalLLM.from_config(config.llm)
     llm.warm_up()
     messages = [
         {"role": "system", "content": config.llm.system_prompt},

@@ -56,13 +56,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     llm = None
     if config.llm.backend == "llama-cpp":
         start = time.perf_counter()
-        assert config.llm.model is not None
-        llm = LocalLLM(
-            resolve_model(config.llm.model, "llm"),
-            context_tokens=config.llm.context_tokens,
-            threads=config.llm.threads,
-            cpu=cpu,
-        )
+        llm = LocalLLM.from_config(config.llm, cpu=cpu)
         times["llm"] = time.perf_counter() - start
 
     from pipelines.shared_analyzers import load_silero_session, load_smart_turn_session
