@@ -65,12 +65,15 @@ class TurnConfig(_Section):
     # silence: the turn ends after a fixed silence.
     end_detection: Literal["smart-turn", "silence"] = "smart-turn"
     silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
-    # smart-turn: when only one of Smart Turn and the transcript's words says the user is
-    # done, the turn ends this long after the speech; when neither does (or the words
-    # trail off: "and", "the", "um", a comma), after fallback_secs of silence. Both say
-    # done: at once. Chosen from python -m benchmarks.turn_end.
+    # smart-turn: words that read as a finished sentence (Whisper's end punctuation, no
+    # trailing "and"/"the"/"um") end the turn at once; words that trail off wait
+    # fallback_secs of silence; unpunctuated words ask Smart Turn: done → after
+    # finished_wait_secs, else fallback_secs. words_decide: false asks Smart Turn at every
+    # pause (both finished → at once, one → finished_wait_secs). Chosen from
+    # python -m benchmarks.turn_end and benchmarks.call_latency (pipelines/turn_end.py).
     finished_wait_secs: float = Field(0.5, ge=0, le=5)
     fallback_secs: float = Field(2.5, ge=0.2, le=10)
+    words_decide: bool = True
     # smart-turn: start the LLM on the words while that wait runs; its reply is held
     # until the turn has ended and dropped if the user goes on.
     speculative_llm: bool = True

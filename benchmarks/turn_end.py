@@ -63,6 +63,8 @@ class Pause:
     text: str  # the turn's words up to this pause
     transcript_ready: float  # seconds into the clip
     resumed_at: float | None  # the next VAD start (None: the user did not speak again)
+    # Smart Turn's own time on this machine (older reports lack it: its p50 alone on 2 cores)
+    smart_turn_secs: float = 0.13
 
 
 @dataclass
@@ -103,7 +105,9 @@ async def record_clip(clip: dict, stack) -> ClipRecord:
                 record.pauses[-1].resumed_at = now
         elif state == VADState.QUIET and speaking:
             speaking = False
+            judged = time.perf_counter()
             verdict, _ = await analyzer.analyze_end_of_turn()
+            smart_turn_secs = time.perf_counter() - judged
             segment = np.concatenate(
                 [samples[seg_start : i + FRAME], np.zeros(int(STT_TRAILING_SECS * RATE), np.int16)]
             )
@@ -118,6 +122,7 @@ async def record_clip(clip: dict, stack) -> ClipRecord:
                     text=text,
                     transcript_ready=round(now + asr_secs, 3),
                     resumed_at=None,
+                    smart_turn_secs=round(smart_turn_secs, 3),
                 )
             )
     return record
@@ -143,17 +148,26 @@ def words_ready(pause: Pause, asr: str, stop_secs: float) -> float:
 
 
 def outcome(
-    records: list[ClipRecord], wait_for, asr: str = "measured", stop_secs: float = 0.2
+    records: list[ClipRecord],
+    wait_for,
+    asr: str = "measured",
+    stop_secs: float = 0.2,
+    asks_smart_turn=lambda pause: True,
 ) -> dict:
-    """Apply a policy (pause -> wait after speech end) to every clip."""
+    """Apply a policy (pause -> wait after speech end) to every clip. Where the policy
+    asks Smart Turn, the turn cannot end before it has answered (it runs once the words
+    are in, as in pipelines/turn_end.py)."""
+
+    def decided_at(pause: Pause) -> float:
+        ready = words_ready(pause, asr, stop_secs)
+        return ready + (pause.smart_turn_secs if asks_smart_turn(pause) else 0.0)
+
     finished_waits, cut_ins = [], []
     paused: dict[str, list[bool]] = {"paused_mid": [], "paused_between": []}
     for rec in records:
         ended_early = False
         for pause in rec.pauses[:-1]:  # every pause but the last is inside the turn
-            end = pause.speech_end + turn_end_after(
-                pause, wait_for(pause), words_ready(pause, asr, stop_secs)
-            )
+            end = pause.speech_end + turn_end_after(pause, wait_for(pause), decided_at(pause))
             if pause.resumed_at is not None and end < pause.resumed_at:
                 ended_early = True
                 break
@@ -163,9 +177,7 @@ def outcome(
             cut_ins.append(ended_early)
             if rec.pauses and not ended_early:
                 last = rec.pauses[-1]
-                finished_waits.append(
-                    turn_end_after(last, wait_for(last), words_ready(last, asr, stop_secs))
-                )
+                finished_waits.append(turn_end_after(last, wait_for(last), decided_at(last)))
     return {
         "finished_wait_p50": percentile(finished_waits, 50),
         "finished_wait_p95": percentile(finished_waits, 95),
@@ -185,24 +197,27 @@ def _mean(flags: list[bool]) -> float | None:
 
 def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
     rows = []
-    for fallback in (0.8, 1.2, 1.5, 2.0, 2.5, 3.0):
-        for finished in (0.0, 0.2, 0.3, 0.5, 0.8, 1.0):
-            policy = TurnEndPolicy(
-                finished_wait_secs=min(finished, fallback),
-                fallback_secs=fallback,
-            )
-            rows.append(
-                {
-                    "policy": "smart-turn+words",
-                    "finished_wait_secs": policy.finished_wait_secs,
-                    "fallback_secs": fallback,
-                    **outcome(
-                        records,
-                        lambda p, q=policy: q.wait_after_speech(p.smart_turn_done, p.text),
-                        asr,
-                    ),
-                }
-            )
+    for words_decide, name in ((True, "words, then smart-turn"), (False, "smart-turn+words")):
+        for fallback in (0.8, 1.2, 1.5, 2.0, 2.5, 3.0):
+            for finished in (0.0, 0.2, 0.3, 0.5, 0.8, 1.0):
+                policy = TurnEndPolicy(
+                    finished_wait_secs=min(finished, fallback),
+                    fallback_secs=fallback,
+                    words_decide=words_decide,
+                )
+                rows.append(
+                    {
+                        "policy": name,
+                        "finished_wait_secs": policy.finished_wait_secs,
+                        "fallback_secs": fallback,
+                        **outcome(
+                            records,
+                            lambda p, q=policy: q.wait_after_speech(p.smart_turn_done, p.text),
+                            asr,
+                            asks_smart_turn=lambda p, q=policy: q.needs_smart_turn(p.text),
+                        ),
+                    }
+                )
     rows.append(
         {
             "policy": "smart-turn alone (pipecat)",
@@ -216,7 +231,7 @@ def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
             {
                 "policy": f"silence {silence}s",
                 "fallback_secs": silence,
-                **outcome(records, lambda p, s=silence: s, asr),
+                **outcome(records, lambda p, s=silence: s, asr, asks_smart_turn=lambda p: False),
             }
         )
     return [{**row, "asr": asr} for row in rows]
@@ -231,7 +246,12 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
-    for name, marker in (("smart-turn+words", "o"), ("smart-turn alone", "s"), ("silence", "^")):
+    for name, marker in (
+        ("words, then smart-turn", "D"),
+        ("smart-turn+words", "o"),
+        ("smart-turn alone", "s"),
+        ("silence", "^"),
+    ):
         for asr, color in (("measured", "tab:blue"), ("at-vad-stop", "tab:orange")):
             pts = [r for r in rows if r["policy"].startswith(name) and r["asr"] == asr]
             ax.scatter(
@@ -293,6 +313,7 @@ def report(args, config, records: list[ClipRecord]) -> dict:
         "chosen": {
             "finished_wait_secs": config.turn.finished_wait_secs,
             "fallback_secs": config.turn.fallback_secs,
+            "words_decide": config.turn.words_decide,
         },
         "rows": rows,
         "clips_detail": [

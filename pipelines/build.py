@@ -78,6 +78,7 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
         policy = TurnEndPolicy(
             finished_wait_secs=config.turn.finished_wait_secs,
             fallback_secs=config.turn.fallback_secs,
+            words_decide=config.turn.words_decide,
         )
         stop = [
             TranscriptAwareTurnStopStrategy(

@@ -1,19 +1,23 @@
 """When has the user finished? Smart Turn's verdict, the transcript's words, a bounded wait.
 
-After each pause long enough for the VAD to report a stop, two opinions are at hand:
-Smart Turn v3 (a model of how speech sounds at a turn's end) and Whisper's transcript of
-what was said (its words and punctuation). Smart Turn alone judges many short or flat
+After each pause long enough for the VAD to report a stop, two opinions can be had:
+Whisper's transcript of what was said (its words and punctuation), and Smart Turn v3 (a
+model of how speech sounds at a turn's end). Smart Turn alone judges many short or flat
 human turns unfinished and then waits for its silence time-out; the transcript alone ends
-a turn at every full stop Whisper writes, even mid-thought. Together:
+a turn at every full stop Whisper writes, even mid-thought. So, by what the words say:
 
-  * Smart Turn says done and the words make a finished sentence → end the turn now;
-  * only one of them says finished                             → after ``finished_wait_secs``;
-  * neither does, or the words trail off ("and", "the", "um",
-    "You have.", "...", a comma)                               → after ``fallback_secs``;
+  * a finished sentence (end punctuation, no trailing word)     → end the turn now;
+  * they trail off ("and", "the", "um", "You have.", "...", ",") → after ``fallback_secs``;
+  * neither (no punctuation: "I'm talking"): Smart Turn is asked → done: after
+    ``finished_wait_secs``, not done: after ``fallback_secs``;
 
 all measured from the end of speech (the VAD stop minus its stop_secs), and any new
-speech cancels the wait. ``benchmarks/turn_end.py`` measures the trade-off between the
-wait on finished turns and cutting in on paused ones for these two knobs.
+speech cancels the wait. Smart Turn only runs when the words leave the question open: on
+2 cores its ~0.13 s delayed every answer, and on the human set it changed the outcome of
+no pause the words had already judged finished that a short wait would have saved
+(``benchmarks/turn_end.py`` compares both, and the two knobs' trade-off between the wait
+on finished turns and cutting in on paused ones). ``words_decide=False`` asks Smart Turn
+at every pause: both finished → now; one → ``finished_wait_secs``.
 
 With ``speculate``, the LLM starts on the words as soon as they are known, while the wait
 runs: Pipecat's speculation gate in the LLM service holds the reply until the turn is
@@ -82,29 +86,39 @@ def reads_finished(text: str) -> bool:
 
 @dataclass(frozen=True)
 class TurnEndPolicy:
-    # Only one of Smart Turn and the words says finished.
+    # Smart Turn says done but the words are not punctuated (or, without words_decide,
+    # only one of the two says finished).
     finished_wait_secs: float = 0.5
-    # Neither says finished (or the words trail off): the longest a silence may last
+    # Nothing says finished (or the words trail off): the longest a silence may last
     # before the turn ends anyway.
     fallback_secs: float = 2.5
+    # Words that read as a finished sentence end the turn without asking Smart Turn.
+    words_decide: bool = True
 
-    def wait_after_speech(self, smart_turn_done: bool, text: str) -> float:
-        """Seconds after the end of speech at which the turn ends, given both opinions:
-        both say finished → now; one of them → ``finished_wait_secs``; neither, or words
-        that trail off → ``fallback_secs``."""
+    def needs_smart_turn(self, text: str) -> bool:
+        """Whether Smart Turn's verdict changes the wait for these words."""
+        if trails_off(text):
+            return False
+        return not (self.words_decide and reads_finished(text))
+
+    def wait_after_speech(self, smart_turn_done: bool | None, text: str) -> float:
+        """Seconds after the end of speech at which the turn ends, given the words and
+        Smart Turn's verdict (None: not asked, see ``needs_smart_turn``)."""
         if trails_off(text):
             return self.fallback_secs
-        votes = int(smart_turn_done) + int(reads_finished(text))
+        if self.words_decide and reads_finished(text):
+            return 0.0
+        votes = int(bool(smart_turn_done)) + int(reads_finished(text))
         return (self.fallback_secs, self.finished_wait_secs, 0.0)[votes]
 
 
 class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
     """A user-turn stop strategy that applies a TurnEndPolicy at each pause.
 
-    The turn analyzer (Smart Turn) runs at the VAD stop, as in Pipecat's
-    TurnAnalyzerUserTurnStopStrategy; the decision waits for that pause's transcript
-    (segmented STT transcripts are final), or for the STT service's p99 time to the final
-    transcript after the end of speech (its STTMetadataFrame), whichever comes first.
+    The decision waits for that pause's transcript (segmented STT transcripts are final),
+    or for the STT service's p99 time to the final transcript after the end of speech (its
+    STTMetadataFrame), whichever comes first; then, if the words leave it open, for the
+    turn analyzer (Smart Turn), run as in Pipecat's TurnAnalyzerUserTurnStopStrategy.
     """
 
     def __init__(
@@ -127,7 +141,7 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._speech_end: float | None = None  # time.time() of the end of speech
         self._verdict: bool | None = None  # Smart Turn at the latest pause
         self._transcript_in = False  # the latest pause's transcript has arrived
-        self._timer: asyncio.Task | None = None
+        self._timer: asyncio.Task | None = None  # the turn's end, or the transcript's time-out
         self._judging: asyncio.Task | None = None  # Smart Turn on the latest pause
 
     async def setup(self, setup: FrameProcessorSetup):
@@ -136,7 +150,7 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def cleanup(self):
         await super().cleanup()
-        await self._cancel_timer()
+        await self._new_pause()
         await self._analyzer.cleanup()
 
     async def handle_user_turn_started(self):
@@ -182,15 +196,11 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._speech_end = frame.timestamp - frame.stop_secs
-            # Smart Turn runs beside the transcript's arrival, not before it: the words
-            # (often ready at the VAD stop) can start the LLM while Smart Turn listens.
-            self._judging = self.task_manager.create_task(self._judge(), f"{self}::judge")
+            await self._decide()
         elif isinstance(frame, TranscriptionFrame):
             self._text = " ".join(f"{self._text} {frame.text}".split())
             if not self._speaking:
                 self._transcript_in = True
-                if self._verdict is None and self._speech_end is not None:
-                    await self._speculate_on(self._text)
                 await self._decide()
         return ProcessFrameResult.CONTINUE
 
@@ -206,33 +216,48 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         await self._decide()
 
     async def _decide(self):
-        if self._speech_end is None or self._verdict is None:
+        """Schedule the turn's end from what is known of the latest pause, or ask for what
+        is missing: the words (with a time-out), then Smart Turn if they leave it open."""
+        if self._speech_end is None:
             return
+        await self._cancel_timer()
         if not self._transcript_in:
             # Wait for the words, but not forever: decide on what is there by then.
-            delay = self._transcript_timeout_secs
-        else:
-            delay = self._policy.wait_after_speech(self._verdict, self._text)
-        await self._cancel_timer()
+            remaining = self._speech_end + self._transcript_timeout_secs - time.time()
+            self._timer = self.task_manager.create_task(
+                self._words_late(max(0.0, remaining)), f"{self}::words_late"
+            )
+            return
+        if self._verdict is None and self._policy.needs_smart_turn(self._text):
+            # The LLM starts on the words while Smart Turn listens.
+            await self._speculate_on(self._text)
+            if self._judging is None:
+                self._judging = self.task_manager.create_task(self._judge(), f"{self}::judge")
+            return
+        delay = self._policy.wait_after_speech(self._verdict, self._text)
         remaining = self._speech_end + delay - time.time()
-        if self._transcript_in and remaining > 0:
+        if remaining > 0:
             await self._speculate_on(self._text)
         self._timer = self.task_manager.create_task(
-            self._end_after(max(0.0, remaining), final=self._transcript_in),
-            f"{self}::end_after",
+            self._end_after(max(0.0, remaining)), f"{self}::end_after"
         )
 
-    async def _end_after(self, delay: float, final: bool):
+    async def _words_late(self, delay: float):
         try:
             await asyncio.sleep(delay)
         except asyncio.CancelledError:
             return
         self._timer = None
-        if not final:
-            # The transcript is late; judge the words there are (maybe none yet).
-            self._transcript_in = True
-            await self._decide()
+        # The transcript is late; judge the words there are (maybe none yet).
+        self._transcript_in = True
+        await self._decide()
+
+    async def _end_after(self, delay: float):
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
             return
+        self._timer = None
         if not self._text:
             return
         self._ending = True

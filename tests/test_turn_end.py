@@ -61,12 +61,20 @@ def test_words_that_trail_off(text):
 
 def test_policy_combines_smart_turn_and_words():
     policy = TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=1.2)
-    assert policy.wait_after_speech(True, "How are you?") == 0.0
-    assert policy.wait_after_speech(False, "How are you?") == 0.3
+    # A finished sentence ends the turn whatever Smart Turn would say: it is not asked.
+    assert not policy.needs_smart_turn("How are you?")
+    assert policy.wait_after_speech(None, "How are you?") == 0.0
+    assert not policy.needs_smart_turn("I went to the store and")
+    assert policy.needs_smart_turn("so yeah")
     # Words that trail off outweigh Smart Turn's "done"; no punctuation is not "finished".
     assert policy.wait_after_speech(True, "I went to the store and") == 1.2
     assert policy.wait_after_speech(True, "so yeah") == 0.3
     assert policy.wait_after_speech(False, "so yeah") == 1.2
+    # Asking Smart Turn at every pause: both must say finished for an immediate end.
+    voting = TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=1.2, words_decide=False)
+    assert voting.needs_smart_turn("How are you?")
+    assert voting.wait_after_speech(True, "How are you?") == 0.0
+    assert voting.wait_after_speech(False, "How are you?") == 0.3
 
 
 class ScriptedTurnAnalyzer(BaseTurnAnalyzer):
@@ -75,6 +83,7 @@ class ScriptedTurnAnalyzer(BaseTurnAnalyzer):
     def __init__(self, done: bool):
         super().__init__()
         self._done = done
+        self.asked = 0
 
     @property
     def speech_triggered(self) -> bool:
@@ -88,18 +97,27 @@ class ScriptedTurnAnalyzer(BaseTurnAnalyzer):
         return EndOfTurnState.INCOMPLETE
 
     async def analyze_end_of_turn(self):
+        self.asked += 1
         return (EndOfTurnState.COMPLETE if self._done else EndOfTurnState.INCOMPLETE), None
 
     def clear(self):
         pass
 
 
-async def _run(done: bool, text: str, *, resume_after: float, speculate: bool = False):
+async def _run(
+    done: bool,
+    text: str,
+    *,
+    resume_after: float,
+    speculate: bool = False,
+    words_decide: bool = True,
+    analyzer: ScriptedTurnAnalyzer | None = None,
+):
     strategy = TranscriptAwareTurnStopStrategy(
-        turn_analyzer=ScriptedTurnAnalyzer(done),
+        turn_analyzer=analyzer or ScriptedTurnAnalyzer(done),
         # A long fallback: the VAD stop frame's timestamp is taken when the frames are
         # made, before the test pipeline starts, which may take a while on a busy machine.
-        policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=3.0),
+        policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=3.0, words_decide=words_decide),
         speculate=speculate,
     )
     pair = LLMContextAggregatorPair(
@@ -126,14 +144,38 @@ def _ended_before_resuming(kinds) -> bool:
     return UserStoppedSpeakingFrame in kinds[:resumed]
 
 
-async def test_smart_turn_done_and_finished_words_end_the_turn_at_once():
-    kinds, _ = await _run(True, "How do we define it?", resume_after=0.15)
+async def test_finished_words_end_the_turn_at_once_without_asking_smart_turn():
+    analyzer = ScriptedTurnAnalyzer(False)
+    kinds, _ = await _run(False, "How do we define it?", resume_after=0.15, analyzer=analyzer)
     assert _ended_before_resuming(kinds)
+    assert analyzer.asked == 0
 
 
-async def test_finished_words_end_the_turn_after_a_short_wait_even_if_smart_turn_doubts():
-    kinds, _ = await _run(False, "He was not an ill disposed young man.", resume_after=0.5)
+async def test_unpunctuated_words_end_the_turn_when_smart_turn_says_done():
+    analyzer = ScriptedTurnAnalyzer(True)
+    kinds, _ = await _run(True, "so that is it", resume_after=0.5, analyzer=analyzer)
     assert _ended_before_resuming(kinds)
+    assert analyzer.asked == 1
+
+
+async def test_unpunctuated_words_wait_when_smart_turn_doubts():
+    kinds, _ = await _run(False, "so that is it", resume_after=0.6)
+    assert not _ended_before_resuming(kinds)
+
+
+async def test_voting_policy_asks_smart_turn_about_finished_words():
+    kinds, _ = await _run(True, "How do we define it?", resume_after=0.15, words_decide=False)
+    assert _ended_before_resuming(kinds)
+    # Smart Turn doubts: the finished words end the turn after the short wait.
+    analyzer = ScriptedTurnAnalyzer(False)
+    kinds, _ = await _run(
+        False,
+        "He was not an ill disposed young man.",
+        resume_after=0.5,
+        words_decide=False,
+        analyzer=analyzer,
+    )
+    assert _ended_before_resuming(kinds) and analyzer.asked == 1
 
 
 async def test_a_pause_after_trailing_words_is_not_a_turn_end():
@@ -153,9 +195,8 @@ async def test_the_llm_starts_on_the_words_during_the_wait_and_is_withdrawn_when
 
 
 async def test_a_confirmed_speculation_is_not_run_twice():
-    kinds, down = await _run(
-        False, "He was not an ill disposed young man.", resume_after=0.5, speculate=True
-    )
+    # Unpunctuated words: the LLM starts on them while Smart Turn listens.
+    kinds, down = await _run(True, "so that is it", resume_after=0.5, speculate=True)
     contexts = [f for f in down if isinstance(f, LLMContextFrame)]
     assert len(contexts) == 1 and contexts[0].speculation  # the answer already running
     assert _ended_before_resuming(kinds) and EagerEndOfTurnCancelFrame not in kinds
