@@ -55,7 +55,7 @@ from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnSto
 # question mark overrides the list ("What are you looking at?").
 CONTINUATION_WORDS = frozenset(
     """and but or because if than although though while whether
-    the a an my your his her their our its this that these those every some any no
+    the a an my your his her their our its every some any no
     to of at for with from into about
     is are was were am be been being have has had do does did will would can could
     shall should may might must press enter say dial

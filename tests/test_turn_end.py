@@ -38,6 +38,7 @@ from pipelines.turn_end import (
         "Thank you.",
         "Please stand by.",
         "What are you looking at?",
+        "I really like this.",
     ],
 )
 def test_finished_words(text):
