@@ -21,6 +21,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
     parser.add_argument(
+        "--public-host",
+        help="webrtc: the host name a phone provider reaches this server by (e.g. an ngrok "
+        "tunnel's), for the stream URL the TwiML webhook (POST /) answers",
+    )
+    parser.add_argument(
         "--input",
         action="append",
         default=[],
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
         config = load_config(args.config)
         if args.allow_cpu and config.tts.miso is not None:
             config.tts.miso.allow_cpu = True
+        if args.public_host:
+            config.server.public_host = args.public_host
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
                 load_input_wav(path, config.audio_in_sample_rate)
@@ -124,6 +131,7 @@ def _run_webrtc(stack, args) -> int:
     host = args.host or stack.config.server.host
     port = args.port or stack.config.server.port
     print(f"Open http://{host}:{port}/ in a browser and press Talk.")
+    print(f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README).")
     uvicorn.run(create_app(stack), host=host, port=port, log_level="warning")
     return 0
 

@@ -206,6 +206,11 @@ class ServerConfig(_Section):
     max_sessions: int = Field(4, ge=1)
     # An SDP offer is a few kB; anything far larger is not an offer.
     max_offer_bytes: int = Field(64 * 1024, ge=1024)
+    # Phone calls: the host name the telephony provider reaches this server by (a tunnel
+    # such as ngrok), used in the stream URL of the TwiML answer; empty: the request's
+    # Host header. A call is hung up after max_call_secs.
+    public_host: str = ""
+    max_call_secs: int = Field(1800, ge=10)
 
 
 class AgentConfig(_Section):

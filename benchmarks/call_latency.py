@@ -207,9 +207,18 @@ def summarize(turns: list[dict]) -> dict:
             c: _rate([t["cut_in"] or t["user_turns"] > 1 for t in turns if t["category"] == c])
             for c in ("paused_mid", "paused_between")
         },
-        "question_wer": round(
-            corpus_wer([t["text"] for t in turns], [t["heard"] for t in turns]), 4
-        ),
+        # Every turn as heard over the call (a paused turn cut into is heard in part),
+        # the finished ones, and the questions alone.
+        **{
+            f"wer_{name}": round(corpus_wer([t["text"] for t in ts], [t["heard"] for t in ts]), 4)
+            if ts
+            else None
+            for name, ts in (
+                ("all_turns", turns),
+                ("finished", [t for t in turns if not t["category"].startswith("paused")]),
+                ("questions", [t for t in turns if t["category"] == "question"]),
+            )
+        },
         "meta_replies": _rate([is_meta(t["reply"]) for t in replies]),
         "statement_echoes": _rate(
             [is_echo(t["reply"], t["text"]) for t in statements if t["reply"]]

@@ -34,7 +34,12 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from agent.config import AgentConfig
 from agent.session import SessionState
 from pipelines.first_clause import FirstClauseAggregator
-from pipelines.half_duplex import HalfDuplexGate, ReplyPlayedWatcher
+from pipelines.half_duplex import (
+    HalfDuplexGate,
+    MarkProtocol,
+    PlayoutMarks,
+    ReplyPlayedWatcher,
+)
 from pipelines.services import (
     EngineTTSService,
     LocalLLMService,
@@ -116,8 +121,18 @@ def _llm_service(stack: ModelStack, session_id: str):
 
 
 def build_session(
-    stack: ModelStack, transport: BaseTransport, *, session_id: str | None = None
+    stack: ModelStack,
+    transport: BaseTransport,
+    *,
+    session_id: str | None = None,
+    page: bool = True,
+    playout_marks: MarkProtocol | None = None,
 ) -> Session:
+    """One conversation's pipeline on ``transport``. ``page``: the transport carries the
+    browser page's messages (state, conversation, latency); a phone call's must not get
+    them (its serializer would send them to the provider). ``playout_marks``: the
+    transport's far end reports when audio has played (a phone provider's marks); the
+    bot listens again on that report rather than when the audio has been sent."""
     config = stack.config
     state = SessionState(session_id=session_id or uuid.uuid4().hex[:12])
 
@@ -147,7 +162,7 @@ def build_session(
     text_to_speech = LLMTextProcessor(
         text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
     )
-    watcher = ReplyPlayedWatcher(gate)
+    watcher = ReplyPlayedWatcher(gate, reopens=playout_marks is None)
     state.tone.enabled = config.tone.follow
 
     context = LLMContext()
@@ -168,8 +183,10 @@ def build_session(
     )
 
     async def tell_client(message: dict):
-        # Reaches the browser page over the WebRTC data channel; other transports drop it.
-        await worker.queue_frame(OutputTransportMessageUrgentFrame(message=message))
+        # Reaches the browser page over the WebRTC data channel; transports without a
+        # page drop it.
+        if page:
+            await worker.queue_frame(OutputTransportMessageUrgentFrame(message=message))
 
     @gate.event_handler("on_listening_changed")
     async def _on_listening_changed(_gate, listening: bool):
@@ -215,6 +232,7 @@ def build_session(
     async def _on_synthesis_started(_tts, _text):
         timeline.mark_tts_start()
 
+    marks = [PlayoutMarks(gate, protocol=playout_marks)] if playout_marks else []
     pipeline = Pipeline(
         [
             transport.input(),
@@ -225,6 +243,7 @@ def build_session(
             llm,
             text_to_speech,
             tts,
+            *marks,
             transport.output(),
             watcher,
             aggregators.assistant(),

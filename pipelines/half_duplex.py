@@ -7,18 +7,27 @@ opens again once the reply has been played out: the ReplyPlayedWatcher, placed a
 output transport, sees the end of the LLM response only after the transport has written
 all audio queued before it. Pipecat's AlwaysUserMuteStrategy only covers the time the
 bot is audibly speaking, not the gap while the LLM and TTS are still working.
+
+Over a phone line the provider buffers the bot's audio before playing it, so "written by
+the transport" is not "heard by the caller". There PlayoutMarks asks the provider to
+report when the reply has played (a ``mark`` after its audio, echoed back at playback)
+and the gate opens on that report instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import NamedTuple
 
 from loguru import logger
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    InputTransportMessageFrame,
     LLMFullResponseEndFrame,
+    OutputTransportMessageFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -93,14 +102,61 @@ class HalfDuplexGate(FrameProcessor):
 
 
 class ReplyPlayedWatcher(FrameProcessor):
-    """After the output transport: tells the gate when a reply has been played out."""
+    """After the output transport: tells the gate when a reply has been played out (unless
+    ``reopens`` is off: PlayoutMarks does it from the far end's report)."""
 
-    def __init__(self, gate: HalfDuplexGate, **kwargs):
+    def __init__(self, gate: HalfDuplexGate, *, reopens: bool = True, **kwargs):
         super().__init__(**kwargs)
         self._gate = gate
+        self._reopens = reopens
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if (
+            self._reopens
+            and isinstance(frame, LLMFullResponseEndFrame)
+            and direction == FrameDirection.DOWNSTREAM
+        ):
+            self._gate.reply_finished()
+        await self.push_frame(frame, direction)
+
+
+class MarkProtocol(NamedTuple):
+    """How a provider's stream asks for and reports playback: the message that asks
+    (given a name), and the name a received message reports as played (None if it is not
+    such a report)."""
+
+    mark_message: Callable[[str], dict]
+    echoed_mark: Callable[[dict], str | None]
+
+
+class PlayoutMarks(FrameProcessor):
+    """Before the output transport of a phone call: after each reply's audio, a mark
+    message in the provider's protocol; when the provider reports that mark played, the
+    caller has heard the reply and the gate may open (after the echo tail)."""
+
+    def __init__(self, gate: HalfDuplexGate, *, protocol: MarkProtocol, **kwargs):
+        super().__init__(**kwargs)
+        self._gate = gate
+        self._mark_message = protocol.mark_message
+        self._echoed_mark = protocol.echoed_mark
+        self._replies = 0
+        self._waiting_for: str | None = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._gate.reply_finished()
+            self._replies += 1
+            self._waiting_for = f"reply-{self._replies}"
+            # Queued behind the reply's audio, so the provider plays that first.
+            await self.push_frame(
+                OutputTransportMessageFrame(message=self._mark_message(self._waiting_for))
+            )
+        elif isinstance(frame, InputTransportMessageFrame):
+            name = self._echoed_mark(frame.message)
+            if name is not None and name == self._waiting_for:
+                self._waiting_for = None
+                self._gate.reply_finished()
+            if name is not None:
+                return  # ours: nothing further down needs it
         await self.push_frame(frame, direction)

@@ -2,7 +2,8 @@
 
 ``GET /`` serves a page that calls the bot from the browser's microphone; ``POST
 /api/offer`` takes the page's SDP offer and answers it, starting one pipeline session per
-peer connection. The models are the process's shared ModelStack; sessions only add
+peer connection. Phone calls come in on the same server (``POST /`` and ``/ws/{token}``,
+pipelines/telephony.py). The models are the process's shared ModelStack; sessions only add
 their own small state. A malformed or oversized offer gets HTTP 400 and nothing else
 happens; a full server answers 503.
 """
@@ -29,6 +30,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.build import Session, build_session
 from pipelines.stack import ModelStack
+from pipelines.telephony import add_phone_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -72,9 +74,13 @@ class WebRTCServer:
     def config(self):
         return self.stack.config
 
+    def has_room(self) -> bool:
+        """Whether another session (browser or phone call) may start."""
+        return len(self.sessions) < self.config.server.max_sessions
+
     async def answer(self, request: SmallWebRTCRequest) -> dict:
         is_new = not (request.pc_id and request.pc_id in self.sessions)
-        if is_new and len(self.sessions) >= self.config.server.max_sessions:
+        if is_new and not self.has_room():
             raise HTTPException(status_code=503, detail="the server is at its session limit")
         try:
             answer = await self._handler.handle_web_request(request, self._start_session)
@@ -101,21 +107,23 @@ class WebRTCServer:
         async def _on_disconnected(_transport, _connection):
             await session.worker.cancel()
 
-        task = asyncio.create_task(self._run_session(connection.pc_id, session))
+        task = asyncio.create_task(self.run_session(connection.pc_id, session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_session(self, pc_id: str, session: Session):
-        logger.info(f"session {pc_id} started ({len(self.sessions)} active)")
+    async def run_session(self, session_id: str, session: Session):
+        """Run a session (a browser's or a phone call's) until it ends."""
+        self.sessions[session_id] = session
+        logger.info(f"session {session_id} started ({len(self.sessions)} active)")
         try:
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(session.worker)
             await runner.run()
         except Exception as e:  # one broken session must not take the server down
-            logger.exception(f"session {pc_id} failed: {e}")
+            logger.exception(f"session {session_id} failed: {e}")
         finally:
-            self.sessions.pop(pc_id, None)
-            logger.info(f"session {pc_id} ended ({len(self.sessions)} active)")
+            self.sessions.pop(session_id, None)
+            logger.info(f"session {session_id} ended ({len(self.sessions)} active)")
 
     async def add_ice_candidates(self, pc_id: str, candidates: list[dict]):
         await self._handler.handle_patch_request(
@@ -180,6 +188,8 @@ def create_app(stack: ModelStack) -> FastAPI:
         except Exception as e:
             return JSONResponse({"error": f"bad ICE candidate: {e}"}, status_code=400)
         return {"status": "ok"}
+
+    add_phone_routes(app, server)
 
     @app.on_event("shutdown")
     async def _shutdown():

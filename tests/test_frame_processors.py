@@ -10,15 +10,19 @@ import numpy as np
 from pipecat.frames.frames import (
     ErrorFrame,
     InputAudioRawFrame,
+    InputTransportMessageFrame,
     LLMContextUserTurnFrame,
+    LLMFullResponseEndFrame,
+    OutputTransportMessageFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.tests.utils import SleepFrame, run_test
 
 from agent.session import SessionState
-from pipelines.half_duplex import HalfDuplexGate
+from pipelines.half_duplex import HalfDuplexGate, MarkProtocol, PlayoutMarks
 from pipelines.user_turn import UserTurnProcessor
 
 RATE = 16000
@@ -71,6 +75,43 @@ async def test_gate_reopens_at_once_when_the_reply_fails():
     down, _ = await run_test(gate, frames_to_send=frames)
     assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
     assert abs(gate.dropped_audio_secs - 0.1) < 1e-6
+
+
+async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_played():
+    gate = HalfDuplexGate(echo_tail_secs=0.0, max_reply_wait_secs=60)
+    marks = PlayoutMarks(
+        gate,
+        protocol=MarkProtocol(
+            mark_message=lambda name: {"ask": name},
+            echoed_mark=lambda message: message.get("played"),
+        ),
+    )
+    frames = [
+        UserStoppedSpeakingFrame(),
+        pause(),
+        LLMFullResponseEndFrame(),  # the reply's audio has been written, not yet heard
+        pause(),
+        *audio(0.1, 200),  # dropped: the caller is still hearing the reply
+        pause(),
+        InputTransportMessageFrame(message={"played": "someone-else"}),
+        pause(),
+        *audio(0.1, 200),  # still dropped
+        pause(),
+        InputTransportMessageFrame(message={"played": "reply-1"}),
+        pause(0.1),
+        *audio(0.1, 200),  # heard
+    ]
+    pipeline = Pipeline([gate, marks])
+    down, _ = await run_test(pipeline, frames_to_send=frames)
+    asked = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
+    assert asked == [{"ask": "reply-1"}]
+    kinds = [type(f) for f in down]
+    # The mark is asked for right after the reply's last audio, before the response ends.
+    assert kinds.index(OutputTransportMessageFrame) < kinds.index(LLMFullResponseEndFrame)
+    assert sum(k is InputAudioRawFrame for k in kinds) == 5
+    assert abs(gate.dropped_audio_secs - 0.2) < 1e-6
+    # The echoes are consumed.
+    assert not any(isinstance(f, InputTransportMessageFrame) for f in down)
 
 
 def _turn_frames(text: str, speech_secs: float = 1.0, hz: float = 180) -> list:

@@ -1,0 +1,241 @@
+"""Phone calls: Twilio Media Streams (and Telnyx, Plivo, Exotel) over a websocket.
+
+Served by the same process as the browser page, with the same models and session limit:
+
+* ``POST /`` is the webhook a Twilio number calls when it is dialled. It answers TwiML
+  that connects the call's audio to ``wss://HOST/ws/TOKEN`` (HOST: ``server.public_host``,
+  else the request's Host header). When ``TWILIO_AUTH_TOKEN`` is set, the request must
+  carry a valid ``X-Twilio-Signature``.
+* ``WebSocket /ws/TOKEN`` takes the media stream. TOKEN comes from a TwiML answer and
+  opens one stream, once, within ``TOKEN_TTL_SECS``: nobody can stream into the bot
+  without having been handed a URL by the webhook. The provider is told apart by its
+  first messages (Pipecat's ``parse_telephony_websocket``), and Pipecat's serializer for
+  it converts 8 kHz μ-law to the pipeline's rate and back.
+
+Hanging up through the provider's REST API happens only when its credentials are in the
+environment (``TWILIO_ACCOUNT_SID`` + ``TWILIO_AUTH_TOKEN``, ``TELNYX_API_KEY``,
+``PLIVO_AUTH_ID`` + ``PLIVO_AUTH_TOKEN``); without them the call ends when the provider
+closes the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from xml.sax.saxutils import quoteattr
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import Response
+from loguru import logger
+from pipecat.frames.frames import Frame, InputTransportMessageFrame
+from pipecat.runner.utils import parse_telephony_websocket
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+
+from pipelines.build import build_session
+from pipelines.half_duplex import MarkProtocol
+
+# A stream URL handed to Twilio is used within seconds; an unused one expires.
+TOKEN_TTL_SECS = 60
+# The provider's "connected"/"start" messages arrive at once; a socket that sends
+# nothing is not a call.
+HANDSHAKE_TIMEOUT_SECS = 10
+# Websocket close codes: policy violation (bad token), try again later (server full).
+CLOSE_POLICY = 1008
+CLOSE_FULL = 1013
+
+
+class StreamTokens:
+    """One-time tokens for stream URLs."""
+
+    def __init__(self, ttl_secs: float = TOKEN_TTL_SECS):
+        self._ttl_secs = ttl_secs
+        self._expiry: dict[str, float] = {}
+
+    def issue(self) -> str:
+        now = time.monotonic()
+        self._expiry = {t: e for t, e in self._expiry.items() if e > now}
+        token = secrets.token_urlsafe(24)
+        self._expiry[token] = now + self._ttl_secs
+        return token
+
+    def redeem(self, token: str) -> bool:
+        """True once for a token issued less than the TTL ago."""
+        expiry = self._expiry.pop(token, None)
+        return expiry is not None and expiry > time.monotonic()
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's X-Twilio-Signature of a webhook request: base64 HMAC-SHA1 of the URL
+    followed by each POST parameter's name and value, sorted by name."""
+    payload = url + "".join(k + params[k] for k in sorted(params))
+    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def twiml(stream_url: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Connect><Stream url={quoteattr(stream_url)}/></Connect></Response>"
+    )
+
+
+class TwilioMarkSerializer(TwilioFrameSerializer):
+    """Pipecat's Twilio serializer, which drops the ``mark`` events Twilio sends when the
+    audio before a mark has played; here they become InputTransportMessageFrames, for
+    PlayoutMarks (pipelines/half_duplex.py)."""
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        if isinstance(data, str) and '"mark"' in data:
+            try:
+                message = json.loads(data)
+            except json.JSONDecodeError:
+                message = {}
+            if isinstance(message, dict) and message.get("event") == "mark":
+                return InputTransportMessageFrame(message=message)
+        return await super().deserialize(data)
+
+
+def twilio_marks(stream_sid: str) -> MarkProtocol:
+    """Twilio's marks: ``{"event": "mark", "streamSid": …, "mark": {"name": …}}`` both ways."""
+
+    def echoed(message: dict) -> str | None:
+        if message.get("event") != "mark":
+            return None
+        mark = message.get("mark")
+        return mark.get("name") if isinstance(mark, dict) else None
+
+    return MarkProtocol(
+        mark_message=lambda name: {
+            "event": "mark",
+            "streamSid": stream_sid,
+            "mark": {"name": name},
+        },
+        echoed_mark=echoed,
+    )
+
+
+def make_serializer(provider: str, call: dict) -> FrameSerializer:
+    """Pipecat's serializer for the provider ``parse_telephony_websocket`` found."""
+    if provider not in ("twilio", "telnyx", "plivo", "exotel"):
+        raise ValueError(f"not a telephony media stream (provider {provider!r})")
+    if not call.get("stream_id"):
+        raise ValueError(f"the {provider} start message has no stream id")
+    env = os.environ.get
+    if provider == "twilio":
+        sid, token = env("TWILIO_ACCOUNT_SID"), env("TWILIO_AUTH_TOKEN")
+        return TwilioMarkSerializer(
+            stream_sid=call["stream_id"],
+            call_sid=call.get("call_id"),
+            account_sid=sid,
+            auth_token=token,
+            params=TwilioFrameSerializer.InputParams(auto_hang_up=bool(sid and token)),
+        )
+    if provider == "telnyx":
+        from pipecat.serializers.telnyx import TelnyxFrameSerializer
+
+        key = env("TELNYX_API_KEY")
+        return TelnyxFrameSerializer(
+            stream_id=call["stream_id"],
+            outbound_encoding=call.get("outbound_encoding") or "PCMU",
+            inbound_encoding="PCMU",
+            call_control_id=call.get("call_id"),
+            api_key=key,
+            params=TelnyxFrameSerializer.InputParams(auto_hang_up=bool(key)),
+        )
+    if provider == "plivo":
+        from pipecat.serializers.plivo import PlivoFrameSerializer
+
+        auth_id, token = env("PLIVO_AUTH_ID"), env("PLIVO_AUTH_TOKEN")
+        return PlivoFrameSerializer(
+            stream_id=call["stream_id"],
+            call_id=call.get("call_id"),
+            auth_id=auth_id,
+            auth_token=token,
+            params=PlivoFrameSerializer.InputParams(auto_hang_up=bool(auth_id and token)),
+        )
+    from pipecat.serializers.exotel import ExotelFrameSerializer
+
+    return ExotelFrameSerializer(stream_sid=call["stream_id"], call_sid=call.get("call_id"))
+
+
+def add_phone_routes(app: FastAPI, server) -> None:
+    """``POST /`` (the TwiML webhook) and ``/ws/{token}`` (the media stream) on the
+    browser server's app; calls count against its session limit."""
+    tokens = StreamTokens()
+    config = server.config
+
+    @app.post("/")
+    async def twiml_webhook(request: Request):
+        host = config.server.public_host or request.headers.get("host", "")
+        auth_token = os.environ.get("TWILIO_AUTH_TOKEN")
+        if auth_token:
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            scheme = "https" if config.server.public_host else request.url.scheme
+            url = f"{scheme}://{host}{request.url.path}"
+            expected = twilio_signature(auth_token, url, form)
+            given = request.headers.get("x-twilio-signature", "")
+            if not hmac.compare_digest(expected, given):
+                logger.warning(f"refused a TwiML request to {url}: bad X-Twilio-Signature")
+                return Response("bad X-Twilio-Signature", status_code=403)
+        secure = config.server.public_host or request.url.scheme == "https"
+        stream_url = f"{'wss' if secure else 'ws'}://{host}/ws/{tokens.issue()}"
+        return Response(twiml(stream_url), media_type="application/xml")
+
+    @app.websocket("/ws/{token}")
+    async def media_stream(websocket: WebSocket, token: str):
+        await websocket.accept()
+        if not tokens.redeem(token):
+            logger.warning("refused a media stream: unknown, used or expired token")
+            await websocket.close(code=CLOSE_POLICY, reason="unknown or used stream token")
+            return
+        if not server.has_room():
+            await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
+            return
+        try:
+            provider, call = await asyncio.wait_for(
+                parse_telephony_websocket(websocket), HANDSHAKE_TIMEOUT_SECS
+            )
+            serializer = make_serializer(provider, dict(call))
+        except Exception as e:  # noqa: BLE001 - any bad handshake closes this call only
+            reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            logger.warning(f"refused a media stream: {reason}")
+            await websocket.close(code=CLOSE_POLICY, reason=reason[:120])
+            return
+        transport = FastAPIWebsocketTransport(
+            websocket=websocket,
+            params=FastAPIWebsocketParams(
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                add_wav_header=False,
+                serializer=serializer,
+                audio_in_sample_rate=config.audio_in_sample_rate,
+                audio_out_sample_rate=config.audio_out_sample_rate,
+                session_timeout=config.server.max_call_secs,
+            ),
+        )
+        session_id = f"{provider}-{call.get('call_id') or secrets.token_hex(6)}"
+        # Twilio reports when the reply has played; the other providers' streams are
+        # paced in real time by the transport, and the bot listens again once sent.
+        marks = twilio_marks(call["stream_id"]) if provider == "twilio" else None
+        session = build_session(
+            server.stack, transport, session_id=session_id, page=False, playout_marks=marks
+        )
+
+        @transport.event_handler("on_client_disconnected")
+        async def _on_disconnected(_transport, _websocket):
+            await session.worker.cancel()
+
+        @transport.event_handler("on_session_timeout")
+        async def _on_timeout(_transport, _websocket):
+            logger.info(f"call {session_id}: over server.max_call_secs, hanging up")
+            await session.worker.cancel()
+
+        await server.run_session(session_id, session)

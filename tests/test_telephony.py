@@ -1,0 +1,178 @@
+"""The phone entry: TwiML webhook, one-time stream tokens, and a call over a real websocket in
+the Twilio Media Streams protocol (pipelines/telephony_client.py plays Twilio's part)."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import uvicorn
+
+from pipelines.telephony import StreamTokens, twilio_signature, twiml
+from pipelines.telephony_client import RATE, TwilioCall, ulaw_decode, ulaw_encode
+from pipelines.webrtc_client import free_loopback_port
+from pipelines.webrtc_server import create_app
+from tests.conftest import BARGE_IN, speak, wer
+
+
+def test_ulaw_is_g711_as_audioop_writes_it():
+    x = np.concatenate(
+        [
+            np.arange(-32768, 32768, dtype=np.int32).astype(np.int16),
+            (np.random.default_rng(0).normal(0, 8000, 8000)).clip(-32768, 32767).astype(np.int16),
+        ]
+    )
+    assert ulaw_encode(x) == audioop.lin2ulaw(x.tobytes(), 2)
+    every_byte = bytes(range(256))
+    assert np.array_equal(
+        ulaw_decode(every_byte), np.frombuffer(audioop.ulaw2lin(every_byte, 2), np.int16)
+    )
+
+
+def test_stream_tokens_open_one_stream_once_and_expire():
+    tokens = StreamTokens(ttl_secs=0.2)
+    token = tokens.issue()
+    assert tokens.redeem(token)
+    assert not tokens.redeem(token)  # used
+    assert not tokens.redeem("made-up")
+    late = tokens.issue()
+    time.sleep(0.25)
+    assert not tokens.redeem(late)
+
+
+def test_twiml_connects_the_call_to_the_stream_url():
+    xml = twiml("wss://example.org/ws/abc&def")
+    assert '<Connect><Stream url="wss://example.org/ws/abc&amp;def"/></Connect>' in xml
+
+
+@pytest.fixture(scope="module")
+async def server(stack):
+    app = create_app(stack)
+    port = free_loopback_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    yield app, f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    await asyncio.wait_for(task, timeout=30)
+
+
+async def test_the_webhook_checks_twilios_signature_when_a_token_is_set(server, monkeypatch):
+    _, url = server
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "secret-token")
+    params = {"CallSid": "CA123", "From": "+15550100"}
+    good = twilio_signature("secret-token", f"{url}/", params)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/", data=params, headers={"X-Twilio-Signature": good}) as r:
+            assert r.status == 200 and "<Stream url=" in await r.text()
+        async with http.post(f"{url}/", data=params, headers={"X-Twilio-Signature": "bad"}) as r:
+            assert r.status == 403
+        async with http.post(f"{url}/", data=params) as r:
+            assert r.status == 403
+
+
+async def test_a_stream_without_a_valid_token_is_refused(server):
+    _, url = server
+    call = TwilioCall(url)
+    await call.connect(url.replace("http", "ws") + "/ws/not-a-token")
+    await asyncio.wait_for(call.closed.wait(), 10)
+    assert call.close_code == 1008
+    await call.close()
+
+
+async def test_a_malformed_handshake_closes_that_call_and_the_server_goes_on(server):
+    app, url = server
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/") as r:
+            body = await r.text()
+        stream_url = body.split('url="')[1].split('"')[0]
+        async with http.ws_connect(stream_url) as ws:
+            await ws.send_str("this is not JSON")
+            await ws.send_str('{"event": "start", "start": {}}')
+            msg = await asyncio.wait_for(ws.receive(), 15)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        # The token was used up by that attempt.
+        async with http.ws_connect(stream_url) as ws:
+            msg = await asyncio.wait_for(ws.receive(), 15)
+            assert ws.close_code == 1008 or msg.type == aiohttp.WSMsgType.CLOSE
+        async with http.get(f"{url}/api/health") as r:
+            assert (await r.json())["status"] == "ok"
+    assert not app.state.server.sessions
+
+
+async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
+    app, url = server
+    question = "What is the capital of France?"
+    call = TwilioCall(url)
+    await call.connect()
+    try:
+        await asyncio.sleep(0.5)
+        sent = await call.say(speak(stack, question), 16000)
+        reply = await call.wait_for_reply(sent, timeout=90)
+        (session,) = app.state.server.sessions.values()
+        for _ in range(50):  # the assistant message is written once the reply has played
+            messages = session.context.get_messages()
+            if any(m["role"] == "assistant" for m in messages):
+                break
+            await asyncio.sleep(0.1)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
+        assert assistants, messages
+        # What the caller heard, decoded from μ-law at 8 kHz, says the reply's words.
+        heard = transcribe(reply, RATE)
+        assert wer(assistants[0], heard) <= 0.4, (assistants[0], heard)
+        # Only Twilio's own messages came down the line (not the page's state/latency),
+        # and the bot asked to hear when its reply had played: the gate opens on that.
+        assert not call.unexpected, call.unexpected[:3]
+        for _ in range(50):
+            if call.marks_answered and session.gate.listening:
+                break
+            await asyncio.sleep(0.1)
+        assert call.marks_answered == ["reply-1"] and session.gate.listening
+    finally:
+        await call.hang_up()
+    for _ in range(100):  # hanging up ends the session
+        if not app.state.server.sessions:
+            break
+        await asyncio.sleep(0.1)
+    assert not app.state.server.sessions
+
+
+async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcript(server, stack):
+    app, url = server
+    question = "How many days are there in a week?"
+    call = TwilioCall(url)
+    await call.connect()
+    try:
+        await asyncio.sleep(0.5)
+        sent = await call.say(speak(stack, question), 16000)
+        (session,) = app.state.server.sessions.values()
+        for _ in range(100):  # the turn has ended: the bot is thinking
+            if not session.gate.listening:
+                break
+            await asyncio.sleep(0.05)
+        assert not session.gate.listening
+        barge_in = speak(stack, BARGE_IN)
+        await call.say(barge_in, 16000)  # while it thinks
+        for _ in range(300):  # ...and once the caller hears it speak
+            if call.played.first_after(sent) is not None:
+                break
+            await asyncio.sleep(0.05)
+        await call.say(barge_in, 16000)
+        await call.wait_for_reply(sent, timeout=90)
+        for _ in range(50):
+            if session.gate.listening:
+                break
+            await asyncio.sleep(0.1)
+        users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+        assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
+        assert not any("banana" in t.text.lower() for t in session.state.user_turns)
+        assert session.gate.dropped_audio_secs >= 2 * len(barge_in) / 16000 - 0.2
+    finally:
+        await call.hang_up()
