@@ -225,6 +225,17 @@ def debian(package: str, downloads: Path) -> tuple[Path, str]:
     return tree, debs[0].name.split("_")[1]
 
 
+def asterisk_prompts(downloads: Path) -> tuple[Path, dict[str, str], str]:
+    """Asterisk's English prompts (8 kHz WAVs of one human voice): their folder, the
+    official transcript of each (by name), and the package version."""
+    tree, version = debian(AST_WAV, downloads)
+    doc = debian(AST_TEXT, downloads)[0] / "usr/share/doc/asterisk-core-sounds-en"
+    with gzip.open(doc / "core-sounds-en.txt.gz", "rt") as text:
+        pairs = (line.split(": ", 1) for line in text if not line.startswith(";"))
+        texts = {p[0]: " ".join(p[1].split()) for p in pairs if len(p) == 2}
+    return tree / "usr/share/asterisk/sounds/en_US_f_Allison", texts, version
+
+
 # ----------------------------------------------------------------------------- audio
 
 
@@ -434,12 +445,7 @@ class Sources:
         self.ps = sdist(*PS, downloads) / "test/data"
         self.praatio = sdist(*PRAATIO, downloads) / "examples/files"
         self.mfa = sdist(*MFA, downloads)
-        tree, self.ast_version = debian(AST_WAV, downloads)
-        self.ast = tree / "usr/share/asterisk/sounds/en_US_f_Allison"
-        doc = debian(AST_TEXT, downloads)[0] / "usr/share/doc/asterisk-core-sounds-en"
-        with gzip.open(doc / "core-sounds-en.txt.gz", "rt") as text:
-            pairs = (line.split(": ", 1) for line in text if not line.startswith(";"))
-            self.ast_text = {p[0]: " ".join(p[1].split()) for p in pairs if len(p) == 2}
+        self.ast, self.ast_text, self.ast_version = asterisk_prompts(downloads)
 
     def asterisk(self, name: str) -> Clip:
         if name not in self.ast_text:

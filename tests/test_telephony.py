@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import uvicorn
 
+from agent.models import cache_dir
+from benchmarks.human_speech import asterisk_prompts
 from pipelines.telephony import StreamTokens, twilio_signature, twiml
 from pipelines.telephony_client import RATE, TwilioCall, ulaw_decode, ulaw_encode
-from pipelines.webrtc_client import free_loopback_port
+from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 from pipelines.webrtc_server import create_app
 from tests.conftest import BARGE_IN, speak, wer
 
@@ -107,6 +109,7 @@ async def test_a_malformed_handshake_closes_that_call_and_the_server_goes_on(ser
 
 async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
     app, url = server
+    await _no_sessions(app)
     question = "What is the capital of France?"
     call = TwilioCall(url)
     await call.connect()
@@ -137,15 +140,12 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
         assert call.marks_answered == ["reply-1"] and session.gate.listening
     finally:
         await call.hang_up()
-    for _ in range(100):  # hanging up ends the session
-        if not app.state.server.sessions:
-            break
-        await asyncio.sleep(0.1)
-    assert not app.state.server.sessions
+    await _no_sessions(app)  # hanging up ends the session
 
 
 async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcript(server, stack):
     app, url = server
+    await _no_sessions(app)
     question = "How many days are there in a week?"
     call = TwilioCall(url)
     await call.connect()
@@ -176,3 +176,117 @@ async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcrip
         assert session.gate.dropped_audio_secs >= 2 * len(barge_in) / 16000 - 0.2
     finally:
         await call.hang_up()
+
+
+async def _no_sessions(app):
+    """Wait until the calls of earlier tests have ended on the server."""
+    for _ in range(100):
+        if not app.state.server.sessions:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"sessions still running: {list(app.state.server.sessions)}")
+
+
+@pytest.fixture(scope="module")
+def asterisk():
+    """Asterisk's English prompts: one professional human voice recorded for telephones
+    (8 kHz), with official transcripts; from Debian's asterisk-core-sounds-en-wav, fetched
+    once into the cache (apt-get download, no root needed)."""
+    try:
+        folder, texts, _ = asterisk_prompts(cache_dir() / "test-data")
+    except Exception as e:  # noqa: BLE001 - no apt, no network to Debian
+        pytest.skip(f"Asterisk's prompts could not be fetched from Debian: {e}")
+
+    def prompt(name: str) -> tuple[np.ndarray, str]:
+        import soundfile as sf
+
+        samples, rate = sf.read(str(folder / f"{name}.wav"), dtype="int16")
+        assert rate == 8000
+        return samples, texts[name]
+
+    return prompt
+
+
+async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
+    """Two turns of a human voice recorded at 8 kHz, each heard and answered."""
+    app, url = server
+    await _no_sessions(app)
+    call = TwilioCall(url)
+    await call.connect()
+    try:
+        await asyncio.sleep(0.5)
+        said = []
+        for name in ("conf-onlyperson", "pbx-invalid"):
+            samples, text = asterisk(name)
+            sent = await call.say(samples, 8000)
+            reply = await call.wait_for_reply(sent, timeout=90)
+            said.append((text, reply))
+        (session,) = app.state.server.sessions.values()
+        for _ in range(50):
+            messages = session.context.get_messages()
+            if sum(m["role"] == "assistant" for m in messages) == 2:
+                break
+            await asyncio.sleep(0.1)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert len(users) == 2 and len(assistants) == 2, messages
+        for (text, reply), user, assistant in zip(said, users, assistants):
+            assert wer(text, user) <= 0.3, (text, user)
+            heard = transcribe(reply, RATE)
+            assert wer(assistant, heard) <= 0.4, (assistant, heard)
+    finally:
+        await call.hang_up()
+
+
+async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
+    server, stack, question_wavs
+):
+    """Four callers at once (the server's session limit) each hear an answer to their own
+    question; the fifth is turned away."""
+    import soundfile as sf
+
+    app, url = server
+    await _no_sessions(app)
+    questions = question_wavs[:4]
+    calls = [TwilioCall(url) for _ in range(3)]
+    browser = WebRTCCaller(url)
+    try:
+        for call in calls:
+            await call.connect()
+        await browser.connect()
+        await asyncio.sleep(0.5)
+        assert len(app.state.server.sessions) == 4
+        extra = TwilioCall(url)
+        await extra.connect()
+        await asyncio.wait_for(extra.closed.wait(), 15)
+        assert extra.close_code == 1013
+        await extra.close()
+
+        started = time.monotonic()
+        sent = []
+        for call, (path, _) in zip(calls, questions):
+            samples, rate = sf.read(str(path), dtype="int16")
+            sent.append(call.say(samples, rate))
+        samples, rate = sf.read(str(questions[3][0]), dtype="int16")
+        browser.mic.say(samples, rate)
+        sent = await asyncio.gather(*sent)
+        replies = await asyncio.gather(
+            *(call.wait_for_reply(at, timeout=180) for call, at in zip(calls, sent)),
+            browser.wait_for_reply(started, timeout=180),
+        )
+        assert all(len(r) > 0 for r in replies)
+        heard_by = {}
+        for session_id, session in app.state.server.sessions.items():
+            users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+            assert len(users) == 1, (session_id, users)
+            heard_by[session_id] = users[0]
+        # Each session heard one question, and the four questions were all heard.
+        for _, question in questions:
+            assert any(wer(question, heard) <= 0.25 for heard in heard_by.values()), (
+                question,
+                heard_by,
+            )
+    finally:
+        for call in calls:
+            await call.hang_up()
+        await browser.close()
