@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from xml.sax.saxutils import quoteattr
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from loguru import logger
-from pipecat.frames.frames import Frame, InputTransportMessageFrame
+from pipecat.frames.frames import EndFrame, Frame, InputTransportMessageFrame
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.twilio import TwilioFrameSerializer
@@ -87,19 +89,45 @@ def twiml(stream_url: str) -> str:
     )
 
 
-class TwilioMarkSerializer(TwilioFrameSerializer):
-    """Pipecat's Twilio serializer, which drops the ``mark`` events Twilio sends when the
-    audio before a mark has played; here they become InputTransportMessageFrames, for
-    PlayoutMarks (pipelines/half_duplex.py)."""
+class TwilioCallSerializer(TwilioFrameSerializer):
+    """Pipecat's Twilio serializer, stricter and with marks.
+
+    * ``mark`` events (Twilio's report that the audio before a mark has played), which
+      Pipecat's serializer drops, become InputTransportMessageFrames for PlayoutMarks
+      (pipelines/half_duplex.py);
+    * ``stop`` (the caller hung up) calls ``on_stop``, which ends the session even if the
+      socket stays open;
+    * a message that is not a JSON object, or media that is not base64, raises: the
+      transport logs it and the call ends (one broken stream must not be half-served).
+    Events it does not know are ignored, as Twilio adds new ones over time.
+    """
+
+    def __init__(self, *args, on_stop: Callable[[], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_stop = on_stop
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
-        if isinstance(data, str) and '"mark"' in data:
+        if not isinstance(data, str):
+            raise TypeError("a binary message on a Twilio media stream")
+        try:
+            message = json.loads(data)
+        except json.JSONDecodeError:
+            raise ValueError(f"a message that is not JSON: {data[:60]!r}") from None
+        if not isinstance(message, dict):
+            raise TypeError(f"a message that is not a JSON object: {data[:60]!r}")
+        event = message.get("event")
+        if event == "mark":
+            return InputTransportMessageFrame(message=message)
+        if event == "stop":
+            if self._on_stop is not None:
+                self._on_stop()
+            return None
+        if event == "media":
+            payload = (message.get("media") or {}).get("payload")
             try:
-                message = json.loads(data)
-            except json.JSONDecodeError:
-                message = {}
-            if isinstance(message, dict) and message.get("event") == "mark":
-                return InputTransportMessageFrame(message=message)
+                base64.b64decode(payload or "", validate=True)
+            except (binascii.Error, TypeError):
+                raise ValueError("a media message whose payload is not base64") from None
         return await super().deserialize(data)
 
 
@@ -122,8 +150,11 @@ def twilio_marks(stream_sid: str) -> MarkProtocol:
     )
 
 
-def make_serializer(provider: str, call: dict) -> FrameSerializer:
-    """Pipecat's serializer for the provider ``parse_telephony_websocket`` found."""
+def make_serializer(
+    provider: str, call: dict, *, on_stop: Callable[[], None] | None = None
+) -> FrameSerializer:
+    """Pipecat's serializer for the provider ``parse_telephony_websocket`` found
+    (``on_stop``: called when a Twilio stream says the caller hung up)."""
     if provider not in ("twilio", "telnyx", "plivo", "exotel"):
         raise ValueError(f"not a telephony media stream (provider {provider!r})")
     if not call.get("stream_id"):
@@ -131,7 +162,8 @@ def make_serializer(provider: str, call: dict) -> FrameSerializer:
     env = os.environ.get
     if provider == "twilio":
         sid, token = env("TWILIO_ACCOUNT_SID"), env("TWILIO_AUTH_TOKEN")
-        return TwilioMarkSerializer(
+        return TwilioCallSerializer(
+            on_stop=on_stop,
             stream_sid=call["stream_id"],
             call_sid=call.get("call_id"),
             account_sid=sid,
@@ -203,7 +235,8 @@ def add_phone_routes(app: FastAPI, server) -> None:
             provider, call = await asyncio.wait_for(
                 parse_telephony_websocket(websocket), HANDSHAKE_TIMEOUT_SECS
             )
-            serializer = make_serializer(provider, dict(call))
+            hung_up = asyncio.Event()
+            serializer = make_serializer(provider, dict(call), on_stop=hung_up.set)
         except Exception as e:  # noqa: BLE001 - any bad handshake closes this call only
             reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             logger.warning(f"refused a media stream: {reason}")
@@ -238,4 +271,13 @@ def add_phone_routes(app: FastAPI, server) -> None:
             logger.info(f"call {session_id}: over server.max_call_secs, hanging up")
             await session.worker.cancel()
 
-        await server.run_session(session_id, session)
+        async def end_when_hung_up():
+            await hung_up.wait()
+            logger.info(f"call {session_id}: the caller hung up")
+            await session.worker.queue_frame(EndFrame())
+
+        watch = asyncio.create_task(end_when_hung_up())
+        try:
+            await server.run_session(session_id, session)
+        finally:
+            watch.cancel()

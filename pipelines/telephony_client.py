@@ -149,12 +149,20 @@ class TwilioCall:
             }
         )
 
-    async def hang_up(self):
-        """Send ``stop`` (the caller hung up) and close."""
+    async def stop(self):
+        """Send ``stop``, as Twilio does when the caller hangs up."""
         if self._ws is not None and not self._ws.closed:
             await self._send(
                 {"event": "stop", "streamSid": self.stream_sid, "stop": {"callSid": self.call_sid}}
             )
+
+    async def send_raw(self, text: str):
+        """Send a message as is (for testing what the server does with bad input)."""
+        await self._ws.send_str(text)
+
+    async def hang_up(self):
+        """Send ``stop`` (the caller hung up) and close."""
+        await self.stop()
         await self.close()
 
     async def close(self):
@@ -180,10 +188,19 @@ class TwilioCall:
 
     async def _send(self, message: dict):
         self._sequence += 1
+        if self._ws.closed:
+            raise ConnectionResetError("the stream is closed")
         await self._ws.send_str(json.dumps({**message, "sequenceNumber": str(self._sequence)}))
 
     async def _speak(self):
-        """20 ms of the caller's line every 20 ms: queued clips, else silence."""
+        """20 ms of the caller's line every 20 ms: queued clips, else silence (until the
+        stream closes)."""
+        try:
+            await self._speak_frames()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+
+    async def _speak_frames(self):
         silence = np.zeros(FRAME_SAMPLES, np.int16)
         clip, done, offset = None, None, 0
         next_at = time.monotonic()

@@ -127,9 +127,10 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
         assistants = [m["content"] for m in messages if m["role"] == "assistant"]
         assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
         assert assistants, messages
-        # What the caller heard, decoded from μ-law at 8 kHz, says the reply's words.
+        # What the caller heard, decoded from μ-law at 8 kHz, says the reply's words
+        # (telephone-band Piper through Whisper tiny: a slip or two in a short reply).
         heard = transcribe(reply, RATE)
-        assert wer(assistants[0], heard) <= 0.4, (assistants[0], heard)
+        assert wer(assistants[0], heard) <= 0.5, (assistants[0], heard)
         # Only Twilio's own messages came down the line (not the page's state/latency),
         # and the bot asked to hear when its reply had played: the gate opens on that.
         assert not call.unexpected, call.unexpected[:3]
@@ -146,7 +147,8 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
 async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcript(server, stack):
     app, url = server
     await _no_sessions(app)
-    question = "How many days are there in a week?"
+    # A question with a long answer, so the barge-in while it speaks ends before it does.
+    question = "Can you tell me a story about a dog?"
     call = TwilioCall(url)
     await call.connect()
     try:
@@ -233,7 +235,7 @@ async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
         for (text, reply), user, assistant in zip(said, users, assistants):
             assert wer(text, user) <= 0.3, (text, user)
             heard = transcribe(reply, RATE)
-            assert wer(assistant, heard) <= 0.4, (assistant, heard)
+            assert wer(assistant, heard) <= 0.5, (assistant, heard)
     finally:
         await call.hang_up()
 
@@ -290,3 +292,44 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
         for call in calls:
             await call.hang_up()
         await browser.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "this is not JSON",
+        '["a", "list"]',
+        '{"event": "media", "media": {"payload": "***not base64***"}}',
+    ],
+)
+async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, bad):
+    app, url = server
+    await _no_sessions(app)
+    call = TwilioCall(url)
+    await call.connect()
+    await asyncio.sleep(0.5)
+    assert len(app.state.server.sessions) == 1
+    await call.send_raw(bad)
+    await asyncio.wait_for(call.closed.wait(), 15)
+    await call.close()
+    await _no_sessions(app)
+    # The server goes on serving calls.
+    other = TwilioCall(url)
+    await other.connect()
+    await asyncio.sleep(0.3)
+    assert len(app.state.server.sessions) == 1
+    await other.hang_up()
+    await _no_sessions(app)
+
+
+async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
+    app, url = server
+    await _no_sessions(app)
+    call = TwilioCall(url)
+    await call.connect()
+    await asyncio.sleep(0.5)
+    assert len(app.state.server.sessions) == 1
+    await call.stop()
+    await asyncio.wait_for(call.closed.wait(), 15)  # the server closed it
+    await _no_sessions(app)
+    await call.close()
