@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import jiwer
 import numpy as np
 import pytest
+import uvicorn
 
 from agent.config import load_config
 from benchmarks.conversation import QUESTIONS as SPOKEN_QUESTIONS
@@ -14,6 +16,8 @@ from benchmarks.conversation import clean
 from benchmarks.conversation import transcribe as transcribe_reply
 from pipelines.file_transport import write_wav
 from pipelines.stack import ModelStack, load_stack
+from pipelines.webrtc_client import free_loopback_port
+from pipelines.webrtc_server import create_app
 
 QUESTIONS = SPOKEN_QUESTIONS[:5]
 # Short enough to fit in the time the bot is busy with a turn, so none of it spills
@@ -62,3 +66,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+async def server(stack):
+    """The agent's server (browser page and phone entry) on a loopback port:
+    (app, base URL)."""
+    app = create_app(stack)
+    port = free_loopback_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    yield app, f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    await asyncio.wait_for(task, timeout=30)

@@ -10,14 +10,12 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-import uvicorn
 
 from agent.models import cache_dir
 from benchmarks.human_speech import asterisk_prompts
 from pipelines.telephony import StreamTokens, twilio_signature, twiml
 from pipelines.telephony_client import RATE, TwilioCall, ulaw_decode, ulaw_encode
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
-from pipelines.webrtc_server import create_app
+from pipelines.webrtc_client import WebRTCCaller
 from tests.conftest import BARGE_IN, speak, wer
 
 
@@ -35,6 +33,24 @@ def test_ulaw_is_g711_as_audioop_writes_it():
     )
 
 
+def test_tone_is_read_alike_from_telephone_audio(stack):
+    """What tone following measures survives the phone line: the same speech at 16 kHz and
+    after 8 kHz μ-law (back at the pipeline's 16 kHz) reads alike."""
+    import soxr
+
+    from agent.tone import analyze_tone
+
+    for text in ("What is the capital of France?", "I just got back from a long run."):
+        wide = speak(stack, text)
+        narrow = ulaw_decode(ulaw_encode(soxr.resample(wide, 16000, RATE)))
+        narrow = soxr.resample(narrow, RATE, 16000)
+        a, b = analyze_tone(wide, 16000, text), analyze_tone(narrow, 16000, text)
+        assert a.f0_median_hz and b.f0_median_hz
+        assert abs(12 * np.log2(b.f0_median_hz / a.f0_median_hz)) < 1.0, (a, b)
+        assert abs(b.loudness_dbfs - a.loudness_dbfs) < 2.0, (a, b)
+        assert abs(b.syllable_rate / a.syllable_rate - 1) < 0.15, (a, b)
+
+
 def test_stream_tokens_open_one_stream_once_and_expire():
     tokens = StreamTokens(ttl_secs=0.2)
     token = tokens.issue()
@@ -49,19 +65,6 @@ def test_stream_tokens_open_one_stream_once_and_expire():
 def test_twiml_connects_the_call_to_the_stream_url():
     xml = twiml("wss://example.org/ws/abc&def")
     assert '<Connect><Stream url="wss://example.org/ws/abc&amp;def"/></Connect>' in xml
-
-
-@pytest.fixture(scope="module")
-async def server(stack):
-    app = create_app(stack)
-    port = free_loopback_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    yield app, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await asyncio.wait_for(task, timeout=30)
 
 
 async def test_the_webhook_checks_twilios_signature_when_a_token_is_set(server, monkeypatch):
@@ -109,12 +112,9 @@ async def test_a_malformed_handshake_closes_that_call_and_the_server_goes_on(ser
 
 async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
     app, url = server
-    await _no_sessions(app)
     question = "What is the capital of France?"
-    call = TwilioCall(url)
-    await call.connect()
+    call = await _dial(app, url)
     try:
-        await asyncio.sleep(0.5)
         sent = await call.say(speak(stack, question), 16000)
         reply = await call.wait_for_reply(sent, timeout=90)
         (session,) = app.state.server.sessions.values()
@@ -127,6 +127,10 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
         assistants = [m["content"] for m in messages if m["role"] == "assistant"]
         assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
         assert assistants, messages
+        # The turn's own audio (what a voice like MisoTTS listens to) was captured from the
+        # phone line, at the pipeline's rate.
+        (turn,) = session.state.user_turns
+        assert turn.sample_rate == 16000 and 1.0 < turn.duration_secs < 5.0, turn.duration_secs
         # What the caller heard, decoded from μ-law at 8 kHz, says the reply's words
         # (telephone-band Piper through Whisper tiny: a slip or two in a short reply).
         heard = transcribe(reply, RATE)
@@ -146,13 +150,10 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
 
 async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcript(server, stack):
     app, url = server
-    await _no_sessions(app)
     # A question with a long answer, so the barge-in while it speaks ends before it does.
     question = "Can you tell me a story about a dog?"
-    call = TwilioCall(url)
-    await call.connect()
+    call = await _dial(app, url)
     try:
-        await asyncio.sleep(0.5)
         sent = await call.say(speak(stack, question), 16000)
         (session,) = app.state.server.sessions.values()
         for _ in range(100):  # the turn has ended: the bot is thinking
@@ -178,6 +179,15 @@ async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcrip
         assert session.gate.dropped_audio_secs >= 2 * len(barge_in) / 16000 - 0.2
     finally:
         await call.hang_up()
+
+
+async def _dial(app, url: str) -> TwilioCall:
+    """A new call, once the calls of earlier tests have ended, settled for half a second."""
+    await _no_sessions(app)
+    call = TwilioCall(url)
+    await call.connect()
+    await asyncio.sleep(0.5)
+    return call
 
 
 async def _no_sessions(app):
@@ -212,13 +222,10 @@ def asterisk():
 async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
     """Two turns of a human voice recorded at 8 kHz, each heard and answered."""
     app, url = server
-    await _no_sessions(app)
-    call = TwilioCall(url)
-    await call.connect()
+    call = await _dial(app, url)
     try:
-        await asyncio.sleep(0.5)
         said = []
-        for name in ("conf-onlyperson", "pbx-invalid"):
+        for name in ("conf-onlyperson", "pls-hold-while-try"):
             samples, text = asterisk(name)
             sent = await call.say(samples, 8000)
             reply = await call.wait_for_reply(sent, timeout=90)
@@ -304,10 +311,7 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
 )
 async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, bad):
     app, url = server
-    await _no_sessions(app)
-    call = TwilioCall(url)
-    await call.connect()
-    await asyncio.sleep(0.5)
+    call = await _dial(app, url)
     assert len(app.state.server.sessions) == 1
     await call.send_raw(bad)
     await asyncio.wait_for(call.closed.wait(), 15)
@@ -324,10 +328,7 @@ async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, b
 
 async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
     app, url = server
-    await _no_sessions(app)
-    call = TwilioCall(url)
-    await call.connect()
-    await asyncio.sleep(0.5)
+    call = await _dial(app, url)
     assert len(app.state.server.sessions) == 1
     await call.stop()
     await asyncio.wait_for(call.closed.wait(), 15)  # the server closed it

@@ -8,24 +8,9 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-import uvicorn
 
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
-from pipelines.webrtc_server import create_app
+from pipelines.webrtc_client import WebRTCCaller
 from tests.conftest import wer
-
-
-@pytest.fixture(scope="module")
-async def server(stack):
-    app = create_app(stack)
-    port = free_loopback_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    yield app, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await asyncio.wait_for(task, timeout=30)
 
 
 async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
