@@ -1,12 +1,18 @@
 """Voice-to-voice latency and answer quality where the user is: at the far end of a call.
 
     python -m benchmarks.call_latency [--set human|piper|espeak] [--callers 1] [--config default]
+        [--transport webrtc|phone]
 
 Starts the agent's server (``run_agent.py``) in its own process, calls it over real WebRTC
 on loopback with one or more scripted callers (pipelines/webrtc_client.py) and plays each
 clip of the set as a user turn. Timed at the caller: from the end of the clip's speech
 leaving the caller's microphone to the first audible reply sample arriving back. The
 server's own per-turn stages (sent over the data channel) are reported beside it.
+
+``--transport phone`` calls in through the phone entry instead (``POST /`` and the Twilio
+Media Streams websocket, pipelines/telephony_client.py playing Twilio's part: 8 kHz μ-law
+in real time, the bot's audio played on a real-time clock). A phone line carries no page
+messages, so only the far-end figures are reported for it.
 
 Sets (made by ``python -m benchmarks.human_speech`` and ``--answer-set``):
   human   real recordings: questions, statements, commands, very short and paused turns;
@@ -35,6 +41,7 @@ from benchmarks.conversation import corpus_wer, percentile
 from benchmarks.report import write_report
 from benchmarks.server_memory import wait_healthy
 from pipelines.file_transport import load_input_wav, speech_end_offset
+from pipelines.telephony_client import TwilioCall
 from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,13 +174,63 @@ async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[di
     return results
 
 
+async def phone_turn(call: TwilioCall, clip: dict, *, level: int, timeout: float) -> dict:
+    """One turn by phone: far-end voice-to-voice only (the line carries no page messages)."""
+    samples, _ = load_input_wav(clip["path"], RATE)
+    speech_end = speech_end_offset(samples, RATE)
+    sent_end = await call.say(samples, RATE)
+    speech_end_at = sent_end - (len(samples) - speech_end) / RATE
+    result = {k: clip.get(k) for k in ("id", "category", "text", "path")}
+    try:
+        await call.wait_for_reply(sent_end, timeout=timeout)
+    except TimeoutError as e:
+        result["error"] = str(e)
+    first = call.played.first_after(speech_end_at, level=level)
+    result["voice_to_voice"] = round(first - speech_end_at, 3) if first is not None else None
+    return result
+
+
+async def run_phone_caller(url: str, clips: list[dict], args, delay: float) -> list[dict]:
+    await asyncio.sleep(delay)
+    call = TwilioCall(url)
+    await call.connect()
+    results = []
+    try:
+        await asyncio.sleep(1.0)
+        for clip in clips:
+            results.append(
+                await phone_turn(call, clip, level=args.level, timeout=args.reply_timeout)
+            )
+            await asyncio.sleep(args.pause)
+    finally:
+        await call.hang_up()
+    return results
+
+
+def summarize_phone(turns: list[dict]) -> dict:
+    finished = [t for t in turns if not t["category"].startswith("paused")]
+    return {
+        "turns": len(turns),
+        "no_reply": sum(1 for t in turns if t["voice_to_voice"] is None),
+        "voice_to_voice_far_end": _stats([t["voice_to_voice"] for t in turns]),
+        "voice_to_voice_far_end_finished": _stats([t["voice_to_voice"] for t in finished]),
+        "voice_to_voice_far_end_by_category": {
+            c: _stats([t["voice_to_voice"] for t in turns if t["category"] == c])
+            for c in sorted({t["category"] for t in turns})
+        },
+    }
+
+
+def _stats(values) -> dict:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "n": len([v for v in values if v is not None]),
+    }
+
+
 def summarize(turns: list[dict]) -> dict:
-    def stats(values):
-        return {
-            "p50": percentile(values, 50),
-            "p95": percentile(values, 95),
-            "n": len([v for v in values if v is not None]),
-        }
+    stats = _stats
 
     categories = sorted({t["category"] for t in turns})
     finished = [t for t in turns if not t["category"].startswith("paused") and t.get("server")]
@@ -257,9 +314,10 @@ async def run(args) -> dict:
         try:
             await wait_healthy(url, server, timeout=600)
             rng = random.Random(0)
+            caller = run_phone_caller if args.transport == "phone" else run_caller
             per_caller = await asyncio.gather(
                 *(
-                    run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
+                    caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
                     for i in range(args.callers)
                 )
             )
@@ -278,9 +336,10 @@ async def run(args) -> dict:
             t["item"] = answer_item(t["text"])[1]
     report = {
         "set": args.set,
+        "transport": args.transport,
         "config": args.config,
         "callers": args.callers,
-        "summary": summarize(turns),
+        "summary": summarize_phone(turns) if args.transport == "phone" else summarize(turns),
         "per_turn": [{k: v for k, v in t.items() if k != "item"} for t in turns],
         "server_log": str(log_path),
     }
@@ -294,13 +353,15 @@ def main():
     parser.add_argument("--set", choices=["human", "piper", "espeak"], default="human")
     parser.add_argument("--config", default="default")
     parser.add_argument("--callers", type=int, default=1)
+    parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
     parser.add_argument("--limit", type=int, help="only the first N clips")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")
     parser.add_argument("--reply-timeout", type=float, default=30.0)
     parser.add_argument("--out", help="default out/benchmarks/call_latency_SET.json")
     args = parser.parse_args()
-    args.out = args.out or f"out/benchmarks/call_latency_{args.set}.json"
+    suffix = "_phone" if args.transport == "phone" else ""
+    args.out = args.out or f"out/benchmarks/call_latency_{args.set}{suffix}.json"
     report = asyncio.run(run(args))
     out = write_report(report, args.out)
     print(json.dumps(report["summary"], indent=2))

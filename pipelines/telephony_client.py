@@ -72,8 +72,15 @@ class PlayedAudio:
         parts = [pcm for at, pcm in self.chunks if at >= t]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
-    def first_after(self, t: float) -> float | None:
-        return next((at for at, pcm in self.chunks if at >= t and np.abs(pcm).max() > 300), None)
+    def first_after(self, t: float, level: int = 300) -> float | None:
+        """When the first audible sample (above ``level``) after ``t`` played."""
+        for at, pcm in self.chunks:
+            if at + len(pcm) / RATE >= t and pcm.size:
+                loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > level)
+                loud = loud[at + loud / RATE >= t]
+                if loud.size:
+                    return at + loud[0] / RATE
+        return None
 
 
 class TwilioCall:

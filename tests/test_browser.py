@@ -13,7 +13,6 @@ import pytest
 
 from pipelines.webrtc_client import free_loopback_port
 from tests.conftest import wer, write_wav
-from tests.test_webrtc import server  # noqa: F401  (the running server fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -38,7 +37,7 @@ async def page_text(devtools_port: int, element_id: str) -> str:
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
 )
-async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question_wavs, tmp_path):  # noqa: F811
+async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question_wavs, tmp_path):
     app, url = server
     import soundfile as sf
 
