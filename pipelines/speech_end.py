@@ -18,8 +18,10 @@ class SpeechEndWatch:
     """Follows the audio of the current speech segment and says when the voice has just
     fallen silent (a few quiet frames after loud ones), before the VAD is sure of it.
 
-    Keeps the segment as Pipecat's SegmentedSTTService does: the last second before the VAD
-    start, then everything until the VAD stop.
+    Keeps the segment as Pipecat's SegmentedSTTService does, byte for byte (an early
+    transcription is used only for the very same audio): the last second before the VAD
+    start, cut to exactly a second whatever the frame sizes (a phone line's resampled
+    frames vary), then everything until the VAD stop.
     """
 
     QUIET_FRAMES = 2  # 20 ms frames below the level that follow speech
@@ -28,8 +30,7 @@ class SpeechEndWatch:
 
     def __init__(self, lead_secs: float = 1.0):
         self._lead_secs = lead_secs
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0
+        self._buffer = bytearray()  # int16 PCM
         self._speaking = False
         self._peak = 0.0
         self._quiet = 0
@@ -44,18 +45,15 @@ class SpeechEndWatch:
         # Pipecat's segmented STT empties its buffer at the VAD stop; so does this.
         self._speaking = False
         self._peak = 0.0
-        self._chunks.clear()
-        self._samples = 0
+        self._buffer.clear()
 
     def add(self, audio: bytes, sample_rate: int) -> bool:
         """Add a frame; True when the voice has just gone quiet within the VAD's speech."""
         samples = np.frombuffer(audio, dtype=np.int16)
-        self._chunks.append(samples)
-        self._samples += len(samples)
-        if not self._speaking:
-            keep = int(self._lead_secs * sample_rate)
-            while self._chunks and self._samples - len(self._chunks[0]) >= keep:
-                self._samples -= len(self._chunks.pop(0))
+        self._buffer += audio
+        keep = int(self._lead_secs * sample_rate) * 2
+        if not self._speaking and len(self._buffer) > keep:
+            del self._buffer[: len(self._buffer) - keep]
         rms = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if len(samples) else 0.0
         if rms > max(self.FLOOR, self.FRACTION * self._peak):
             self._peak = max(self._peak, rms)
@@ -69,4 +67,4 @@ class SpeechEndWatch:
         return False
 
     def segment(self) -> np.ndarray:
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return np.frombuffer(bytes(self._buffer), dtype=np.int16)

@@ -85,3 +85,23 @@ def test_early_transcription_is_not_used_when_the_user_went_on(stack):
 )
 def test_whisper_looping_is_told_from_a_person_repeating_a_little(text, looping):
     assert repeats_itself(text) is looping
+
+
+def test_the_speech_end_watch_keeps_the_segment_pipecat_keeps_whatever_the_frame_sizes():
+    """An early transcription is used only for the very audio Pipecat's segmented STT sends:
+    the last second before the VAD start, to the sample, then the speech (a phone line's
+    frames, resampled from 8 kHz, are not all 320 samples long)."""
+    from pipelines.speech_end import SpeechEndWatch
+
+    rng = np.random.default_rng(0)
+    watch = SpeechEndWatch()
+    pipecat = bytearray()  # SegmentedSTTService.process_audio_frame's buffer, as it keeps it
+    for i in range(150):
+        if i == 100:
+            watch.speech_started()
+        frame = rng.normal(0, 2000, int(rng.choice([318, 320, 322, 160]))).astype(np.int16)
+        watch.add(frame.tobytes(), 16000)
+        pipecat += frame.tobytes()
+        if i < 100 and len(pipecat) > 32000:
+            pipecat = pipecat[len(pipecat) - 32000 :]
+    assert np.array_equal(watch.segment(), np.frombuffer(bytes(pipecat), np.int16))
