@@ -158,19 +158,20 @@ def _round_after(at: float | None, since: float) -> float | None:
 
 
 async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[dict]:
+    """One caller's turns, over WebRTC or (``--transport phone``) through the phone entry."""
     await asyncio.sleep(delay)
-    caller = WebRTCCaller(url)
+    phone = args.transport == "phone"
+    caller = TwilioCall(url) if phone else WebRTCCaller(url)
+    turn = phone_turn if phone else call_turn
     await caller.connect()
     results = []
     try:
         await asyncio.sleep(1.0)
         for clip in clips:
-            results.append(
-                await call_turn(caller, clip, level=args.level, timeout=args.reply_timeout)
-            )
+            results.append(await turn(caller, clip, level=args.level, timeout=args.reply_timeout))
             await asyncio.sleep(args.pause)
     finally:
-        await caller.close()
+        await (caller.hang_up() if phone else caller.close())
     return results
 
 
@@ -188,23 +189,6 @@ async def phone_turn(call: TwilioCall, clip: dict, *, level: int, timeout: float
     first = call.played.first_after(speech_end_at, level=level)
     result["voice_to_voice"] = round(first - speech_end_at, 3) if first is not None else None
     return result
-
-
-async def run_phone_caller(url: str, clips: list[dict], args, delay: float) -> list[dict]:
-    await asyncio.sleep(delay)
-    call = TwilioCall(url)
-    await call.connect()
-    results = []
-    try:
-        await asyncio.sleep(1.0)
-        for clip in clips:
-            results.append(
-                await phone_turn(call, clip, level=args.level, timeout=args.reply_timeout)
-            )
-            await asyncio.sleep(args.pause)
-    finally:
-        await call.hang_up()
-    return results
 
 
 def summarize_phone(turns: list[dict]) -> dict:
@@ -314,10 +298,9 @@ async def run(args) -> dict:
         try:
             await wait_healthy(url, server, timeout=600)
             rng = random.Random(0)
-            caller = run_phone_caller if args.transport == "phone" else run_caller
             per_caller = await asyncio.gather(
                 *(
-                    caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
+                    run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
                     for i in range(args.callers)
                 )
             )
