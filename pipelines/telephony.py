@@ -228,9 +228,6 @@ def add_phone_routes(app: FastAPI, server) -> None:
             logger.warning("refused a media stream: unknown, used or expired token")
             await websocket.close(code=CLOSE_POLICY, reason="unknown or used stream token")
             return
-        if not server.has_room():
-            await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
-            return
         try:
             provider, call = await asyncio.wait_for(
                 parse_telephony_websocket(websocket), HANDSHAKE_TIMEOUT_SECS
@@ -241,6 +238,11 @@ def add_phone_routes(app: FastAPI, server) -> None:
             reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             logger.warning(f"refused a media stream: {reason}")
             await websocket.close(code=CLOSE_POLICY, reason=reason[:120])
+            return
+        # Checked after the handshake's awaits, with none before the session is registered
+        # (run_session, below), so calls that arrive together cannot pass the limit.
+        if not server.has_room():
+            await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
             return
         transport = FastAPIWebsocketTransport(
             websocket=websocket,
@@ -254,7 +256,9 @@ def add_phone_routes(app: FastAPI, server) -> None:
                 session_timeout=config.server.max_call_secs,
             ),
         )
-        session_id = f"{provider}-{call.get('call_id') or secrets.token_hex(6)}"
+        # The call id is the caller's to choose: a random part keeps two streams that claim
+        # the same one apart in the server's sessions (and in its session count).
+        session_id = f"{provider}-{call.get('call_id') or 'call'}-{secrets.token_hex(4)}"
         # Twilio reports when the reply has played; the other providers' streams are
         # paced in real time by the transport, and the bot listens again once sent.
         marks = twilio_marks(call["stream_id"]) if provider == "twilio" else None

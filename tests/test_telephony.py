@@ -334,3 +334,18 @@ async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
     await asyncio.wait_for(call.closed.wait(), 15)  # the server closed it
     await _no_sessions(app)
     await call.close()
+
+
+async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
+    app, url = server
+    first = await _dial(app, url)
+    second = TwilioCall(url)
+    second.call_sid = first.call_sid  # the start message's callSid is the caller's word
+    await second.connect()
+    await asyncio.sleep(0.5)
+    try:
+        assert len(app.state.server.sessions) == 2
+    finally:
+        await first.hang_up()
+        await second.hang_up()
+    await _no_sessions(app)
