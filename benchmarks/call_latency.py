@@ -214,8 +214,6 @@ def _stats(values) -> dict:
 
 
 def summarize(turns: list[dict]) -> dict:
-    stats = _stats
-
     categories = sorted({t["category"] for t in turns})
     finished = [t for t in turns if not t["category"].startswith("paused") and t.get("server")]
     stages = sorted(
@@ -227,18 +225,19 @@ def summarize(turns: list[dict]) -> dict:
     summary = {
         "turns": len(turns),
         "no_reply": sum(1 for t in turns if not t["reply"]),
-        "voice_to_voice_far_end": stats([t["voice_to_voice"] for t in turns]),
+        "voice_to_voice_far_end": _stats([t["voice_to_voice"] for t in turns]),
         # Turns spoken as finished (questions, statements, commands, short turns): what the
         # latency goal is about. Paused turns are judged by their cut-in rate instead.
-        "voice_to_voice_far_end_finished": stats([t["voice_to_voice"] for t in finished]),
+        "voice_to_voice_far_end_finished": _stats([t["voice_to_voice"] for t in finished]),
         "far_end_split": {
-            part: stats([t.get(part) for t in turns]) for part in ("uplink", "downlink")
+            part: _stats([t.get(part) for t in turns]) for part in ("uplink", "downlink")
         },
         "voice_to_voice_far_end_by_category": {
-            c: stats([t["voice_to_voice"] for t in turns if t["category"] == c]) for c in categories
+            c: _stats([t["voice_to_voice"] for t in turns if t["category"] == c])
+            for c in categories
         },
         "server_stages": {
-            s: stats([t["server"].get(s) for t in turns if t.get("server")]) for s in stages
+            s: _stats([t["server"].get(s) for t in turns if t.get("server")]) for s in stages
         },
         "finished_turns_slow_turn_end": _rate(
             [(t["server"].get("turn_end_detection") or 0) > SLOW_TURN_END_SECS for t in finished]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
+import soxr
 
 RATE = 8000
 FRAME_SAMPLES = RATE // 50  # 20 ms
@@ -47,19 +48,6 @@ def ulaw_decode(data: bytes) -> np.ndarray:
     exponent, mantissa = (u >> 4) & 0x07, u & 0x0F
     x = (((mantissa << 3) + _BIAS) << exponent) - _BIAS
     return np.where(u & 0x80, -x, x).astype(np.int16)
-
-
-def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:
-    """int16 mono at ``rate`` → int16 at 8 kHz (linear interpolation after a light
-    moving-average low-pass: telephone quality, which is the point)."""
-    x = samples.astype(np.float32)
-    if rate != RATE:
-        width = max(1, round(rate / RATE))
-        if width > 1:
-            x = np.convolve(x, np.ones(width) / width, mode="same")
-        t = np.arange(int(len(x) * RATE / rate)) * (rate / RATE)
-        x = np.interp(t, np.arange(len(x)), x)
-    return np.clip(x, -32768, 32767).astype(np.int16)
 
 
 @dataclass
@@ -142,7 +130,7 @@ class TwilioCall:
         """Queue a clip (int16 mono); the future resolves to the monotonic time its last
         sample was sent."""
         done = asyncio.get_running_loop().create_future()
-        pcm = to_8k(samples, rate)
+        pcm = samples.astype(np.int16) if rate == RATE else soxr.resample(samples, rate, RATE)
         pad = (-len(pcm)) % FRAME_SAMPLES
         self._outgoing.put_nowait((np.concatenate([pcm, np.zeros(pad, np.int16)]), done))
         return done
