@@ -18,7 +18,7 @@ Sets (made by ``python -m benchmarks.human_speech`` and ``--answer-set``):
   human   real recordings: questions, statements, commands, very short and paused turns;
   piper / espeak  the answer-quality questions spoken by two different synthetic voices.
 
-Reported: far-end voice-to-voice p50/p95 (all, and per category), server stages p50/p95,
+Reported: the server's CPU over the run (cores), far-end voice-to-voice p50/p95 (all, and per category), server stages p50/p95,
 finished turns that waited > 1.5 s for turn end, cut-ins on paused turns (the reply began
 before the user had finished), question WER, and the words: answers with the accepted
 keywords, replies about "the user" or notes, echoes of statements.
@@ -32,16 +32,18 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from benchmarks.answer_set import COMMANDS, QUESTIONS, STATEMENTS, is_correct, is_echo, is_meta
 from benchmarks.conversation import corpus_wer, percentile
 from benchmarks.report import write_report
 from benchmarks.server_memory import wait_healthy
 from pipelines.file_transport import load_input_wav, speech_end_offset
-from pipelines.telephony_client import TwilioCall
+from pipelines.telephony_client import PhoneCall
 from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +163,7 @@ async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[di
     """One caller's turns, over WebRTC or (``--transport phone``) through the phone entry."""
     await asyncio.sleep(delay)
     phone = args.transport == "phone"
-    caller = TwilioCall(url) if phone else WebRTCCaller(url)
+    caller = PhoneCall(url) if phone else WebRTCCaller(url)
     turn = phone_turn if phone else call_turn
     await caller.connect()
     results = []
@@ -175,7 +177,7 @@ async def run_caller(url: str, clips: list[dict], args, delay: float) -> list[di
     return results
 
 
-async def phone_turn(call: TwilioCall, clip: dict, *, level: int, timeout: float) -> dict:
+async def phone_turn(call: PhoneCall, clip: dict, *, level: int, timeout: float) -> dict:
     """One turn by phone: far-end voice-to-voice only (the line carries no page messages)."""
     samples, _ = load_input_wav(clip["path"], RATE)
     speech_end = speech_end_offset(samples, RATE)
@@ -297,12 +299,18 @@ async def run(args) -> dict:
         try:
             await wait_healthy(url, server, timeout=600)
             rng = random.Random(0)
+            process = psutil.Process(server.pid)
+            cpu_before, wall = process.cpu_times(), time.monotonic()
             per_caller = await asyncio.gather(
                 *(
                     run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
                     for i in range(args.callers)
                 )
             )
+            # The server's CPU over the whole run, in cores (2 = both cores of this machine).
+            cpu_after = process.cpu_times()
+            used = sum(cpu_after[:2]) - sum(cpu_before[:2])
+            server_cpu_cores = round(used / (time.monotonic() - wall), 3)
         finally:
             server.terminate()
             try:
@@ -321,6 +329,7 @@ async def run(args) -> dict:
         "transport": args.transport,
         "config": args.config,
         "callers": args.callers,
+        "server_cpu_cores": server_cpu_cores,
         "summary": summarize_phone(turns) if args.transport == "phone" else summarize(turns),
         "per_turn": [{k: v for k, v in t.items() if k != "item"} for t in turns],
         "server_log": str(log_path),

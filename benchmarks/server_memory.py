@@ -1,9 +1,10 @@
 """Resident memory of the WebRTC server, and what each extra session adds.
 
-    python -m benchmarks.server_memory [--config default] [--sessions 4]
+    python -m benchmarks.server_memory [--config default] [--sessions 4] [--transport phone]
 
 Starts `run_agent.py --transport webrtc` as a separate process, waits until its models
-are loaded, then opens sessions one at a time with real WebRTC callers over loopback;
+are loaded, then opens sessions one at a time with real WebRTC callers over loopback
+(``--transport phone``: phone calls in Twilio's protocol, pipelines/telephony_client.py);
 each caller asks one spoken question and waits for the spoken answer, and stays
 connected. Reports the server's RSS after start-up, after each session, the mean growth
 per session, the CPU the server burns while the open sessions are silent, RSS after
@@ -28,6 +29,7 @@ import psutil
 from agent.config import load_config
 from benchmarks.report import write_report
 from pipelines.stack import load_speech_engine
+from pipelines.telephony_client import PhoneCall
 from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +55,21 @@ async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300)
     raise TimeoutError("server did not come up")
 
 
+async def ask(caller: WebRTCCaller | PhoneCall, question: np.ndarray):
+    """Say the question (16 kHz) and wait for the spoken answer."""
+    if isinstance(caller, PhoneCall):
+        sent = await caller.say(question, 16000)
+        await caller.wait_for_reply(sent, timeout=120)
+    else:
+        caller.mic.say(question, 16000)
+        await caller.mic.clip_finished.wait()
+        await caller.wait_for_reply(time.monotonic(), timeout=120)
+
+
+async def hang_up(caller: WebRTCCaller | PhoneCall):
+    await (caller.hang_up() if isinstance(caller, PhoneCall) else caller.close())
+
+
 async def run(args) -> dict:
     config = load_config(args.config)
     engine = load_speech_engine(config)
@@ -68,21 +85,23 @@ async def run(args) -> dict:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     process = psutil.Process(server.pid)
-    callers: list[WebRTCCaller] = []
-    report: dict = {"config": args.config}
+    callers: list[WebRTCCaller | PhoneCall] = []
+    report: dict = {"config": args.config, "transport": args.transport}
+
+    def new_caller():
+        return PhoneCall(url) if args.transport == "phone" else WebRTCCaller(url)
+
     try:
         await wait_healthy(url, server)
         await asyncio.sleep(2)
         report["rss_after_start_mib"] = mib(process)
         after_each = []
         for _ in range(args.sessions):
-            caller = WebRTCCaller(url)
+            caller = new_caller()
             await caller.connect()
             callers.append(caller)
             await asyncio.sleep(0.5)
-            caller.mic.say(question, 16000)
-            await caller.mic.clip_finished.wait()
-            await caller.wait_for_reply(time.monotonic(), timeout=120)
+            await ask(caller, question)
             await asyncio.sleep(1)
             after_each.append(mib(process))
         report["rss_after_each_session_mib"] = after_each
@@ -98,19 +117,17 @@ async def run(args) -> dict:
         used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
         report["server_cpu_cores_with_silent_sessions"] = round(used / (time.monotonic() - wall), 3)
         for caller in callers:
-            await caller.close()
+            await hang_up(caller)
         callers.clear()
         await asyncio.sleep(3)
         report["rss_after_hangups_mib"] = mib(process)
         # A second round of the same sessions: memory that is reused, not leaked, stays put.
         for _ in range(args.sessions):
-            caller = WebRTCCaller(url)
+            caller = new_caller()
             await caller.connect()
             await asyncio.sleep(0.5)
-            caller.mic.say(question, 16000)
-            await caller.mic.clip_finished.wait()
-            await caller.wait_for_reply(time.monotonic(), timeout=120)
-            await caller.close()
+            await ask(caller, question)
+            await hang_up(caller)
         await asyncio.sleep(3)
         report["rss_after_second_round_mib"] = mib(process)
         async with aiohttp.ClientSession() as http:
@@ -118,7 +135,7 @@ async def run(args) -> dict:
                 report["sessions_left_after_hangups"] = (await response.json())["sessions"]
     finally:
         for caller in callers:
-            await caller.close()
+            await hang_up(caller)
         server.terminate()
         server.wait(timeout=30)
     return report
@@ -130,8 +147,11 @@ def main():
     )
     parser.add_argument("--config", default="default")
     parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--out", default="out/benchmarks/server_memory.json")
+    parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
+    parser.add_argument("--out", help="default out/benchmarks/server_memory[_phone].json")
     args = parser.parse_args()
+    suffix = "_phone" if args.transport == "phone" else ""
+    args.out = args.out or f"out/benchmarks/server_memory{suffix}.json"
     report = asyncio.run(run(args))
     write_report(report, args.out)
     print(json.dumps(report, indent=2))

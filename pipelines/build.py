@@ -1,6 +1,6 @@
 """Assembles one session's Pipecat pipeline around any transport.
 
-    transport.input → half-duplex gate → Whisper STT
+    transport.input → half-duplex gate → Whisper STT → keypad (DTMF) entries
       → user aggregator (Silero VAD, turn-end detection) → user turn (audio, text, tone)
       → LLM → TTS → transport.output → reply-played watcher → assistant aggregator
 
@@ -18,6 +18,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import OutputTransportMessageUrgentFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -52,6 +53,10 @@ from pipelines.stack import ModelStack
 from pipelines.turn_end import TranscriptAwareTurnStopStrategy, TurnEndPolicy
 from pipelines.turn_timeline import TurnTimeline
 from pipelines.user_turn import UserTurnProcessor
+
+
+KEYPAD_PREFIX = "I pressed "
+KEYPAD_TIMEOUT_SECS = 2.0
 
 
 @dataclass
@@ -163,6 +168,10 @@ def build_session(
         text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
     )
     watcher = ReplyPlayedWatcher(gate, reopens=playout_marks is None)
+    # Keys a caller presses become a user turn of their own, "I pressed 42#": after "#" or
+    # two seconds without a key. The first key cuts a reply short (Pipecat's interruption):
+    # on a half-duplex line it is the caller's one way to do that.
+    keypad = DTMFAggregator(prefix=KEYPAD_PREFIX, timeout=KEYPAD_TIMEOUT_SECS)
     state.tone.enabled = config.tone.follow
 
     context = LLMContext()
@@ -238,6 +247,7 @@ def build_session(
             transport.input(),
             gate,
             stt,
+            keypad,
             aggregators.user(),
             user_turn,
             llm,

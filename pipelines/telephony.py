@@ -5,7 +5,9 @@ Served by the same process as the browser page, with the same models and session
 * ``POST /`` is the webhook a Twilio number calls when it is dialled. It answers TwiML
   that connects the call's audio to ``wss://HOST/ws/TOKEN`` (HOST: ``server.public_host``,
   else the request's Host header). When ``TWILIO_AUTH_TOKEN`` is set, the request must
-  carry a valid ``X-Twilio-Signature``.
+  carry a valid ``X-Twilio-Signature``. ``POST /telnyx`` (TeXML) and ``POST /plivo``
+  (Plivo XML) answer the same for those providers; ``GET /exotel`` gives Exotel's
+  Voicebot applet (dynamic endpoint) the URL as ``{"url": …}``.
 * ``WebSocket /ws/TOKEN`` takes the media stream. TOKEN comes from a TwiML answer and
   opens one stream, once, within ``TOKEN_TTL_SECS``: nobody can stream into the bot
   without having been handed a URL by the webhook. The provider is told apart by its
@@ -30,7 +32,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
@@ -38,6 +40,9 @@ from loguru import logger
 from pipecat.frames.frames import EndFrame, Frame, InputTransportMessageFrame
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.serializers.exotel import ExotelFrameSerializer
+from pipecat.serializers.plivo import PlivoFrameSerializer
+from pipecat.serializers.telnyx import TelnyxFrameSerializer
 from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
@@ -82,24 +87,38 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
     return base64.b64encode(digest).decode()
 
 
+_XML = '<?xml version="1.0" encoding="UTF-8"?>'
+
+
 def twiml(stream_url: str) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}/></Connect></Response>"
-    )
+    """Twilio: connect the call's audio to the stream, both ways."""
+    return f"{_XML}<Response><Connect><Stream url={quoteattr(stream_url)}/></Connect></Response>"
 
 
-class TwilioCallSerializer(TwilioFrameSerializer):
-    """Pipecat's Twilio serializer, stricter and with marks.
+def texml(stream_url: str) -> str:
+    """Telnyx's TeXML: as TwiML, and the bot's audio goes back as raw media (``rtp``)."""
+    stream = f'<Stream url={quoteattr(stream_url)} bidirectionalMode="rtp"/>'
+    return f"{_XML}<Response><Connect>{stream}</Connect></Response>"
 
-    * ``mark`` events (Twilio's report that the audio before a mark has played), which
-      Pipecat's serializer drops, become InputTransportMessageFrames for PlayoutMarks
-      (pipelines/half_duplex.py);
+
+def plivo_xml(stream_url: str) -> str:
+    """Plivo: a bidirectional μ-law stream that holds the call while it is open."""
+    attrs = 'bidirectional="true" keepCallAlive="true" contentType="audio/x-mulaw;rate=8000"'
+    return f"{_XML}<Response><Stream {attrs}>{escape(stream_url)}</Stream></Response>"
+
+
+class StrictStream:
+    """Mixed into Pipecat's telephony serializers (which log and skip what they cannot
+    parse), for a number anyone can dial:
+
+    * a message that is not a JSON object, or media that is not base64, raises: the
+      transport logs it and the call ends (one broken stream must not be half-served);
     * ``stop`` (the caller hung up) calls ``on_stop``, which ends the session even if the
       socket stays open;
-    * a message that is not a JSON object, or media that is not base64, raises: the
-      transport logs it and the call ends (one broken stream must not be half-served).
-    Events it does not know are ignored, as Twilio adds new ones over time.
+    * ``mark`` events (the provider's report that the audio sent before a mark has
+      played), which Pipecat's serializers drop, become InputTransportMessageFrames for
+      PlayoutMarks (pipelines/half_duplex.py).
+    Events it does not know are ignored, as providers add new ones over time.
     """
 
     def __init__(self, *args, on_stop: Callable[[], None] | None = None, **kwargs):
@@ -108,10 +127,10 @@ class TwilioCallSerializer(TwilioFrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if not isinstance(data, str):
-            raise TypeError("a binary message on a Twilio media stream")
+            raise TypeError("a binary message on a media stream")
         try:
             message = json.loads(data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ValueError(f"a message that is not JSON: {data[:60]!r}") from None
         if not isinstance(message, dict):
             raise TypeError(f"a message that is not a JSON object: {data[:60]!r}")
@@ -123,12 +142,29 @@ class TwilioCallSerializer(TwilioFrameSerializer):
                 self._on_stop()
             return None
         if event == "media":
-            payload = (message.get("media") or {}).get("payload")
+            media = message.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
             try:
                 base64.b64decode(payload or "", validate=True)
             except (binascii.Error, TypeError):
                 raise ValueError("a media message whose payload is not base64") from None
         return await super().deserialize(data)
+
+
+class TwilioCallSerializer(StrictStream, TwilioFrameSerializer):
+    pass
+
+
+class TelnyxCallSerializer(StrictStream, TelnyxFrameSerializer):
+    pass
+
+
+class PlivoCallSerializer(StrictStream, PlivoFrameSerializer):
+    pass
+
+
+class ExotelCallSerializer(StrictStream, ExotelFrameSerializer):
+    pass
 
 
 def twilio_marks(stream_sid: str) -> MarkProtocol:
@@ -153,8 +189,8 @@ def twilio_marks(stream_sid: str) -> MarkProtocol:
 def make_serializer(
     provider: str, call: dict, *, on_stop: Callable[[], None] | None = None
 ) -> FrameSerializer:
-    """Pipecat's serializer for the provider ``parse_telephony_websocket`` found
-    (``on_stop``: called when a Twilio stream says the caller hung up)."""
+    """Pipecat's serializer for the provider ``parse_telephony_websocket`` found, made
+    strict (``on_stop``: called when the stream says the caller hung up)."""
     if provider not in ("twilio", "telnyx", "plivo", "exotel"):
         raise ValueError(f"not a telephony media stream (provider {provider!r})")
     if not call.get("stream_id"):
@@ -171,10 +207,9 @@ def make_serializer(
             params=TwilioFrameSerializer.InputParams(auto_hang_up=bool(sid and token)),
         )
     if provider == "telnyx":
-        from pipecat.serializers.telnyx import TelnyxFrameSerializer
-
         key = env("TELNYX_API_KEY")
-        return TelnyxFrameSerializer(
+        return TelnyxCallSerializer(
+            on_stop=on_stop,
             stream_id=call["stream_id"],
             outbound_encoding=call.get("outbound_encoding") or "PCMU",
             inbound_encoding="PCMU",
@@ -183,19 +218,18 @@ def make_serializer(
             params=TelnyxFrameSerializer.InputParams(auto_hang_up=bool(key)),
         )
     if provider == "plivo":
-        from pipecat.serializers.plivo import PlivoFrameSerializer
-
         auth_id, token = env("PLIVO_AUTH_ID"), env("PLIVO_AUTH_TOKEN")
-        return PlivoFrameSerializer(
+        return PlivoCallSerializer(
+            on_stop=on_stop,
             stream_id=call["stream_id"],
             call_id=call.get("call_id"),
             auth_id=auth_id,
             auth_token=token,
             params=PlivoFrameSerializer.InputParams(auto_hang_up=bool(auth_id and token)),
         )
-    from pipecat.serializers.exotel import ExotelFrameSerializer
-
-    return ExotelFrameSerializer(stream_sid=call["stream_id"], call_sid=call.get("call_id"))
+    return ExotelCallSerializer(
+        on_stop=on_stop, stream_sid=call["stream_id"], call_sid=call.get("call_id")
+    )
 
 
 def add_phone_routes(app: FastAPI, server) -> None:
@@ -204,11 +238,17 @@ def add_phone_routes(app: FastAPI, server) -> None:
     tokens = StreamTokens()
     config = server.config
 
+    def stream_url(request: Request) -> str:
+        """A one-time ``ws(s)://HOST/ws/TOKEN`` for the call this webhook answers."""
+        host = config.server.public_host or request.headers.get("host", "")
+        secure = config.server.public_host or request.url.scheme == "https"
+        return f"{'wss' if secure else 'ws'}://{host}/ws/{tokens.issue()}"
+
     @app.post("/")
     async def twiml_webhook(request: Request):
-        host = config.server.public_host or request.headers.get("host", "")
         auth_token = os.environ.get("TWILIO_AUTH_TOKEN")
         if auth_token:
+            host = config.server.public_host or request.headers.get("host", "")
             form = {k: str(v) for k, v in (await request.form()).items()}
             scheme = "https" if config.server.public_host else request.url.scheme
             url = f"{scheme}://{host}{request.url.path}"
@@ -217,9 +257,21 @@ def add_phone_routes(app: FastAPI, server) -> None:
             if not hmac.compare_digest(expected, given):
                 logger.warning(f"refused a TwiML request to {url}: bad X-Twilio-Signature")
                 return Response("bad X-Twilio-Signature", status_code=403)
-        secure = config.server.public_host or request.url.scheme == "https"
-        stream_url = f"{'wss' if secure else 'ws'}://{host}/ws/{tokens.issue()}"
-        return Response(twiml(stream_url), media_type="application/xml")
+        return Response(twiml(stream_url(request)), media_type="application/xml")
+
+    # The other providers' webhooks: the same one-time stream URL in each one's markup.
+    @app.post("/telnyx")
+    async def texml_webhook(request: Request):
+        return Response(texml(stream_url(request)), media_type="application/xml")
+
+    @app.post("/plivo")
+    async def plivo_webhook(request: Request):
+        return Response(plivo_xml(stream_url(request)), media_type="application/xml")
+
+    @app.api_route("/exotel", methods=["GET", "POST"])
+    async def exotel_endpoint(request: Request):
+        # The Voicebot applet's dynamic endpoint: it asks for the stream URL per call.
+        return {"url": stream_url(request)}
 
     @app.websocket("/ws/{token}")
     async def media_stream(websocket: WebSocket, token: str):

@@ -1,13 +1,15 @@
-"""A scripted phone call in the Twilio Media Streams protocol, over a real websocket.
+"""A scripted phone call over a real websocket, in the media-stream protocol of Twilio
+(default), Telnyx, Plivo or Exotel.
 
-It does what Twilio does between a caller and the bot: sends ``connected`` and ``start``,
-the caller's audio as 8 kHz μ-law ``media`` messages of 20 ms in real time (silence
-between clips, as a phone line carries), ``dtmf`` and ``stop``; it plays what the bot
-sends back in real time into a recording, answers each ``mark`` when the audio sent before
-it has played, and drops the unplayed audio on ``clear``. For tests, benchmarks, and
-trying the phone entry without a Twilio number:
+It does what the provider does between a caller and the bot: asks the server's webhook
+for the stream URL, sends the opening messages, the caller's audio as 8 kHz ``media``
+messages of 20 ms in real time (silence between clips, as a phone line carries), keypad
+presses (``dtmf``) and ``stop``; it plays what the bot sends back in real time into a
+recording, answers each ``mark`` when the audio sent before it has played, and drops the
+unplayed audio on ``clear``. For tests, benchmarks, and trying the phone entry without a
+phone number:
 
-    python -m pipelines.telephony_client http://127.0.0.1:7860 question.wav
+    python -m pipelines.telephony_client http://127.0.0.1:7860 question.wav [--provider plivo]
 """
 
 from __future__ import annotations
@@ -71,18 +73,228 @@ class PlayedAudio:
         return None
 
 
-class TwilioCall:
-    """One call into a server's ``POST /`` + ``/ws/{token}`` phone entry."""
+class Provider:
+    """One provider's side of the media-stream protocol (Twilio's; the others below say
+    what they do differently). ``call`` is the PhoneCall whose ids go in the messages."""
 
-    def __init__(self, base_url: str, *, custom_parameters: dict | None = None):
+    name = "twilio"
+    webhook = "/"  # where the server hands out a stream URL for a new call
+    audio_in = "media"  # the event that carries the bot's audio
+    clear = "clear"  # the event that drops the bot's unplayed audio
+
+    async def stream_url(self, http: aiohttp.ClientSession, base_url: str, call_id: str) -> str:
+        """Ask the webhook, as the provider does when the number is dialled."""
+        async with http.post(base_url + self.webhook, data={"CallSid": call_id}) as r:
+            r.raise_for_status()
+            body = await r.text()
+        start = body.index('url="') + len('url="')
+        return body[start : body.index('"', start)]
+
+    def handshake(self, call: PhoneCall) -> list[dict]:
+        return [
+            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+            {
+                "event": "start",
+                "streamSid": call.stream_id,
+                "start": {
+                    "accountSid": "AC" + "0" * 32,
+                    "streamSid": call.stream_id,
+                    "callSid": call.call_id,
+                    "tracks": ["inbound"],
+                    "customParameters": call.custom_parameters,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1},
+                },
+            },
+        ]
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return ulaw_encode(pcm)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return ulaw_decode(data)
+
+    def media(self, call: PhoneCall, payload: str, chunk: int) -> dict:
+        return {
+            "event": "media",
+            "streamSid": call.stream_id,
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str(chunk * 20),
+                "payload": payload,
+            },
+        }
+
+    def dtmf(self, call: PhoneCall, digit: str) -> dict:
+        return {
+            "event": "dtmf",
+            "streamSid": call.stream_id,
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+
+    def stop(self, call: PhoneCall) -> dict:
+        return {"event": "stop", "streamSid": call.stream_id, "stop": {"callSid": call.call_id}}
+
+    def mark(self, call: PhoneCall, name: str) -> dict:
+        return {"event": "mark", "streamSid": call.stream_id, "mark": {"name": name}}
+
+
+class Telnyx(Provider):
+    """Telnyx media streaming (TeXML ``<Stream bidirectionalMode="rtp">``): snake_case
+    ids at the top level, the call named by its ``call_control_id``."""
+
+    name = "telnyx"
+    webhook = "/telnyx"
+
+    def handshake(self, call):
+        return [
+            {"event": "connected", "version": "1.0.0"},
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "stream_id": call.stream_id,
+                "start": {
+                    "call_control_id": call.call_id,
+                    "from": "+15550100",
+                    "to": "+15550199",
+                    "media_format": {"encoding": "PCMU", "sample_rate": RATE, "channels": 1},
+                },
+            },
+        ]
+
+    def media(self, call, payload, chunk):
+        return {
+            "event": "media",
+            "stream_id": call.stream_id,
+            "media": {"track": "inbound", "chunk": str(chunk), "payload": payload},
+        }
+
+    def dtmf(self, call, digit):
+        return {"event": "dtmf", "stream_id": call.stream_id, "dtmf": {"digit": digit}}
+
+    def stop(self, call):
+        return {"event": "stop", "stream_id": call.stream_id, "stop": {}}
+
+    def mark(self, call, name):
+        return {"event": "mark", "stream_id": call.stream_id, "mark": {"name": name}}
+
+
+class Plivo(Provider):
+    """Plivo audio streams: camelCase ids, no ``connected``; the bot answers with
+    ``playAudio`` and ``clearAudio``."""
+
+    name = "plivo"
+    webhook = "/plivo"
+    audio_in = "playAudio"
+    clear = "clearAudio"
+
+    async def stream_url(self, http, base_url, call_id):
+        async with http.post(base_url + self.webhook, data={"CallUUID": call_id}) as r:
+            r.raise_for_status()
+            body = await r.text()
+        return body.split("<Stream", 1)[1].split(">", 1)[1].split("</Stream>", 1)[0]
+
+    def handshake(self, call):
+        return [
+            {
+                "event": "start",
+                "sequenceNumber": 0,
+                "start": {
+                    "callId": call.call_id,
+                    "streamId": call.stream_id,
+                    "accountId": "MA" + "0" * 18,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE},
+                },
+            }
+        ]
+
+    def media(self, call, payload, chunk):
+        return {
+            "event": "media",
+            "streamId": call.stream_id,
+            "media": {"track": "inbound", "chunk": chunk, "payload": payload},
+        }
+
+    def dtmf(self, call, digit):
+        return {"event": "dtmf", "streamId": call.stream_id, "dtmf": {"digit": digit}}
+
+    def stop(self, call):
+        return {"event": "stop", "streamId": call.stream_id}
+
+
+class Exotel(Provider):
+    """Exotel's Voicebot applet: 16-bit linear PCM at 8 kHz (not μ-law), snake_case ids;
+    its dynamic endpoint hands out the stream URL as JSON."""
+
+    name = "exotel"
+    webhook = "/exotel"
+
+    async def stream_url(self, http, base_url, call_id):
+        async with http.get(base_url + self.webhook, params={"CallSid": call_id}) as r:
+            r.raise_for_status()
+            return (await r.json())["url"]
+
+    def handshake(self, call):
+        return [
+            {"event": "connected"},
+            {
+                "event": "start",
+                "stream_sid": call.stream_id,
+                "start": {
+                    "stream_sid": call.stream_id,
+                    "call_sid": call.call_id,
+                    "account_sid": "exotel-account",
+                    "from": "09999999999",
+                    "to": "08888888888",
+                    "custom_parameters": {},
+                    "media_format": {"encoding": "base64", "sample_rate": str(RATE)},
+                },
+            },
+        ]
+
+    def encode(self, pcm):
+        return pcm.astype("<i2").tobytes()
+
+    def decode(self, data):
+        return np.frombuffer(data, "<i2").astype(np.int16)
+
+    def media(self, call, payload, chunk):
+        return {
+            "event": "media",
+            "stream_sid": call.stream_id,
+            "media": {"chunk": chunk, "timestamp": str(chunk * 20), "payload": payload},
+        }
+
+    def dtmf(self, call, digit):
+        return {"event": "dtmf", "stream_sid": call.stream_id, "dtmf": {"digit": digit}}
+
+    def stop(self, call):
+        return {"event": "stop", "stream_sid": call.stream_id, "stop": {}}
+
+    def mark(self, call, name):
+        return {"event": "mark", "stream_sid": call.stream_id, "mark": {"name": name}}
+
+
+PROVIDERS = {p.name: p for p in (Provider(), Telnyx(), Plivo(), Exotel())}
+
+
+class PhoneCall:
+    """One call into a server's phone entry (webhook + ``/ws/{token}``), in the protocol
+    of ``provider``: twilio (default), telnyx, plivo or exotel."""
+
+    def __init__(
+        self, base_url: str, *, provider: str = "twilio", custom_parameters: dict | None = None
+    ):
         self.base_url = base_url.rstrip("/")
-        self.stream_sid = "MZ" + secrets.token_hex(16)
-        self.call_sid = "CA" + secrets.token_hex(16)
+        self.provider = PROVIDERS[provider]
+        self.stream_id = "MZ" + secrets.token_hex(16)
+        self.call_id = "CA" + secrets.token_hex(16)
         self.custom_parameters = custom_parameters or {}
         self.played = PlayedAudio()
         self.marks_answered: list[str] = []
         self.clears = 0
-        self.unexpected: list[dict] = []  # messages Twilio would not understand
+        self.unexpected: list[dict] = []  # messages the provider would not understand
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -90,37 +302,20 @@ class TwilioCall:
         self._outgoing: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._sequence = 0
         self._playout_end = 0.0  # monotonic time the audio received so far ends playing
+        self._pending_marks: list[tuple[asyncio.TimerHandle, str]] = []
         self._tasks: list[asyncio.Task] = []
 
     async def stream_url(self) -> str:
-        """Ask the webhook for TwiML, as Twilio does when the number is dialled."""
-        async with self._session.post(f"{self.base_url}/", data={"CallSid": self.call_sid}) as r:
-            r.raise_for_status()
-            body = await r.text()
-        start = body.index('url="') + len('url="')
-        return body[start : body.index('"', start)]
+        return await self.provider.stream_url(self._session, self.base_url, self.call_id)
 
     async def connect(self, url: str | None = None):
         """Dial: get the stream URL from the webhook (or use ``url``), open the stream
-        and send ``connected`` and ``start``."""
+        and send the provider's opening messages."""
         self._session = aiohttp.ClientSession()
         url = url or await self.stream_url()
         self._ws = await self._session.ws_connect(url)
-        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self._send(
-            {
-                "event": "start",
-                "streamSid": self.stream_sid,
-                "start": {
-                    "accountSid": "AC" + "0" * 32,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": self.custom_parameters,
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1},
-                },
-            }
-        )
+        for message in self.provider.handshake(self):
+            await self._send(message)
         self._tasks = [
             asyncio.create_task(self._speak()),
             asyncio.create_task(self._listen()),
@@ -136,20 +331,13 @@ class TwilioCall:
         return done
 
     async def press(self, digit: str):
-        await self._send(
-            {
-                "event": "dtmf",
-                "streamSid": self.stream_sid,
-                "dtmf": {"track": "inbound_track", "digit": digit},
-            }
-        )
+        """A key on the keypad (DTMF)."""
+        await self._send(self.provider.dtmf(self, digit))
 
     async def stop(self):
-        """Send ``stop``, as Twilio does when the caller hangs up."""
+        """Send ``stop``, as the provider does when the caller hangs up."""
         if self._ws is not None and not self._ws.closed:
-            await self._send(
-                {"event": "stop", "streamSid": self.stream_sid, "stop": {"callSid": self.call_sid}}
-            )
+            await self._send(self.provider.stop(self))
 
     async def send_raw(self, text: str):
         """Send a message as is (for testing what the server does with bad input)."""
@@ -209,18 +397,8 @@ class TwilioCall:
             else:
                 frame = silence
             chunk += 1
-            await self._send(
-                {
-                    "event": "media",
-                    "streamSid": self.stream_sid,
-                    "media": {
-                        "track": "inbound",
-                        "chunk": str(chunk),
-                        "timestamp": str(chunk * 20),
-                        "payload": base64.b64encode(ulaw_encode(frame)).decode(),
-                    },
-                }
-            )
+            payload = base64.b64encode(self.provider.encode(frame)).decode()
+            await self._send(self.provider.media(self, payload, chunk))
             if clip is not None and offset >= len(clip):
                 done.set_result(time.monotonic())
                 clip = None
@@ -234,24 +412,30 @@ class TwilioCall:
                     continue
                 message = json.loads(msg.data)
                 event = message.get("event")
-                if event == "media":
-                    pcm = ulaw_decode(base64.b64decode(message["media"]["payload"]))
+                if event == self.provider.audio_in:
+                    pcm = self.provider.decode(base64.b64decode(message["media"]["payload"]))
                     start = max(time.monotonic(), self._playout_end)
                     self._playout_end = start + len(pcm) / RATE
                     self.played.chunks.append((start, pcm))
                 elif event == "mark":
-                    # Twilio answers a mark once the audio sent before it has played.
+                    # A mark is answered once the audio sent before it has played.
                     name = message.get("mark", {}).get("name", "")
-                    asyncio.get_running_loop().call_later(
+                    handle = asyncio.get_running_loop().call_later(
                         max(0.0, self._playout_end - time.monotonic()),
                         lambda n=name: asyncio.ensure_future(self._answer_mark(n)),
                     )
-                elif event == "clear":
-                    # Unplayed audio is dropped.
+                    self._pending_marks.append((handle, name))
+                elif event == self.provider.clear:
+                    # Unplayed audio is dropped, and the marks waiting on it are answered.
                     now = time.monotonic()
                     self.clears += 1
                     self.played.chunks = [(at, pcm) for at, pcm in self.played.chunks if at <= now]
                     self._playout_end = now
+                    for handle, name in self._pending_marks:
+                        if handle.when() > asyncio.get_running_loop().time():
+                            handle.cancel()
+                            asyncio.ensure_future(self._answer_mark(name))
+                    self._pending_marks.clear()
                 else:
                     self.unexpected.append(message)
         finally:
@@ -260,19 +444,17 @@ class TwilioCall:
 
     async def _answer_mark(self, name: str):
         if self._ws is not None and not self._ws.closed:
-            await self._send(
-                {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
-            )
+            await self._send(self.provider.mark(self, name))
             self.marks_answered.append(name)
 
 
-async def _main(url: str, wav: str):
+async def _main(url: str, wav: str, provider: str):
     import soundfile as sf
 
     samples, rate = sf.read(wav, dtype="int16")
     if samples.ndim > 1:
         samples = samples[:, 0]
-    call = TwilioCall(url)
+    call = PhoneCall(url, provider=provider)
     await call.connect()
     await asyncio.sleep(0.5)
     sent = await call.say(samples, rate)
@@ -292,5 +474,6 @@ if __name__ == "__main__":
     )
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:7860")
     parser.add_argument("wav", help="what the caller says")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="twilio")
     args = parser.parse_args()
-    asyncio.run(_main(args.url, args.wav))
+    asyncio.run(_main(args.url, args.wav, args.provider))

@@ -199,7 +199,12 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
             await self._decide()
         elif isinstance(frame, TranscriptionFrame):
             self._text = " ".join(f"{self._text} {frame.text}".split())
-            if not self._speaking:
+            if frame.finalized and not self._speaking and self._speech_end is None:
+                # Words that were never spoken (a keypad entry, from Pipecat's
+                # DTMFAggregator): complete as they come, with no pause to judge.
+                await self._cancel_timer()
+                self._timer = self.task_manager.create_task(self._end_after(0.0), f"{self}::typed")
+            elif not self._speaking:
                 self._transcript_in = True
                 await self._decide()
         return ProcessFrameResult.CONTINUE

@@ -14,7 +14,7 @@ import pytest
 from agent.models import cache_dir
 from benchmarks.human_speech import asterisk_prompts
 from pipelines.telephony import StreamTokens, twilio_signature, twiml
-from pipelines.telephony_client import RATE, TwilioCall, ulaw_decode, ulaw_encode
+from pipelines.telephony_client import RATE, PhoneCall, ulaw_decode, ulaw_encode
 from pipelines.webrtc_client import WebRTCCaller
 from tests.conftest import BARGE_IN, speak, wer
 
@@ -83,7 +83,7 @@ async def test_the_webhook_checks_twilios_signature_when_a_token_is_set(server, 
 
 async def test_a_stream_without_a_valid_token_is_refused(server):
     _, url = server
-    call = TwilioCall(url)
+    call = PhoneCall(url)
     await call.connect(url.replace("http", "ws") + "/ws/not-a-token")
     await asyncio.wait_for(call.closed.wait(), 10)
     assert call.close_code == 1008
@@ -99,6 +99,15 @@ async def test_a_malformed_handshake_closes_that_call_and_the_server_goes_on(ser
         async with http.ws_connect(stream_url) as ws:
             await ws.send_str("this is not JSON")
             await ws.send_str('{"event": "start", "start": {}}')
+            msg = await asyncio.wait_for(ws.receive(), 15)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        # Media before any start message.
+        async with http.post(f"{url}/") as r:
+            body = await r.text()
+        media = '{"event": "media", "media": {"payload": "AAAA"}}'
+        async with http.ws_connect(body.split('url="')[1].split('"')[0]) as ws:
+            await ws.send_str(media)
+            await ws.send_str(media)
             msg = await asyncio.wait_for(ws.receive(), 15)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         # The token was used up by that attempt.
@@ -181,10 +190,10 @@ async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcrip
         await call.hang_up()
 
 
-async def _dial(app, url: str) -> TwilioCall:
+async def _dial(app, url: str, provider: str = "twilio") -> PhoneCall:
     """A new call, once the calls of earlier tests have ended, settled for half a second."""
     await _no_sessions(app)
-    call = TwilioCall(url)
+    call = PhoneCall(url, provider=provider)
     await call.connect()
     await asyncio.sleep(0.5)
     return call
@@ -257,7 +266,7 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
     app, url = server
     await _no_sessions(app)
     questions = question_wavs[:4]
-    calls = [TwilioCall(url) for _ in range(3)]
+    calls = [PhoneCall(url) for _ in range(3)]
     browser = WebRTCCaller(url)
     try:
         for call in calls:
@@ -265,7 +274,7 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
         await browser.connect()
         await asyncio.sleep(0.5)
         assert len(app.state.server.sessions) == 4
-        extra = TwilioCall(url)
+        extra = PhoneCall(url)
         await extra.connect()
         await asyncio.wait_for(extra.closed.wait(), 15)
         assert extra.close_code == 1013
@@ -318,7 +327,7 @@ async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, b
     await call.close()
     await _no_sessions(app)
     # The server goes on serving calls.
-    other = TwilioCall(url)
+    other = PhoneCall(url)
     await other.connect()
     await asyncio.sleep(0.3)
     assert len(app.state.server.sessions) == 1
@@ -339,8 +348,8 @@ async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
 async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
     app, url = server
     first = await _dial(app, url)
-    second = TwilioCall(url)
-    second.call_sid = first.call_sid  # the start message's callSid is the caller's word
+    second = PhoneCall(url)
+    second.call_id = first.call_id  # the start message's call id is the caller's word
     await second.connect()
     await asyncio.sleep(0.5)
     try:
@@ -348,4 +357,117 @@ async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
     finally:
         await first.hang_up()
         await second.hang_up()
+    await _no_sessions(app)
+
+
+@pytest.mark.parametrize("provider", ["telnyx", "plivo", "exotel"])
+async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
+    server, stack, transcribe, provider
+):
+    """Telnyx, Plivo and Exotel: each one's webhook hands out a stream URL, the stream is
+    told apart by its start message, and the answer comes back in that provider's own
+    messages (Plivo's playAudio, Exotel's linear PCM)."""
+    app, url = server
+    question = "What is the capital of France?"
+    call = await _dial(app, url, provider=provider)
+    try:
+        (session_id,) = app.state.server.sessions
+        assert session_id.startswith(f"{provider}-{call.call_id}-")
+        sent = await call.say(speak(stack, question), 16000)
+        reply = await call.wait_for_reply(sent, timeout=90)
+        session = app.state.server.sessions[session_id]
+        users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+        assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
+        for _ in range(50):
+            assistants = [
+                m["content"] for m in session.context.get_messages() if m["role"] == "assistant"
+            ]
+            if assistants:
+                break
+            await asyncio.sleep(0.1)
+        heard = transcribe(reply, RATE)
+        assert wer(assistants[0], heard) <= 0.5, (assistants[0], heard)
+        assert not call.unexpected, call.unexpected[:3]
+        for _ in range(50):  # no marks on these lines: listening again once it was sent
+            if session.gate.listening:
+                break
+            await asyncio.sleep(0.1)
+        assert session.gate.listening
+        await call.stop()  # the provider's hang-up message ends the session
+        await asyncio.wait_for(call.closed.wait(), 15)
+    finally:
+        await call.close()
+    await _no_sessions(app)
+
+
+async def test_keys_pressed_on_the_keypad_are_a_turn_of_their_own(server):
+    app, url = server
+    call = await _dial(app, url)
+    try:
+        pressed = time.monotonic()
+        for key in "42#":
+            await call.press(key)
+        reply = await call.wait_for_reply(pressed, timeout=90)
+        assert len(reply) > RATE // 2
+        (session,) = app.state.server.sessions.values()
+        users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+        assert users == ["I pressed 42#"], users
+        # Without "#", the keys end the turn after a pause.
+        pressed = time.monotonic()
+        await call.press("7")
+        await call.wait_for_reply(pressed, timeout=90)
+        users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+        assert users == ["I pressed 42#", "I pressed 7"], users
+        assert not any(t.text for t in session.state.user_turns), "no audio was a turn"
+    finally:
+        await call.hang_up()
+
+
+async def test_a_key_pressed_while_the_bot_speaks_cuts_the_reply_short(server, stack):
+    """Half-duplex: the caller's voice cannot cut in, a key can. The unplayed reply is
+    dropped (Twilio's ``clear``), and the key is the next turn."""
+    app, url = server
+    call = await _dial(app, url)
+    try:
+        sent = await call.say(speak(stack, "Can you tell me a long story about a dog?"), 16000)
+        for _ in range(600):
+            if call.played.first_after(sent) is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await call.press("1")
+        await call.press("#")
+        for _ in range(100):
+            if call.clears:
+                break
+            await asyncio.sleep(0.05)
+        assert call.clears >= 1
+        (session,) = app.state.server.sessions.values()
+        for _ in range(300):
+            users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+            if len(users) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert users[1] == "I pressed 1#", users
+        await call.wait_for_reply(time.monotonic(), timeout=90)
+        for _ in range(50):
+            if session.gate.listening:
+                break
+            await asyncio.sleep(0.1)
+        assert session.gate.listening
+    finally:
+        await call.hang_up()
+
+
+async def test_a_call_is_hung_up_after_max_call_secs(server, monkeypatch):
+    app, url = server
+    config = app.state.server.config
+    monkeypatch.setattr(config.server, "max_call_secs", 10)
+    started = time.monotonic()
+    call = await _dial(app, url)
+    try:
+        await asyncio.wait_for(call.closed.wait(), 30)
+        assert 9.5 <= time.monotonic() - started < 20
+    finally:
+        await call.close()
     await _no_sessions(app)

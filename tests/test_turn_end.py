@@ -201,3 +201,31 @@ async def test_a_confirmed_speculation_is_not_run_twice():
     contexts = [f for f in down if isinstance(f, LLMContextFrame)]
     assert len(contexts) == 1 and contexts[0].speculation  # the answer already running
     assert _ended_before_resuming(kinds) and EagerEndOfTurnCancelFrame not in kinds
+
+
+async def test_a_keypad_entry_is_a_turn_that_ends_at_once():
+    """Keys (Pipecat's DTMFAggregator, as in build_session) make a turn with no speech and
+    no pause: it ends at the "#", not at the aggregator's 5 s stop watchdog."""
+    from pipecat.audio.dtmf.types import KeypadEntry
+    from pipecat.frames.frames import InputDTMFFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+
+    from pipelines.build import KEYPAD_PREFIX
+
+    strategy = TranscriptAwareTurnStopStrategy(turn_analyzer=ScriptedTurnAnalyzer(False))
+    pair = LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(stop=[strategy])
+        ),
+    )
+    keys = [InputDTMFFrame(KeypadEntry(k)) for k in "42#"]
+    down, _ = await run_test(
+        Pipeline([DTMFAggregator(prefix=KEYPAD_PREFIX), pair.user()]),
+        frames_to_send=[*keys, SleepFrame(sleep=0.5)],
+    )
+    kinds = [type(f) for f in down]
+    assert UserStoppedSpeakingFrame in kinds
+    (context,) = [f for f in down if isinstance(f, LLMContextFrame)]
+    assert context.context.get_messages()[-1]["content"] == "I pressed 42#"

