@@ -211,6 +211,10 @@ class ServerConfig(_Section):
     # Host header. A call is hung up after max_call_secs.
     public_host: str = ""
     max_call_secs: int = Field(1800, ge=10)
+    # The providers whose calls are taken. Twilio's webhook is signed (checked when
+    # TWILIO_AUTH_TOKEN is set); the others' webhooks hand a stream URL to anyone who asks,
+    # so they are off until listed here.
+    phone_providers: list[Literal["twilio", "telnyx", "plivo", "exotel"]] = ["twilio"]
 
 
 class AgentConfig(_Section):

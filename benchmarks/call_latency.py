@@ -1,7 +1,7 @@
 """Voice-to-voice latency and answer quality where the user is: at the far end of a call.
 
     python -m benchmarks.call_latency [--set human|piper|espeak] [--callers 1] [--config default]
-        [--transport webrtc|phone]
+        [--transport webrtc|phone] [--source asterisk] [--limit N]
 
 Starts the agent's server (``run_agent.py``) in its own process, calls it over real WebRTC
 on loopback with one or more scripted callers (pipelines/webrtc_client.py) and plays each
@@ -52,8 +52,9 @@ SLOW_TURN_END_SECS = 1.5
 RATE = 16000
 
 
-def load_set(name: str, limit: int | None) -> list[dict]:
-    """The clips of a set: dicts with path, category, text and (answer sets) the item."""
+def load_set(name: str, limit: int | None, source: str | None = None) -> list[dict]:
+    """The clips of a set: dicts with path, category, text and (answer sets) the item;
+    ``source``: only the clips whose source starts with it (e.g. "asterisk")."""
     if name == "human":
         manifest = SET_DIR / "manifest.json"
     else:
@@ -74,6 +75,8 @@ def load_set(name: str, limit: int | None) -> list[dict]:
     for clip in clips:
         path = Path(clip["path"])
         clip["path"] = str(path if path.is_absolute() else manifest.parent / path)
+    if source:
+        clips = [c for c in clips if c.get("source", "").startswith(source)]
     return clips[:limit] if limit else clips
 
 
@@ -277,7 +280,7 @@ def _rate(flags: list[bool]) -> dict:
 
 
 async def run(args) -> dict:
-    clips = load_set(args.set, args.limit)
+    clips = load_set(args.set, args.limit, args.source)
     port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     log_path = Path(args.out).with_suffix(".server.log")
@@ -329,6 +332,7 @@ async def run(args) -> dict:
         "transport": args.transport,
         "config": args.config,
         "callers": args.callers,
+        "source": args.source,
         "server_cpu_cores": server_cpu_cores,
         "summary": summarize_phone(turns) if args.transport == "phone" else summarize(turns),
         "per_turn": [{k: v for k, v in t.items() if k != "item"} for t in turns],
@@ -346,12 +350,17 @@ def main():
     parser.add_argument("--callers", type=int, default=1)
     parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
     parser.add_argument("--limit", type=int, help="only the first N clips")
+    parser.add_argument(
+        "--source", help='only clips from this source, e.g. "asterisk" (8 kHz telephone speech)'
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")
     parser.add_argument("--reply-timeout", type=float, default=30.0)
     parser.add_argument("--out", help="default out/benchmarks/call_latency_SET.json")
     args = parser.parse_args()
     suffix = "_phone" if args.transport == "phone" else ""
+    suffix += f"_{args.source}" if args.source else ""
+    suffix += f"_{args.callers}callers" if args.callers > 1 else ""
     args.out = args.out or f"out/benchmarks/call_latency_{args.set}{suffix}.json"
     report = asyncio.run(run(args))
     out = write_report(report, args.out)

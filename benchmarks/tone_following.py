@@ -1,7 +1,7 @@
 """Does the bot's reply follow the tone of the person speaking? Measured in file mode.
 
     python -m benchmarks.tone_following [--config default] [--turns 24] [--follow on|off|both]
-        [--sessions conversation|per-turn] [--sets questions,human | --human]
+        [--sessions conversation|per-turn] [--sets questions,human | --human] [--line phone]
         [--out out/benchmarks/tone_following.json]
 
 The user's turns are the styled questions of benchmarks/speech_styles.py (rate, loudness
@@ -208,6 +208,19 @@ def follow_variant(config, mode: str):
     if "hint" in fields:
         update["hint"] = mode == "on"
     return config.model_copy(update={"tone": tone.model_copy(update=update)}), mode
+
+
+def phone_copy(turn: StyledTurn, folder: Path) -> StyledTurn:
+    """The turn as the bot hears it over a phone call: 8 kHz μ-law, back at its rate."""
+    import soundfile as sf
+
+    from pipelines.telephony_client import phone_line
+
+    samples, rate = sf.read(str(turn.path), dtype="int16")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{turn.set}_{turn.index:03d}.wav"
+    sf.write(str(path), phone_line(samples, rate), rate)
+    return dataclasses.replace(turn, path=path)
 
 
 async def run_set(stack, turns: list[StyledTurn], sessions: str) -> dict:
@@ -534,6 +547,8 @@ async def run(args) -> dict:
         human="human" in args.sets,
         whisper=stack.whisper,
     )
+    if args.line == "phone":
+        turns = [phone_copy(t, Path(args.out).parent / "phone_line") for t in turns]
     sets = {name: [t for t in turns if t.set == name] for name in args.sets}
 
     embedder = SpeakerEmbedder()
@@ -565,6 +580,7 @@ async def run(args) -> dict:
             for variant, label in variants
         },
         "sessions": args.sessions,
+        "line": args.line,
         "turns": args.turns,
         "sets": args.sets,
         "features_from": {
@@ -670,6 +686,12 @@ def main():
         help="comma-separated: questions (Piper), human (styled recordings)",
     )
     parser.add_argument("--human", action="store_true", help="same as --sets questions,human")
+    parser.add_argument(
+        "--line",
+        choices=["wide", "phone"],
+        default="wide",
+        help="phone: the user's turns reach the bot as over a phone call (8 kHz μ-law)",
+    )
     parser.add_argument("--pitch-method", choices=["resample", "sox"], default="resample")
     parser.add_argument("--out", default="out/benchmarks/tone_following.json")
     args = parser.parse_args()

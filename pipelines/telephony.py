@@ -259,18 +259,31 @@ def add_phone_routes(app: FastAPI, server) -> None:
                 return Response("bad X-Twilio-Signature", status_code=403)
         return Response(twiml(stream_url(request)), media_type="application/xml")
 
+    def provider_off(provider: str) -> Response | None:
+        if provider in config.server.phone_providers:
+            return None
+        return Response(
+            f"{provider} calls are off: add {provider} to server.phone_providers", status_code=404
+        )
+
     # The other providers' webhooks: the same one-time stream URL in each one's markup.
     @app.post("/telnyx")
     async def texml_webhook(request: Request):
+        if off := provider_off("telnyx"):
+            return off
         return Response(texml(stream_url(request)), media_type="application/xml")
 
     @app.post("/plivo")
     async def plivo_webhook(request: Request):
+        if off := provider_off("plivo"):
+            return off
         return Response(plivo_xml(stream_url(request)), media_type="application/xml")
 
     @app.api_route("/exotel", methods=["GET", "POST"])
     async def exotel_endpoint(request: Request):
         # The Voicebot applet's dynamic endpoint: it asks for the stream URL per call.
+        if off := provider_off("exotel"):
+            return off
         return {"url": stream_url(request)}
 
     @app.websocket("/ws/{token}")
@@ -284,6 +297,10 @@ def add_phone_routes(app: FastAPI, server) -> None:
             provider, call = await asyncio.wait_for(
                 parse_telephony_websocket(websocket), HANDSHAKE_TIMEOUT_SECS
             )
+            if provider in ("twilio", "telnyx", "plivo", "exotel") and (
+                provider not in config.server.phone_providers
+            ):
+                raise ValueError(f"{provider} calls are off (server.phone_providers)")
             hung_up = asyncio.Event()
             serializer = make_serializer(provider, dict(call), on_stop=hung_up.set)
         except Exception as e:  # noqa: BLE001 - any bad handshake closes this call only

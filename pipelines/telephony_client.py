@@ -52,6 +52,15 @@ def ulaw_decode(data: bytes) -> np.ndarray:
     return np.where(u & 0x80, -x, x).astype(np.int16)
 
 
+def phone_line(samples: np.ndarray, rate: int, out_rate: int | None = None) -> np.ndarray:
+    """int16 audio as it comes out of a phone line: band-limited to 8 kHz and G.711 μ-law
+    coded, then at ``out_rate`` (default: ``rate``)."""
+    narrow = samples.astype(np.int16) if rate == RATE else soxr.resample(samples, rate, RATE)
+    heard = ulaw_decode(ulaw_encode(narrow))
+    out_rate = out_rate or rate
+    return heard if out_rate == RATE else soxr.resample(heard, RATE, out_rate)
+
+
 @dataclass
 class PlayedAudio:
     """What the caller heard: μ-law decoded, at 8 kHz, with when each piece played."""

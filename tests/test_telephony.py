@@ -14,7 +14,7 @@ import pytest
 from agent.models import cache_dir
 from benchmarks.human_speech import asterisk_prompts
 from pipelines.telephony import StreamTokens, twilio_signature, twiml
-from pipelines.telephony_client import RATE, PhoneCall, ulaw_decode, ulaw_encode
+from pipelines.telephony_client import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
 from pipelines.webrtc_client import WebRTCCaller
 from tests.conftest import BARGE_IN, speak, wer
 
@@ -36,14 +36,11 @@ def test_ulaw_is_g711_as_audioop_writes_it():
 def test_tone_is_read_alike_from_telephone_audio(stack):
     """What tone following measures survives the phone line: the same speech at 16 kHz and
     after 8 kHz μ-law (back at the pipeline's 16 kHz) reads alike."""
-    import soxr
-
     from agent.tone import analyze_tone
 
     for text in ("What is the capital of France?", "I just got back from a long run."):
         wide = speak(stack, text)
-        narrow = ulaw_decode(ulaw_encode(soxr.resample(wide, 16000, RATE)))
-        narrow = soxr.resample(narrow, RATE, 16000)
+        narrow = phone_line(wide, 16000)
         a, b = analyze_tone(wide, 16000, text), analyze_tone(narrow, 16000, text)
         assert a.f0_median_hz and b.f0_median_hz
         assert abs(12 * np.log2(b.f0_median_hz / a.f0_median_hz)) < 1.0, (a, b)
@@ -362,13 +359,28 @@ async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
 
 @pytest.mark.parametrize("provider", ["telnyx", "plivo", "exotel"])
 async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
-    server, stack, transcribe, provider
+    server, stack, transcribe, provider, monkeypatch
 ):
     """Telnyx, Plivo and Exotel: each one's webhook hands out a stream URL, the stream is
     told apart by its start message, and the answer comes back in that provider's own
     messages (Plivo's playAudio, Exotel's linear PCM)."""
     app, url = server
     question = "What is the capital of France?"
+    config = app.state.server.config
+    # Off by default: their webhooks are not signed.
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            "POST" if provider != "exotel" else "GET", f"{url}/{provider}"
+        ) as r:
+            assert r.status == 404 and "server.phone_providers" in await r.text()
+        async with http.post(f"{url}/") as r:  # nor does its stream pass on Twilio's URL
+            twilio_url = (await r.text()).split('url="')[1].split('"')[0]
+    refused = PhoneCall(url, provider=provider)
+    await refused.connect(twilio_url)
+    await asyncio.wait_for(refused.closed.wait(), 15)
+    await refused.close()
+    assert refused.close_code == 1008 and not app.state.server.sessions
+    monkeypatch.setattr(config.server, "phone_providers", ["twilio", provider])
     call = await _dial(app, url, provider=provider)
     try:
         (session_id,) = app.state.server.sessions
