@@ -206,6 +206,14 @@ class ServerConfig(_Section):
     max_sessions: int = Field(4, ge=1)
     # An SDP offer is a few kB; anything far larger is not an offer.
     max_offer_bytes: int = Field(64 * 1024, ge=1024)
+    # Admission: a request body must arrive within request_timeout_secs; a session whose
+    # peer has not connected within connect_timeout_secs of its offer frees its slot; one
+    # client (IP address) may send offers_per_minute offers. Browsers' offers must come from
+    # this server's own page, or from one of allowed_origins ("https://example.org").
+    request_timeout_secs: float = Field(10.0, gt=0, le=120)
+    connect_timeout_secs: float = Field(10.0, gt=0, le=120)
+    offers_per_minute: int = Field(30, ge=1)
+    allowed_origins: list[str] = []
     # Phone calls: the host name the telephony provider reaches this server by (a tunnel
     # such as ngrok), used in the stream URL of the TwiML answer; empty: the request's
     # Host header. A call is hung up after max_call_secs.

@@ -117,6 +117,7 @@ class WebRTCCaller:
         self._heard: list[tuple[float, np.ndarray]] = []
         self._reader: asyncio.Task | None = None
         self.pc_id: str | None = None
+        self.session_secret: str | None = None  # needed to renegotiate or add ICE candidates
         # Messages the server sends over the data channel (what it heard and answered),
         # each with "_at", the time.monotonic() it arrived.
         self.messages: list[dict] = []
@@ -161,6 +162,7 @@ class WebRTCCaller:
                 if response.status != 200:
                     raise RuntimeError(f"offer refused ({response.status}): {body}")
         self.pc_id = body["pc_id"]
+        self.session_secret = body.get("session_secret")
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=body["sdp"], type=body["type"])
         )

@@ -4,15 +4,28 @@
 /api/offer`` takes the page's SDP offer and answers it, starting one pipeline session per
 peer connection. Phone calls come in on the same server (``POST /`` and ``/ws/{token}``,
 pipelines/telephony.py). The models are the process's shared ModelStack; sessions only add
-their own small state. A malformed or oversized offer gets HTTP 400 and nothing else
-happens; a full server answers 503.
+their own small state.
+
+A session belongs to whoever created it: the answer to a new offer carries a
+``session_secret``, and renegotiating the session (an offer with its ``pc_id``) or adding
+ICE candidates to it (``PATCH``) needs that secret (403 without it; 404 once the session
+has ended). Admission: a malformed or oversized offer, or one without a DTLS fingerprint,
+gets 400; a body that does not arrive within ``server.request_timeout_secs`` 408; a browser
+offer from another site's page 403; more than ``server.offers_per_minute`` from one client
+429; a full server 503; and a session whose peer has not connected within
+``server.connect_timeout_secs`` is dropped, freeing its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import secrets
+import time
+from collections import deque
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -38,15 +51,28 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class OfferError(ValueError):
     """The body of an offer request is not a usable SDP offer."""
 
+    status = 400
 
-def parse_offer(body: bytes) -> SmallWebRTCRequest:
-    """The SDP offer in a request body that _read_limited has already bounded in size."""
+
+class SlowRequest(OfferError):
+    status = 408
+
+
+def json_object(body: bytes, what: str) -> dict:
+    """The JSON object in a request body (bounded in size by _read_limited)."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OfferError(f"offer is not JSON: {e}") from None
+        raise OfferError(f"{what} is not JSON: {e}") from None
+    except RecursionError:
+        raise OfferError(f"{what} is JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise OfferError("offer must be a JSON object with 'sdp' and 'type'")
+        raise OfferError(f"{what} must be a JSON object")
+    return data
+
+
+def parse_offer(data: dict) -> SmallWebRTCRequest:
+    """The SDP offer in an offer request's JSON object."""
     sdp, kind, pc_id = data.get("sdp"), data.get("type"), data.get("pc_id")
     if kind != "offer":
         raise OfferError(f"'type' must be 'offer', got {kind!r}")
@@ -54,6 +80,9 @@ def parse_offer(body: bytes) -> SmallWebRTCRequest:
         raise OfferError("'sdp' is not a session description (it must start with 'v=0')")
     if "m=audio" not in sdp:
         raise OfferError("the offer has no audio track")
+    if "a=fingerprint:" not in sdp:
+        # Without it, DTLS would accept any certificate: anyone on the path could listen.
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint)")
     if pc_id is not None and not isinstance(pc_id, str):
         raise OfferError("'pc_id' must be a string")
     return SmallWebRTCRequest(
@@ -67,6 +96,8 @@ class WebRTCServer:
     def __init__(self, stack: ModelStack):
         self.stack = stack
         self.sessions: dict[str, Session] = {}
+        self._secrets: dict[str, str] = {}  # pc_id → the session secret its creator holds
+        self._offers: dict[str, deque[float]] = {}  # client → times of its recent offers
         self._tasks: set[asyncio.Task] = set()
         self._handler = SmallWebRTCRequestHandler()
 
@@ -78,9 +109,34 @@ class WebRTCServer:
         """Whether another session (browser or phone call) may start."""
         return len(self.sessions) < self.config.server.max_sessions
 
-    async def answer(self, request: SmallWebRTCRequest) -> dict:
-        is_new = not (request.pc_id and request.pc_id in self.sessions)
-        if is_new and not self.has_room():
+    def admit_offer(self, client: str) -> bool:
+        """Count an offer from ``client``; False when it is over its rate."""
+        now = time.monotonic()
+        recent = self._offers.setdefault(client, deque())
+        while recent and recent[0] < now - 60:
+            recent.popleft()
+        if not recent:
+            # Forget idle clients (the deque is made again on their next offer).
+            self._offers = {c: d for c, d in self._offers.items() if d or c == client}
+        if len(recent) >= self.config.server.offers_per_minute:
+            return False
+        recent.append(now)
+        return True
+
+    def check_owner(self, pc_id: str, secret: str | None):
+        """Only the creator of a live session may change it."""
+        known = self._secrets.get(pc_id)
+        if pc_id not in self.sessions or known is None:
+            raise HTTPException(status_code=404, detail=f"no session {pc_id}: it has ended")
+        if not isinstance(secret, str) or not hmac.compare_digest(known, secret):
+            raise HTTPException(
+                status_code=403, detail="not this session's session_secret: it is someone else's"
+            )
+
+    async def answer(self, request: SmallWebRTCRequest, secret: str | None = None) -> dict:
+        if request.pc_id:
+            self.check_owner(request.pc_id, secret)
+        elif not self.has_room():
             raise HTTPException(status_code=503, detail="the server is at its session limit")
         try:
             answer = await self._handler.handle_web_request(request, self._start_session)
@@ -90,7 +146,13 @@ class WebRTCServer:
             raise OfferError(f"the SDP offer was rejected: {type(e).__name__}: {e}") from None
         if answer is None:
             raise OfferError("the SDP offer produced no answer")
-        return answer
+        if request.pc_id:
+            return answer
+        pc_id = answer["pc_id"]
+        if pc_id not in self.sessions:  # it ended already
+            raise OfferError("the session ended before it could be answered")
+        self._secrets[pc_id] = secrets.token_urlsafe(24)
+        return {**answer, "session_secret": self._secrets[pc_id]}
 
     async def _start_session(self, connection: SmallWebRTCConnection):
         params = TransportParams(
@@ -103,13 +165,28 @@ class WebRTCServer:
         session = build_session(self.stack, transport, session_id=connection.pc_id)
         self.sessions[connection.pc_id] = session
 
+        connected = asyncio.Event()
+
+        @transport.event_handler("on_client_connected")
+        async def _on_connected(_transport, _connection):
+            connected.set()
+
         @transport.event_handler("on_client_disconnected")
         async def _on_disconnected(_transport, _connection):
             await session.worker.cancel()
 
-        task = asyncio.create_task(self.run_session(connection.pc_id, session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        async def drop_if_never_connected():
+            # An offer whose peer never connects must not hold a slot.
+            try:
+                await asyncio.wait_for(connected.wait(), self.config.server.connect_timeout_secs)
+            except TimeoutError:
+                logger.warning(f"session {connection.pc_id}: the peer never connected, dropped")
+                await session.worker.cancel()
+
+        for work in (self.run_session(connection.pc_id, session), drop_if_never_connected()):
+            task = asyncio.create_task(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run_session(self, session_id: str, session: Session):
         """Run a session (a browser's or a phone call's) until it ends."""
@@ -123,6 +200,7 @@ class WebRTCServer:
             logger.exception(f"session {session_id} failed: {e}")
         finally:
             self.sessions.pop(session_id, None)
+            self._secrets.pop(session_id, None)
             logger.info(f"session {session_id} ended ({len(self.sessions)} active)")
 
     async def add_ice_candidates(self, pc_id: str, candidates: list[dict]):
@@ -141,11 +219,15 @@ class WebRTCServer:
         )
 
     async def close(self):
+        """End every session; bounded, so a stuck peer connection cannot hold up the exit."""
         for session in list(self.sessions.values()):
             await session.worker.cancel()
-        await self._handler.close()
+        try:
+            await asyncio.wait_for(self._handler.close(), 5)
+        except TimeoutError:
+            logger.warning("peer connections did not close within 5 s; exiting anyway")
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+            await asyncio.wait(self._tasks, timeout=5)
 
 
 def create_app(stack: ModelStack) -> FastAPI:
@@ -161,32 +243,51 @@ def create_app(stack: ModelStack) -> FastAPI:
     async def health():
         return {"status": "ok", "sessions": len(server.sessions)}
 
+    def refused(status: int, error: str) -> JSONResponse:
+        logger.warning(f"refused a request ({status}): {error}")
+        return JSONResponse({"error": error}, status_code=status)
+
+    async def read_json(request: Request, what: str) -> dict:
+        config = server.config.server
+        body = await _read_limited(request, config.max_offer_bytes, config.request_timeout_secs)
+        return json_object(body, what)
+
     @app.post("/api/offer")
     async def offer(request: Request):
+        if not same_site(request, server.config.server.allowed_origins):
+            return refused(403, f"offers from {request.headers['origin']} are not accepted")
+        client = request.client.host if request.client else "?"
+        if not server.admit_offer(client):
+            return refused(
+                429, f"more than {server.config.server.offers_per_minute} offers a minute"
+            )
         try:
-            body = await _read_limited(request, server.config.server.max_offer_bytes)
-            answer = await server.answer(parse_offer(body))
+            data = await read_json(request, "offer")
+            answer = await server.answer(parse_offer(data), data.get("session_secret"))
         except OfferError as e:
-            logger.warning(f"rejected offer: {e}")
-            return JSONResponse({"error": str(e)}, status_code=400)
+            return refused(e.status, str(e))
         return answer
 
     @app.patch("/api/offer")
     async def ice_candidates(request: Request):
+        if not same_site(request, server.config.server.allowed_origins):
+            return refused(403, f"requests from {request.headers['origin']} are not accepted")
         try:
-            body = await _read_limited(request, server.config.server.max_offer_bytes)
-            data = json.loads(body)
+            data = await read_json(request, "ICE candidate request")
             pc_id, candidates = data["pc_id"], data["candidates"]
-            if not isinstance(candidates, list):
-                raise TypeError("'candidates' must be a list")
-        except (OfferError, ValueError, KeyError, TypeError) as e:
-            return JSONResponse({"error": f"bad ICE candidate request: {e}"}, status_code=400)
+            if not isinstance(pc_id, str) or not isinstance(candidates, list):
+                raise TypeError("'pc_id' must be a string and 'candidates' a list")
+        except OfferError as e:
+            return refused(e.status, str(e))
+        except (KeyError, TypeError) as e:
+            return refused(400, f"bad ICE candidate request: {e}")
+        server.check_owner(pc_id, data.get("session_secret"))
         try:
             await server.add_ice_candidates(pc_id, candidates)
         except HTTPException:
             raise
         except Exception as e:
-            return JSONResponse({"error": f"bad ICE candidate: {e}"}, status_code=400)
+            return refused(400, f"bad ICE candidate: {e}")
         return {"status": "ok"}
 
     add_phone_routes(app, server)
@@ -198,14 +299,29 @@ def create_app(stack: ModelStack) -> FastAPI:
     return app
 
 
-async def _read_limited(request: Request, max_bytes: int) -> bytes:
-    """Read the body, refusing to buffer more than a little past ``max_bytes``."""
+def same_site(request: Request, allowed: list[str]) -> bool:
+    """A browser's request comes from this server's own page (its Origin names the host
+    the request was sent to) or from an allowed origin. Requests without an Origin (not
+    from a browser page: scripts, the test callers) pass."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host") or origin in allowed
+
+
+async def _read_limited(request: Request, max_bytes: int, timeout_secs: float) -> bytes:
+    """Read the body within ``timeout_secs``, refusing to buffer more than a little past
+    ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise OfferError(f"request body of {declared} bytes is over the {max_bytes} allowed")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise OfferError(f"request body is over the {max_bytes} bytes allowed")
+    try:
+        async with asyncio.timeout(timeout_secs):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise OfferError(f"request body is over the {max_bytes} bytes allowed")
+    except TimeoutError:
+        raise SlowRequest(f"the request body did not arrive within {timeout_secs:g} s") from None
     return bytes(body)

@@ -1,0 +1,214 @@
+"""The browser server in front of strangers: sessions belong to their creator, offers are
+admitted with bounds (fingerprint, origin, rate, body time, connect time), and bad JSON or
+a dead session's id never breaks the server (issue 10's probe, one test per finding)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection
+
+from benchmarks.server_memory import wait_healthy
+from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def raw_offer(**extra) -> tuple[RTCPeerConnection, dict]:
+    """A real SDP offer from an aiortc peer that will never go on to connect."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, {"sdp": pc.localDescription.sdp, "type": "offer", **extra}
+
+
+async def _no_sessions(app, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while app.state.server.sessions:
+        assert time.monotonic() < deadline, list(app.state.server.sessions)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_live_session_cannot_be_taken_over_and_a_dead_one_cannot_be_revived(server):
+    app, url = server
+    await _no_sessions(app)
+    victim = WebRTCCaller(url)
+    await victim.connect()
+    assert victim.session_secret
+    pc, takeover = await raw_offer(pc_id=victim.pc_id, restart_pc=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for secret in (None, "guessed", victim.session_secret[:-1] + "x"):
+                body = takeover if secret is None else {**takeover, "session_secret": secret}
+                async with http.post(f"{url}/api/offer", json=body) as r:
+                    assert r.status == 403, await r.text()
+                patch = {"pc_id": victim.pc_id, "candidates": []}
+                if secret is not None:
+                    patch["session_secret"] = secret
+                async with http.patch(f"{url}/api/offer", json=patch) as r:
+                    assert r.status == 403
+            # The victim's call goes on, and its owner may still add candidates.
+            await asyncio.sleep(0.5)
+            assert victim.pc.connectionState == "connected"
+            assert victim.pc_id in app.state.server.sessions
+            owner_patch = {
+                "pc_id": victim.pc_id,
+                "candidates": [],
+                "session_secret": victim.session_secret,
+            }
+            async with http.patch(f"{url}/api/offer", json=owner_patch) as r:
+                assert r.status == 200
+            # Once it has ended, its id is dead, even with its secret.
+            await victim.close()
+            await _no_sessions(app)
+            revive = {**takeover, "session_secret": victim.session_secret}
+            async with http.post(f"{url}/api/offer", json=revive) as r:
+                assert r.status == 404
+            async with http.patch(f"{url}/api/offer", json=owner_patch) as r:
+                assert r.status == 404
+    finally:
+        await pc.close()
+        await victim.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_json_nested_thirty_thousand_deep_gets_400(server, method):
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        for body in ("[" * 30000, '{"pc_id": ' + "[" * 30000):
+            async with http.request(method, f"{url}/api/offer", data=body) as r:
+                assert r.status == 400
+                assert "JSON" in (await r.json())["error"]
+        async with http.get(f"{url}/api/health") as r:
+            assert r.status == 200
+
+
+async def test_an_offer_without_a_dtls_fingerprint_is_refused(server):
+    _, url = server
+    pc, offer = await raw_offer()
+    await pc.close()
+    offer["sdp"] = "".join(
+        line for line in offer["sdp"].splitlines(keepends=True) if "a=fingerprint" not in line
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/offer", json=offer) as r:
+            assert r.status == 400 and "fingerprint" in (await r.json())["error"]
+
+
+async def test_offers_that_never_connect_free_their_slots(server, monkeypatch):
+    """Abandoned offers used to hold every slot for a minute: real callers got 503."""
+    app, url = server
+    config = app.state.server.config.server
+    monkeypatch.setattr(config, "connect_timeout_secs", 2.0)
+    await _no_sessions(app)
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(config.max_sessions):
+                pc, offer = await raw_offer()
+                peers.append(pc)
+                async with http.post(f"{url}/api/offer", json=offer) as r:
+                    assert r.status == 200
+            pc, offer = await raw_offer()
+            peers.append(pc)
+            async with http.post(f"{url}/api/offer", json=offer) as r:
+                assert r.status == 503  # full, for now
+        await _no_sessions(app, timeout=10)
+        caller = WebRTCCaller(url)
+        await caller.connect()
+        assert caller.pc.connectionState == "connected"
+        await caller.close()
+    finally:
+        for pc in peers:
+            await pc.close()
+
+
+async def test_a_client_sending_offers_too_fast_is_told_to_slow_down(server, monkeypatch):
+    app, url = server
+    monkeypatch.setattr(app.state.server.config.server, "offers_per_minute", 3)
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.post(f"{url}/api/offer", data=b"not an offer") as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert "offers a minute" in (await r.json())["error"]
+    # Earlier offers of this module count too; never more than three are read in a minute.
+    assert statuses[-1] == 429 and statuses.count(400) <= 3, statuses
+
+
+async def test_a_request_body_that_never_arrives_gets_408(server, monkeypatch):
+    """A stalled upload (Content-Length larger than the body) used to be held forever."""
+    app, url = server
+    monkeypatch.setattr(app.state.server.config.server, "request_timeout_secs", 1.0)
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/offer HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"sdp": "v=0'
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert b" 408 " in status_line, status_line
+
+
+async def test_offers_from_another_sites_page_are_refused(server, monkeypatch):
+    app, url = server
+    host = url.removeprefix("http://")
+    async with aiohttp.ClientSession() as http:
+
+        async def status(origin: str) -> int:
+            headers = {"Origin": origin}
+            async with http.post(f"{url}/api/offer", data=b"{}", headers=headers) as r:
+                return r.status
+
+        assert await status("https://evil.example") == 403
+        assert await status(f"http://{host}") == 400  # this server's own page: read, bad offer
+        monkeypatch.setattr(
+            app.state.server.config.server, "allowed_origins", ["https://friend.example"]
+        )
+        assert await status("https://friend.example") == 400
+        assert await status("https://evil.example") == 403
+
+
+def test_the_server_exits_promptly_after_a_dead_session_is_restarted():
+    """A restart_pc on a dead pc_id used to leave the server deaf to SIGTERM."""
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "run_agent.py", "--config", "tiny", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def scenario():
+        await wait_healthy(url, server, timeout=120)
+        caller = WebRTCCaller(url)
+        await caller.connect()
+        pc_id, secret = caller.pc_id, caller.session_secret
+        await caller.close()
+        await asyncio.sleep(1.0)
+        pc, offer = await raw_offer(pc_id=pc_id, restart_pc=True, session_secret=secret)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/api/offer", data=json.dumps(offer)) as r:
+                assert r.status == 404
+        await pc.close()
+
+    try:
+        asyncio.run(scenario())
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            pytest.fail("the server did not exit within 10 s of SIGTERM")
