@@ -26,6 +26,30 @@ def parse_args(argv=None):
         "tunnel's), for the stream URL the TwiML webhook (POST /) answers",
     )
     parser.add_argument(
+        "--token",
+        help="webrtc: the access token every request needs (default: a new one when --host "
+        "is not loopback; also VOICE_AGENT_TOKEN)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="webrtc: serve a non-loopback --host without an access token (anyone who can "
+        "reach it can talk to the bot)",
+    )
+    parser.add_argument("--tls-cert", help="webrtc: serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", help="webrtc: the certificate's PEM private key")
+    parser.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="webrtc: serve HTTPS with a self-signed certificate, made once and kept in the "
+        "cache (browsers warn once; its fingerprint is printed to compare)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="webrtc: serve plain HTTP on a non-loopback --host (behind a TLS proxy)",
+    )
+    parser.add_argument(
         "--input",
         action="append",
         default=[],
@@ -43,7 +67,26 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.transport == "file" and (not args.input or not args.output):
         parser.error("--transport file needs at least one --input WAV and an --output WAV")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.self_signed and args.tls_cert:
+        parser.error("--self-signed or --tls-cert/--tls-key, not both")
+    args.error = parser.error
     return args
+
+
+def check_exposure(args, host: str):
+    """A server bound beyond loopback needs an access token and HTTPS, or says it does not."""
+    from pipelines.access import is_loopback
+
+    if is_loopback(host):
+        return
+    if not (args.tls_cert or args.self_signed or args.no_tls):
+        args.error(
+            f"--host {host} reaches beyond this machine, and browsers give a page the "
+            "microphone only on localhost or over HTTPS: pass --tls-cert/--tls-key or "
+            "--self-signed (or --no-tls behind a TLS proxy)"
+        )
 
 
 def main(argv=None) -> int:
@@ -59,6 +102,8 @@ def main(argv=None) -> int:
             config.tts.miso.allow_cpu = True
         if args.public_host:
             config.server.public_host = args.public_host
+        if args.transport == "webrtc":
+            check_exposure(args, args.host or config.server.host)
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
                 load_input_wav(path, config.audio_in_sample_rate)
@@ -124,15 +169,41 @@ async def _run_local(stack, args) -> int:
 
 
 def _run_webrtc(stack, args) -> int:
+    import os
+    import secrets
+    import socket
+
     import uvicorn
 
+    from agent.models import cache_dir
+    from pipelines.access import certificate_fingerprint, is_loopback, self_signed_certificate
     from pipelines.webrtc_server import create_app
 
     host = args.host or stack.config.server.host
     port = args.port or stack.config.server.port
-    print(f"Open http://{host}:{port}/ in a browser and press Talk.")
+    token = args.token or os.environ.get("VOICE_AGENT_TOKEN")
+    if not token and not is_loopback(host) and not args.no_auth:
+        token = secrets.token_urlsafe(16)
+    cert, key = args.tls_cert, args.tls_key
+    if args.self_signed:
+        cert, key = self_signed_certificate(cache_dir() / "tls", host)
+    scheme = "https" if cert else "http"
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    query = f"?token={token}" if token else ""
+    print(f"Open {scheme}://{shown}:{port}/{query} in a browser and press Talk.")
+    if cert:
+        print(f"TLS certificate {cert}, SHA-256 fingerprint {certificate_fingerprint(Path(cert))}")
+    if not is_loopback(host) and not token:
+        print("warning: --no-auth: anyone who can reach this address can talk to the bot")
     print(f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README).")
-    uvicorn.run(create_app(stack), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(stack, access_token=token),
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(cert) if cert else None,
+        ssl_keyfile=str(key) if key else None,
+    )
     return 0
 
 

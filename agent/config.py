@@ -200,6 +200,12 @@ class ToneConfig(_Section):
     follow: bool = True
 
 
+class IceServerConfig(_Section):
+    urls: list[str] = Field(min_length=1)  # "stun:stun.example.org:3478", "turn:…"
+    username: str = ""
+    credential: str = ""
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
@@ -214,6 +220,12 @@ class ServerConfig(_Section):
     connect_timeout_secs: float = Field(10.0, gt=0, le=120)
     offers_per_minute: int = Field(30, ge=1)
     allowed_origins: list[str] = []
+    # STUN/TURN servers for callers behind NAT, for the page's and the server's own peer
+    # connections. With turn_secret (coturn's static-auth-secret) the turn: servers get
+    # credentials valid for turn_ttl_secs, made for each call (the TURN REST API).
+    ice_servers: list[IceServerConfig] = []
+    turn_secret: str = ""
+    turn_ttl_secs: int = Field(3600, ge=60)
     # Phone calls: the host name the telephony provider reaches this server by (a tunnel
     # such as ngrok), used in the stream URL of the TwiML answer; empty: the request's
     # Host header. A call is hung up after max_call_secs.

@@ -109,8 +109,9 @@ class ScriptedMicrophone(MediaStreamTrack):
 class WebRTCCaller:
     """Calls a server's /api/offer, talks through a ScriptedMicrophone, records the bot at 16 kHz."""
 
-    def __init__(self, base_url: str, record_rate: int = 16000):
+    def __init__(self, base_url: str, record_rate: int = 16000, *, token: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self.token = token  # the server's access token, when it has one
         self.mic = ScriptedMicrophone()
         self.pc = RTCPeerConnection()
         self.record_rate = record_rate
@@ -155,8 +156,9 @@ class WebRTCCaller:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
         async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             async with http.post(
-                f"{self.base_url}/api/offer", json=offer, timeout=timeout
+                f"{self.base_url}/api/offer", json=offer, timeout=timeout, headers=headers
             ) as response:
                 body = await response.json()
                 if response.status != 200:

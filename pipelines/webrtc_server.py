@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import secrets
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
+from aiortc import RTCIceServer
 from loguru import logger
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
@@ -41,6 +43,7 @@ from pipecat.transports.smallwebrtc.request_handler import (
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
+from pipelines.access import token_matches, turn_credentials
 from pipelines.build import Session, build_session
 from pipelines.stack import ModelStack
 from pipelines.telephony import add_phone_routes
@@ -138,6 +141,10 @@ class WebRTCServer:
             self.check_owner(request.pc_id, secret)
         elif not self.has_room():
             raise HTTPException(status_code=503, detail="the server is at its session limit")
+        else:
+            self._handler.update_ice_servers(
+                [RTCIceServer(**server) for server in ice_servers(self.config.server)]
+            )
         try:
             answer = await self._handler.handle_web_request(request, self._start_session)
         except HTTPException:
@@ -230,14 +237,38 @@ class WebRTCServer:
             await asyncio.wait(self._tasks, timeout=5)
 
 
-def create_app(stack: ModelStack) -> FastAPI:
+def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI:
+    """The server's app. ``access_token``: every request but the health check and the
+    phone provider's (signed or one-time) ones must carry it (pipelines/access.py)."""
     server = WebRTCServer(stack)
     app = FastAPI(title="Local voice agent")
     app.state.server = server
 
+    if access_token:
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next):
+            path = request.url.path
+            # Twilio's webhook has its own proof (X-Twilio-Signature) when its token is set.
+            signed = (
+                path == "/" and request.method == "POST" and os.environ.get("TWILIO_AUTH_TOKEN")
+            )
+            if path == "/api/health" or signed or token_matches(request, access_token):
+                return await call_next(request)
+            logger.warning(f"refused {request.method} {path}: no valid access token")
+            return JSONResponse(
+                {"error": "this server needs its access token: open the URL it printed (?token=…)"},
+                status_code=401,
+            )
+
     @app.get("/")
     async def index():
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/api/ice")
+    async def ice():
+        """The ICE servers for the page's peer connection (fresh TURN credentials)."""
+        return {"iceServers": ice_servers(server.config.server)}
 
     @app.get("/api/health")
     async def health():
@@ -297,6 +328,22 @@ def create_app(stack: ModelStack) -> FastAPI:
         await server.close()
 
     return app
+
+
+def ice_servers(config) -> list[dict]:
+    """``server.ice_servers`` as RTCIceServer dicts, TURN credentials made now when
+    ``server.turn_secret`` is set."""
+    servers = []
+    for ice in config.ice_servers:
+        entry = {"urls": ice.urls}
+        if config.turn_secret and any(u.startswith(("turn:", "turns:")) for u in ice.urls):
+            entry["username"], entry["credential"] = turn_credentials(
+                config.turn_secret, config.turn_ttl_secs
+            )
+        elif ice.username:
+            entry["username"], entry["credential"] = ice.username, ice.credential
+        servers.append(entry)
+    return servers
 
 
 def same_site(request: Request, allowed: list[str]) -> bool:
