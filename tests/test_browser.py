@@ -39,6 +39,49 @@ async def page_text(devtools_port: int, element_id: str) -> str:
 )
 async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question_wavs, tmp_path):
     app, url = server
+    await _talk_in_chromium(app, f"{url}/?autostart=1", question_wavs, tmp_path)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+async def test_the_page_calls_a_server_with_a_token_over_https(stack, question_wavs, tmp_path):
+    """As a server bound beyond loopback serves it: the page's URL carries the access token,
+    which the page passes on; HTTPS with the self-signed certificate."""
+    import uvicorn
+
+    from pipelines.access import self_signed_certificate
+    from pipelines.webrtc_server import create_app
+
+    cert, key = self_signed_certificate(tmp_path / "tls", "127.0.0.1")
+    app = create_app(stack, access_token="page-token")
+    port = free_loopback_port()
+    uv = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+    )
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    try:
+        page = f"https://127.0.0.1:{port}/?token=page-token&autostart=1"
+        await _talk_in_chromium(
+            app, page, question_wavs, tmp_path, extra=["--ignore-certificate-errors"]
+        )
+    finally:
+        uv.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def _talk_in_chromium(app, page: str, question_wavs, tmp_path, extra: list[str] = ()):
+    """Chromium opens ``page`` with a question as its microphone; the bot hears it, answers,
+    and the page shows the conversation."""
     import soundfile as sf
 
     path, question = question_wavs[3]
@@ -66,7 +109,8 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
             "--autoplay-policy=no-user-gesture-required",
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--remote-debugging-port={devtools_port}",
-            f"{url}/?autostart=1",
+            *extra,
+            page,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
