@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import os
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -118,6 +120,13 @@ class LLMConfig(_Section):
 
     @model_validator(mode="after")
     def _backend_needs(self):
+        cores = os.cpu_count() or 1
+        if self.threads is not None and self.threads > 2 * cores:
+            # Oversubscribed llama.cpp threads spin against each other: 2000 of them made a
+            # turn take 85 s on 2 cores.
+            raise ValueError(
+                f"llm.threads {self.threads} is more than twice this machine's {cores} cores"
+            )
         if self.backend == "llama-cpp" and self.model is None:
             raise ValueError("llm.backend 'llama-cpp' needs llm.model (a GGUF file)")
         if self.backend == "openai" and not (self.base_url and self.model_name):
@@ -274,13 +283,31 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the
+    last one silently, so a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(name_or_path: str | Path = "default") -> AgentConfig:
     """Read and validate a config; raise ConfigError naming what is wrong."""
     path = resolve_config_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start})") from None
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
+        raise ConfigError(f"cannot read config {path}: {e}") from None
     return parse_config(data, source=str(path))
 
 

@@ -78,11 +78,24 @@ class LocalLLM:
     @classmethod
     def from_config(cls, config: LLMConfig, *, cpu: CpuShare | None = None) -> LocalLLM:
         """The model an ``llm`` config section names (backend llama-cpp), with its sizes."""
+        from agent.config import ConfigError
+        from agent.gguf import NotGGUFError, trained_context
         from agent.models import resolve_model
 
         assert config.model is not None
+        path = resolve_model(config.model, "llm")
+        # From the file's header, before llama.cpp allocates the whole context.
+        try:
+            trained = trained_context(path)
+        except (NotGGUFError, OSError) as e:
+            raise ConfigError(f"llm.model: {e}") from None
+        if trained and config.context_tokens > trained:
+            raise ConfigError(
+                f"llm.context_tokens {config.context_tokens} is more than {path.name} was "
+                f"trained for ({trained})"
+            )
         return cls(
-            resolve_model(config.model, "llm"),
+            path,
             context_tokens=config.context_tokens,
             threads=config.threads,
             cpu=cpu,

@@ -207,3 +207,80 @@ def test_cli_reports_a_bad_wav_without_loading_models(tmp_path):
     )
     assert run.returncode == 2
     assert "no audio" in run.stderr and "empty.wav" in run.stderr
+
+
+def _tiny() -> dict:
+    return yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+
+
+def _bad_configs(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """Config files a user could write, each with the words its error must contain."""
+    not_a_model = tmp_path / "notes.gguf"
+    not_a_model.write_text("these are my notes, not a model\n" * 10)
+    voice = resolve_model(ModelRef(**_tiny()["tts"]["piper"]["model"]), "tts")
+    fake_voice = tmp_path / "voice.onnx"
+    fake_voice.write_bytes(b"\x00garbage" * 100)
+    (tmp_path / "voice.onnx.json").write_bytes(Path(str(voice) + ".json").read_bytes())
+
+    def tiny_with(update) -> bytes:
+        data = _tiny()
+        update(data)
+        return yaml.safe_dump(data).encode()
+
+    return {
+        "not-utf8": (b"llm:\n  system_prompt: caf\xe9\n", "not UTF-8"),
+        "duplicate-key": (
+            (CONFIG_DIR / "tiny.yaml").read_bytes() + b"\nllm:\n  temperature: 0.9\n",
+            "duplicate key 'llm'",
+        ),
+        "llm-not-gguf": (
+            tiny_with(lambda d: d["llm"].update(model={"path": str(not_a_model)})),
+            "not a GGUF model file",
+        ),
+        "piper-not-onnx": (
+            tiny_with(lambda d: d["tts"]["piper"].update(model={"path": str(fake_voice)})),
+            "is not a Piper voice",
+        ),
+        "huge-context": (
+            tiny_with(lambda d: d["llm"].update(context_tokens=100_000_000)),
+            "more than SmolLM2-135M-Instruct.Q4_1.gguf was trained for (8192)",
+        ),
+        "threads": (
+            tiny_with(lambda d: d["llm"].update(threads=2000)),
+            "llm.threads 2000 is more than twice",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not-utf8", "duplicate-key", "llm-not-gguf", "piper-not-onnx", "huge-context", "threads"],
+)
+def test_a_bad_config_is_an_error_message_not_a_traceback(tmp_path, capsys, case):
+    import run_agent
+
+    content, words = _bad_configs(tmp_path)[case]
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    wav = write_wav(tmp_path / "in.wav", np.zeros(16000, np.int16), 16000)
+    argv = ["--config", str(path), "--transport", "file", "--input", str(wav)]
+    assert run_agent.main([*argv, "--output", str(tmp_path / "out.wav")]) == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+
+
+def test_ctrl_c_while_loading_is_a_line_not_a_traceback(tmp_path):
+    import signal
+    import time
+
+    server = subprocess.Popen(
+        [sys.executable, "run_agent.py", "--config", "tiny", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # importing and loading models
+    server.send_signal(signal.SIGINT)
+    _, err = server.communicate(timeout=60)
+    assert "Traceback" not in err, err[-2000:]

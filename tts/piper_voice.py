@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tts.base import SpeechContext, SpeechEngine
+from tts.base import EngineUnavailableError, SpeechContext, SpeechEngine
 
 # Level of the neutral delivery below Piper's peak-normalised output, so a louder style has
 # headroom before the limiter (Piper scales each chunk to full scale, then by ``volume``).
@@ -37,8 +37,17 @@ class PiperEngine(SpeechEngine):
 
         config_path = Path(str(model_path) + ".json")
         if not config_path.exists():
-            raise FileNotFoundError(f"Piper voice config missing: {config_path}")
-        self._voice = PiperVoice.load(str(model_path), config_path=str(config_path))
+            raise EngineUnavailableError(
+                f"tts.piper.model: the voice's config {config_path} is missing (a Piper voice "
+                "is an .onnx file with its .onnx.json beside it)"
+            )
+        try:
+            self._voice = PiperVoice.load(str(model_path), config_path=str(config_path))
+        except Exception as e:  # noqa: BLE001 - onnxruntime and json say it many ways
+            raise EngineUnavailableError(
+                f"tts.piper.model: {model_path} is not a Piper voice (an ONNX model with its "
+                f".onnx.json): {type(e).__name__}: {str(e)[:200]}"
+            ) from None
         self.sample_rate = int(self._voice.config.sample_rate)
         self.style = style
 
