@@ -56,6 +56,12 @@ def parse_args(argv=None):
         help="file: a WAV of one user turn; repeat for more turns",
     )
     parser.add_argument("--output", help="file: WAV to write the bot's replies to")
+    parser.add_argument(
+        "--max-input-secs",
+        type=float,
+        default=600.0,
+        help="file: refuse an input longer than this (it is played in real time; default 600)",
+    )
     parser.add_argument("--log", help="file: JSON log to write (default: OUTPUT with .json)")
     parser.add_argument("--input-device", help="local: sounddevice input device (name or index)")
     parser.add_argument("--output-device", help="local: sounddevice output device (name or index)")
@@ -65,14 +71,44 @@ def parse_args(argv=None):
         help="let a GPU voice (e.g. configs/miso-8b.yaml) run on the CPU when there is no CUDA",
     )
     args = parser.parse_args(argv)
-    if args.transport == "file" and (not args.input or not args.output):
-        parser.error("--transport file needs at least one --input WAV and an --output WAV")
+    if args.transport == "file":
+        if not args.input or not args.output:
+            parser.error("--transport file needs at least one --input WAV and an --output WAV")
+        check_file_outputs(parser, args)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.self_signed and args.tls_cert:
         parser.error("--self-signed or --tls-cert/--tls-key, not both")
     args.error = parser.error
     return args
+
+
+def check_file_outputs(parser, args):
+    """File mode writes two files, the replies' WAV and the log: neither may be an input
+    or the other, and both must be writable, before any model loads."""
+    output = Path(args.output)
+    if output.suffix.lower() != ".wav":
+        parser.error(f"--output {output} is where the replies' WAV goes: give a .wav path")
+    args.log = args.log or str(output.with_suffix(".json"))
+    log = Path(args.log)
+    inputs = {Path(p).resolve() for p in args.input}
+    if log.resolve() == output.resolve():
+        parser.error(f"--log {log} is the --output WAV: give another path")
+    for name, path in (("--output", output), ("--log", log)):
+        if path.resolve() in inputs:
+            parser.error(f"{name} {path} is one of the inputs: it would be overwritten")
+        if path.is_dir():
+            parser.error(f"{name} {path} is a folder")
+        # Tried, not predicted (permission bits say little to root, or on a read-only mount).
+        existed = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab"):
+                pass
+            if not existed:
+                path.unlink()
+        except OSError as e:
+            parser.error(f"{name} {path} cannot be written: {e.strerror or e}")
 
 
 def check_exposure(args, host: str):
@@ -106,7 +142,13 @@ def main(argv=None) -> int:
             check_exposure(args, args.host or config.server.host)
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
-                load_input_wav(path, config.audio_in_sample_rate)
+                samples, _ = load_input_wav(path, config.audio_in_sample_rate)
+                secs = len(samples) / config.audio_in_sample_rate
+                if secs > args.max_input_secs:
+                    raise WavInputError(
+                        f"{path} is {secs:.0f} s long, over --max-input-secs "
+                        f"{args.max_input_secs:g} (each input is played in real time)"
+                    )
         from pipelines.stack import load_stack
 
         stack = load_stack(config)
@@ -128,13 +170,22 @@ def main(argv=None) -> int:
 async def _run_file(stack, args) -> int:
     from pipelines.file_mode import FileTurn, run_files
 
-    output = Path(args.output)
-    log = Path(args.log) if args.log else output.with_suffix(".json")
-    result = await run_files(
-        stack, [FileTurn(Path(p)) for p in args.input], output_path=output, log_path=log
-    )
-    for turn in result.turns:
+    output, log = Path(args.output), Path(args.log)
+    count = len(args.input)
+    print(f"{count} turn(s), each played in real time; replies go to {output}", file=sys.stderr)
+
+    def on_turn(index: int, turn: dict):
+        # One line per answered turn, as it is done (and already on disk).
+        print(f"turn {index + 1}/{count} done", file=sys.stderr)
         print(json.dumps({k: turn[k] for k in ("input", "transcript", "reply", "latency_secs")}))
+
+    await run_files(
+        stack,
+        [FileTurn(Path(p)) for p in args.input],
+        output_path=output,
+        log_path=log,
+        on_turn=on_turn,
+    )
     print(f"bot audio: {output}\nlog: {log}")
     return 0
 

@@ -4,13 +4,16 @@ Each input file is played into the pipeline as the user's turn, followed by sile
 until the bot's reply has been played out; then the next file follows. The bot's audio
 is written to one WAV (replies in order, separated by a short pause) and a JSON log
 records, per turn, the transcript, the reply, where the reply sits in the output WAV and
-the stage latencies.
+the stage latencies. Both are rewritten (whole, by rename) after every turn, so a run that
+is interrupted keeps the turns it had answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -70,7 +73,10 @@ async def run_files(
     log_path: Path | None = None,
     reply_timeout_secs: float = 90.0,
     pause_between_turns_secs: float = 1.0,
+    on_turn: Callable[[int, dict], None] | None = None,
 ) -> FileRunResult:
+    """Play ``turns`` through a session; the output WAV and the log (when given) are
+    rewritten after each turn. ``on_turn(index, log_entry)``: called as each is done."""
     config = stack.config
     in_rate = config.audio_in_sample_rate
     out_rate = config.audio_out_sample_rate
@@ -99,62 +105,69 @@ async def run_files(
     mic, speaker = transport.input(), transport.output()
     await asyncio.wait_for(mic.ready.wait(), timeout=30)
 
-    records, boundaries = [], []
+    result = FileRunResult(
+        turns=[],
+        conversions=conversions,
+        output_path=output_path,
+        output_sample_rate=out_rate,
+        session=session,
+    )
+    offset, start = 0.0, 0
     try:
         await mic.play_silence(0.5)
-        for turn, samples in zip(turns, inputs):
+        for index, (turn, samples) in enumerate(zip(turns, inputs)):
             before = len(session.timeline.turns)
             end = speech_end_offset(samples, in_rate)
             await mic.play(samples, on_offset=(end, session.timeline.mark_speech_end))
             record = await _keep_line_open_until_reply(
                 mic, session, before, turn, reply_timeout_secs
             )
-            boundaries.append(len(speaker.chunks))
-            records.append(record)
+            chunks = [c for _, c in speaker.chunks[start:]]
+            start = len(speaker.chunks)
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+            entry = _log_entry(turn, record, audio, offset, out_rate)
+            offset += len(audio) / out_rate + GAP_BETWEEN_REPLIES_SECS
+            result.turns.append(entry)
+            result.reply_audio.append(audio)
+            result.dropped_input_secs = session.gate.dropped_audio_secs
+            # Each answered turn is on disk as soon as it is done: an interrupted run
+            # keeps what it had.
+            _save(result, log_path)
+            if on_turn is not None:
+                on_turn(index, entry)
             await mic.play_silence(pause_between_turns_secs)
     finally:
         await session.worker.queue_frame(EndFrame())
         await asyncio.wait_for(run_task, timeout=30)
+    return result
 
-    reply_audio, start = [], 0
-    for boundary in boundaries:
-        chunk_list = [c for _, c in speaker.chunks[start:boundary]]
-        reply_audio.append(np.concatenate(chunk_list) if chunk_list else np.zeros(0, np.int16))
-        start = boundary
 
-    log_turns, offset = [], 0.0
-    for turn, record, audio in zip(turns, records, reply_audio):
-        entry = {
-            "input": str(turn.path),
-            "transcript": record.transcript if record else "",
-            "reply": record.reply if record else "",
-            "reply_audio": {
-                "start_secs": round(offset, 3),
-                "duration_secs": round(len(audio) / out_rate, 3),
-            },
-            "latency_secs": record.stages() if record else {},
-            "tone": record.tone if record else None,
-        }
-        if record is None:
-            entry["error"] = "no user turn was detected in this input"
-        log_turns.append(entry)
-        offset += len(audio) / out_rate + GAP_BETWEEN_REPLIES_SECS
+def _log_entry(turn: FileTurn, record, audio: np.ndarray, offset: float, rate: int) -> dict:
+    entry = {
+        "input": str(turn.path),
+        "transcript": record.transcript if record else "",
+        "reply": record.reply if record else "",
+        "reply_audio": {
+            "start_secs": round(offset, 3),
+            "duration_secs": round(len(audio) / rate, 3),
+        },
+        "latency_secs": record.stages() if record else {},
+        "tone": record.tone if record else None,
+    }
+    if record is None:
+        entry["error"] = "no user turn was detected in this input"
+    return entry
 
-    result = FileRunResult(
-        turns=log_turns,
-        conversions=conversions,
-        output_path=output_path,
-        output_sample_rate=out_rate,
-        reply_audio=reply_audio,
-        dropped_input_secs=session.gate.dropped_audio_secs,
-        session=session,
-    )
-    if output_path:
-        write_replies_wav(output_path, reply_audio, out_rate)
+
+def _save(result: FileRunResult, log_path: Path | None):
+    """The replies so far as the output WAV and the log, each replaced whole."""
+    if result.output_path:
+        write_replies_wav(result.output_path, result.reply_audio, result.output_sample_rate)
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(json.dumps(result.as_log(), indent=2))
-    return result
+        partial = log_path.with_name(f".{log_path.name}.partial")
+        partial.write_text(json.dumps(result.as_log(), indent=2))
+        os.replace(partial, log_path)
 
 
 async def _keep_line_open_until_reply(mic, session, turns_before, turn: FileTurn, timeout: float):

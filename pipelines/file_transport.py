@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import os
 import wave
 from pathlib import Path
 
@@ -63,11 +64,14 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int, channels:
     """Write int16 samples (interleaved when ``channels`` > 1) as a WAV file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
+    # Written beside it and renamed: the file is never seen half written.
+    partial = path.with_name(f".{path.name}.partial")
+    with wave.open(str(partial), "wb") as out:
         out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(sample_rate)
         out.writeframes(samples.astype(np.int16).tobytes())
+    os.replace(partial, path)
     return path
 
 

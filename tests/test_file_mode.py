@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipelines.file_mode import FileTurn, run_files
+from pipelines.file_transport import write_wav
 from tests.conftest import BARGE_IN, speak, wer
 
 
@@ -86,3 +89,77 @@ async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, quest
     # All of the barge-in audio was dropped at the gate, before speech recognition.
     barge_in_secs = 2 * len(barge_in) / 16000
     assert result.dropped_input_secs >= barge_in_secs - 0.1
+
+
+def _cli_error(argv: list[str], capsys) -> str:
+    """run_agent's error for ``argv`` (file mode), which must come before any model loads."""
+    import run_agent
+
+    with pytest.raises(SystemExit) as exit_:
+        run_agent.main(["--config", "tiny", "--transport", "file", *argv])
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_file_mode_never_overwrites_an_input_or_its_own_outputs(tmp_path, capsys):
+    wav = write_wav(tmp_path / "question.wav", np.zeros(16000, np.int16), 16000)
+    original = wav.read_bytes()
+    out = str(tmp_path / "replies.wav")
+    # The log used to default to OUTPUT with .json: --output r.json made it overwrite the WAV.
+    assert "give a .wav path" in _cli_error(["--input", str(wav), "--output", "r.json"], capsys)
+    assert "is one of the inputs" in _cli_error(["--input", str(wav), "--output", str(wav)], capsys)
+    assert "is one of the inputs" in _cli_error(
+        ["--input", str(wav), "--output", out, "--log", str(wav)], capsys
+    )
+    assert "is the --output WAV" in _cli_error(
+        ["--input", str(wav), "--output", out, "--log", out], capsys
+    )
+    unwritable = "/sys/voice-agent-test/replies.wav"  # sysfs: not even root writes there
+    assert "cannot be written" in _cli_error(["--input", str(wav), "--output", unwritable], capsys)
+    assert wav.read_bytes() == original
+    assert not (tmp_path / "replies.wav").exists()
+
+
+def test_an_input_over_the_length_limit_is_refused_before_loading(tmp_path, capsys):
+    import run_agent
+
+    wav = write_wav(tmp_path / "long.wav", np.zeros(16000 * 3, np.int16), 16000)
+    argv = ["--config", "tiny", "--transport", "file", "--input", str(wav)]
+    argv += ["--output", str(tmp_path / "r.wav"), "--max-input-secs", "2"]
+    assert run_agent.main(argv) == 2
+    assert "over --max-input-secs 2" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_keeps_the_turns_it_answered(question_wavs, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import wave
+
+    out, log = tmp_path / "replies.wav", tmp_path / "replies.json"
+    inputs = [str(path) for path, _ in question_wavs[:3]]
+    run = subprocess.Popen(
+        [sys.executable, "run_agent.py", "--config", "tiny", "--transport", "file"]
+        + [arg for path in inputs for arg in ("--input", path)]
+        + ["--output", str(out)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in run.stderr:  # progress: one line per answered turn
+            if "turn 1/3 done" in line:
+                break
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    turns = json.loads(log.read_text())["turns"]
+    assert 1 <= len(turns) < 3 and turns[0]["reply"], turns
+    with wave.open(str(out)) as replies:  # a whole WAV, holding the answered replies
+        secs = replies.getnframes() / replies.getframerate()
+    answered = sum(t["reply_audio"]["duration_secs"] for t in turns)
+    assert secs >= answered > 0.5
