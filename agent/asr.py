@@ -134,7 +134,17 @@ class ShortUtteranceWhisper:
         initial_prompt=None,
         **options,
     ):
-        """Return ``([Utterance], None)`` for a short turn, else faster-whisper's result."""
+        """Return ``([Utterance], None)`` for a short turn, else faster-whisper's segments;
+        none when the words cannot be what a person said to the bot (``meaningless``)."""
+        segments, info = self._transcribe(audio, language, hotwords, initial_prompt, **options)
+        segments = list(segments)
+        reason = meaningless(" ".join(s.text for s in segments), len(audio) / SAMPLE_RATE)
+        if reason:
+            logger.info(f"not answered: {reason}")
+            return [], info
+        return segments, info
+
+    def _transcribe(self, audio, language, hotwords, initial_prompt, **options):
         if not hotwords and not initial_prompt:
             early = self._early_result(audio, language)
             if early is not None:
@@ -197,6 +207,28 @@ class ShortUtteranceWhisper:
             no_speech_prob=float(result.no_speech_prob),
             avg_logprob=float(result.scores[0]) / (len(tokens) + 1),
         )
+
+
+# A stretch the VAD heard as one segment (no pause of even stop_secs) that gives fewer
+# words than this per second is not someone talking: babble, music, a hum. 120 s of crowd
+# babble came out as "Thank you." and was answered.
+MIN_WORDS_PER_SEC = 0.4
+LONG_SEGMENT_SECS = 6.0
+
+
+def meaningless(text: str, secs: float) -> str | None:
+    """Why Whisper's ``text`` for ``secs`` of audio is not a turn to answer, or None:
+    far too few words for a long stretch of sound, or a phrase Whisper loops on (three
+    words or more said three times in a row, "what is the what is the what is the")."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    if words and secs >= LONG_SEGMENT_SECS and len(words) / secs < MIN_WORDS_PER_SEC:
+        return f"{secs:.0f} s of sound gave only {text.strip()!r} (babble, music or noise)"
+    for size in range(3, 9):
+        for start in range(len(words) - size * 3 + 1):
+            phrase = words[start : start + size]
+            if all(words[start + k * size : start + (k + 1) * size] == phrase for k in range(3)):
+                return f"Whisper looped on {' '.join(phrase)!r}: {text.strip()[:80]!r}"
+    return None
 
 
 def repeats_itself(text: str) -> bool:

@@ -105,3 +105,37 @@ def test_the_speech_end_watch_keeps_the_segment_pipecat_keeps_whatever_the_frame
         if i < 100 and len(pipecat) > 32000:
             pipecat = pipecat[len(pipecat) - 32000 :]
     assert np.array_equal(watch.segment(), np.frombuffer(bytes(pipecat), np.int16))
+
+
+@pytest.mark.parametrize(
+    ("text", "secs", "answered"),
+    [
+        ("Thank you.", 1.2, True),
+        ("Thank you.", 120.0, False),  # what 120 s of crowd babble came out as
+        ("So, um, I was thinking we could go to the lake on Sunday if it is warm.", 7.0, True),
+        ("What is the what is the what is the what is the", 8.0, False),
+        ("No, no, no, no.", 1.5, True),
+        ("I'm sorry, I'm sorry, I'm sorry.", 2.5, True),
+        ("", 3.0, True),  # nothing to answer anyway; not this rule's business
+    ],
+)
+def test_words_no_person_says_to_the_bot_are_not_answered(text, secs, answered):
+    from agent.asr import meaningless
+
+    assert (meaningless(text, secs) is None) == answered
+
+
+def test_a_word_lost_in_a_long_stretch_of_noise_is_not_a_turn(stack):
+    """Real Whisper: two words, then ten seconds of loud machine hum in one segment."""
+    short = ShortUtteranceWhisper(stack.whisper)
+    words = speak(stack, "Thank you.").astype(np.float32) / 32768
+    t = np.arange(16000 * 10) / 16000
+    hum = 0.3 * np.sign(np.sin(2 * np.pi * 110 * t)) + 0.05 * np.random.default_rng(0).normal(
+        size=t.size
+    )
+    audio = np.concatenate([words, hum.astype(np.float32), np.zeros(4000, np.float32)])
+    segments, _ = short.transcribe(audio, language="en")
+    assert segments == [], segments
+    # The same words alone are a turn.
+    segments, _ = short.transcribe(np.concatenate([words, np.zeros(8000, np.float32)]), "en")
+    assert "thank" in " ".join(s.text for s in segments).lower()
