@@ -11,6 +11,7 @@ per session and cheap.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -132,12 +133,14 @@ def build_session(
     session_id: str | None = None,
     page: bool = True,
     playout_marks: MarkProtocol | None = None,
+    on_turn: Callable[[dict], None] | None = None,
 ) -> Session:
     """One conversation's pipeline on ``transport``. ``page``: the transport carries the
     browser page's messages (state, conversation, latency); a phone call's must not get
     them (its serializer would send them to the provider). ``playout_marks``: the
     transport's far end reports when audio has played (a phone provider's marks); the
-    bot listens again on that report rather than when the audio has been sent."""
+    bot listens again on that report rather than when the audio has been sent.
+    ``on_turn(stages)``: called with each answered turn's stage latencies (metrics)."""
     config = stack.config
     state = SessionState(session_id=session_id or uuid.uuid4().hex[:12])
 
@@ -223,6 +226,8 @@ def build_session(
     async def on_turn_done(turn):
         # Every transport gets the same per-turn latency line; the page shows the figures.
         logger.info(f"session {state.session_id} {turn.summary()}")
+        if on_turn is not None:
+            on_turn(turn.stages())
         # The two instants are on the server's monotonic clock: a benchmark caller on the
         # same machine splits its far-end figure into uplink, server and downlink with them.
         await tell_client(

@@ -37,7 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from loguru import logger
-from pipecat.frames.frames import EndFrame, Frame, InputTransportMessageFrame
+from pipecat.frames.frames import Frame, InputTransportMessageFrame
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.exotel import ExotelFrameSerializer
@@ -291,6 +291,7 @@ def add_phone_routes(app: FastAPI, server) -> None:
         await websocket.accept()
         if not tokens.redeem(token):
             logger.warning("refused a media stream: unknown, used or expired token")
+            server.metrics.refused.labels("bad_stream_token").inc()
             await websocket.close(code=CLOSE_POLICY, reason="unknown or used stream token")
             return
         try:
@@ -306,11 +307,13 @@ def add_phone_routes(app: FastAPI, server) -> None:
         except Exception as e:  # noqa: BLE001 - any bad handshake closes this call only
             reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             logger.warning(f"refused a media stream: {reason}")
+            server.metrics.refused.labels("bad_stream").inc()
             await websocket.close(code=CLOSE_POLICY, reason=reason[:120])
             return
         # Checked after the handshake's awaits, with none before the session is registered
         # (run_session, below), so calls that arrive together cannot pass the limit.
         if not server.has_room():
+            server.metrics.refused.labels("full").inc()
             await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
             return
         transport = FastAPIWebsocketTransport(
@@ -332,25 +335,28 @@ def add_phone_routes(app: FastAPI, server) -> None:
         # paced in real time by the transport, and the bot listens again once sent.
         marks = twilio_marks(call["stream_id"]) if provider == "twilio" else None
         session = build_session(
-            server.stack, transport, session_id=session_id, page=False, playout_marks=marks
+            server.stack,
+            transport,
+            session_id=session_id,
+            page=False,
+            playout_marks=marks,
+            on_turn=lambda stages: server.metrics.turn("phone", stages),
         )
 
         @transport.event_handler("on_client_disconnected")
         async def _on_disconnected(_transport, _websocket):
-            await session.worker.cancel()
+            await server.end_session(session_id, "stream closed")
 
         @transport.event_handler("on_session_timeout")
         async def _on_timeout(_transport, _websocket):
-            logger.info(f"call {session_id}: over server.max_call_secs, hanging up")
-            await session.worker.cancel()
+            await server.end_session(session_id, "over server.max_call_secs")
 
         async def end_when_hung_up():
             await hung_up.wait()
-            logger.info(f"call {session_id}: the caller hung up")
-            await session.worker.queue_frame(EndFrame())
+            await server.end_session(session_id, "hung up (stop)", gracefully=True)
 
         watch = asyncio.create_task(end_when_hung_up())
         try:
-            await server.run_session(session_id, session)
+            await server.run_session(session_id, session, kind="phone")
         finally:
             watch.cancel()

@@ -29,7 +29,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pipecat.frames.frames import EndFrame
+from prometheus_client import CONTENT_TYPE_LATEST
 from aiortc import RTCIceServer
 from loguru import logger
 from pipecat.transports.base_transport import TransportParams
@@ -45,10 +47,20 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.access import token_matches, turn_credentials
 from pipelines.build import Session, build_session
+from pipelines.metrics import ServerMetrics
 from pipelines.stack import ModelStack
 from pipelines.telephony import add_phone_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# /metrics labels for refused requests, by HTTP status.
+REFUSAL_REASONS = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "unknown_session",
+    408: "slow_body",
+    429: "rate_limited",
+    503: "full",
+}
 
 
 class OfferError(ValueError):
@@ -103,6 +115,8 @@ class WebRTCServer:
         self._offers: dict[str, deque[float]] = {}  # client → times of its recent offers
         self._tasks: set[asyncio.Task] = set()
         self._handler = SmallWebRTCRequestHandler()
+        self.metrics = ServerMetrics()
+        self._end_reasons: dict[str, str] = {}  # why a session is being ended
 
     @property
     def config(self):
@@ -169,7 +183,12 @@ class WebRTCServer:
             audio_out_sample_rate=self.config.audio_out_sample_rate,
         )
         transport = SmallWebRTCTransport(webrtc_connection=connection, params=params)
-        session = build_session(self.stack, transport, session_id=connection.pc_id)
+        session = build_session(
+            self.stack,
+            transport,
+            session_id=connection.pc_id,
+            on_turn=lambda stages: self.metrics.turn("webrtc", stages),
+        )
         self.sessions[connection.pc_id] = session
 
         connected = asyncio.Event()
@@ -180,35 +199,53 @@ class WebRTCServer:
 
         @transport.event_handler("on_client_disconnected")
         async def _on_disconnected(_transport, _connection):
-            await session.worker.cancel()
+            await self.end_session(connection.pc_id, "hung up")
 
         async def drop_if_never_connected():
             # An offer whose peer never connects must not hold a slot.
             try:
                 await asyncio.wait_for(connected.wait(), self.config.server.connect_timeout_secs)
             except TimeoutError:
-                logger.warning(f"session {connection.pc_id}: the peer never connected, dropped")
-                await session.worker.cancel()
+                await self.end_session(connection.pc_id, "never connected")
 
-        for work in (self.run_session(connection.pc_id, session), drop_if_never_connected()):
+        for work in (
+            self.run_session(connection.pc_id, session, kind="webrtc"),
+            drop_if_never_connected(),
+        ):
             task = asyncio.create_task(work)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def run_session(self, session_id: str, session: Session):
-        """Run a session (a browser's or a phone call's) until it ends."""
+    async def run_session(self, session_id: str, session: Session, *, kind: str):
+        """Run a session (``kind``: webrtc or phone) until it ends."""
         self.sessions[session_id] = session
-        logger.info(f"session {session_id} started ({len(self.sessions)} active)")
+        self.metrics.session_started(kind)
+        logger.info(f"session {session_id} started ({kind}, {len(self.sessions)} active)")
         try:
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(session.worker)
             await runner.run()
         except Exception as e:  # one broken session must not take the server down
             logger.exception(f"session {session_id} failed: {e}")
+            self._end_reasons.setdefault(session_id, f"error: {type(e).__name__}")
         finally:
             self.sessions.pop(session_id, None)
             self._secrets.pop(session_id, None)
-            logger.info(f"session {session_id} ended ({len(self.sessions)} active)")
+            reason = self._end_reasons.pop(session_id, "ended")
+            self.metrics.session_ended(kind, reason.split(":")[0])
+            logger.info(f"session {session_id} ended: {reason} ({len(self.sessions)} active)")
+
+    async def end_session(self, session_id: str, reason: str, *, gracefully: bool = False):
+        """End a session, saying why (the log line and the metrics keep the first reason).
+        ``gracefully``: after what is queued (an EndFrame), else at once."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        self._end_reasons.setdefault(session_id, reason)
+        if gracefully:
+            await session.worker.queue_frame(EndFrame())
+        else:
+            await session.worker.cancel()
 
     async def add_ice_candidates(self, pc_id: str, candidates: list[dict]):
         await self._handler.handle_patch_request(
@@ -227,8 +264,8 @@ class WebRTCServer:
 
     async def close(self):
         """End every session; bounded, so a stuck peer connection cannot hold up the exit."""
-        for session in list(self.sessions.values()):
-            await session.worker.cancel()
+        for session_id in list(self.sessions):
+            await self.end_session(session_id, "server shutdown")
         try:
             await asyncio.wait_for(self._handler.close(), 5)
         except TimeoutError:
@@ -256,6 +293,7 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
             if path == "/api/health" or signed or token_matches(request, access_token):
                 return await call_next(request)
             logger.warning(f"refused {request.method} {path}: no valid access token")
+            server.metrics.refused.labels("no_token").inc()
             return JSONResponse(
                 {"error": "this server needs its access token: open the URL it printed (?token=…)"},
                 status_code=401,
@@ -270,12 +308,17 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
         """The ICE servers for the page's peer connection (fresh TURN credentials)."""
         return {"iceServers": ice_servers(server.config.server)}
 
+    @app.get("/metrics")
+    async def metrics():
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/api/health")
     async def health():
         return {"status": "ok", "sessions": len(server.sessions)}
 
     def refused(status: int, error: str) -> JSONResponse:
         logger.warning(f"refused a request ({status}): {error}")
+        server.metrics.refused.labels(REFUSAL_REASONS.get(status, str(status))).inc()
         return JSONResponse({"error": error}, status_code=status)
 
     async def read_json(request: Request, what: str) -> dict:
@@ -297,6 +340,8 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
             answer = await server.answer(parse_offer(data), data.get("session_secret"))
         except OfferError as e:
             return refused(e.status, str(e))
+        except HTTPException as e:
+            return refused(e.status_code, str(e.detail))
         return answer
 
     @app.patch("/api/offer")
@@ -312,7 +357,10 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
             return refused(e.status, str(e))
         except (KeyError, TypeError) as e:
             return refused(400, f"bad ICE candidate request: {e}")
-        server.check_owner(pc_id, data.get("session_secret"))
+        try:
+            server.check_owner(pc_id, data.get("session_secret"))
+        except HTTPException as e:
+            return refused(e.status_code, str(e.detail))
         try:
             await server.add_ice_candidates(pc_id, candidates)
         except HTTPException:

@@ -212,3 +212,51 @@ def test_the_server_exits_promptly_after_a_dead_session_is_restarted():
         if server.poll() is None:
             server.kill()
             pytest.fail("the server did not exit within 10 s of SIGTERM")
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    """A sample's value in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == (f"{name}{{{want}}}" if want else name):
+            return float(value)
+    return 0.0
+
+
+async def test_metrics_count_sessions_turns_stages_and_refusals(server, question_wavs):
+    import soundfile as sf
+
+    app, url = server
+    await _no_sessions(app)
+    async with aiohttp.ClientSession() as http:
+
+        async def metrics() -> str:
+            async with http.get(f"{url}/metrics") as r:
+                assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+                return await r.text()
+
+        before = await metrics()
+        async with http.post(f"{url}/api/offer", data=b"{}") as r:
+            assert r.status == 400
+        caller = WebRTCCaller(url)
+        await caller.connect()
+        samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
+        started = time.monotonic()
+        caller.mic.say(samples, rate)
+        await caller.wait_for_reply(started, timeout=90)
+        await asyncio.sleep(1.0)  # the turn's figures come once the reply has played
+        during = await metrics()
+        await caller.close()
+        await _no_sessions(app)
+        after = await metrics()
+
+    def grew(text, name, **labels):
+        return _metric(text, name, **labels) - _metric(before, name, **labels)
+
+    assert grew(during, "voice_agent_sessions", kind="webrtc") == 1
+    assert grew(during, "voice_agent_turns_total", kind="webrtc") == 1
+    assert grew(during, "voice_agent_stage_seconds_count", stage="voice_to_voice") == 1
+    assert grew(after, "voice_agent_sessions", kind="webrtc") == 0
+    assert grew(after, "voice_agent_sessions_ended_total", kind="webrtc", reason="hung up") == 1
+    assert grew(after, "voice_agent_refused_total", reason="bad_request") == 1
