@@ -117,6 +117,10 @@ class LLMConfig(_Section):
     # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
     # pipelines.services.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)
+    # backend openai: the longest wait for the server's first or next word.
+    request_timeout_secs: float = Field(10.0, gt=0, le=300)
+    # Said when a reply fails (the LLM server refuses, stalls or dies mid-reply).
+    apology: str = "Sorry, I lost my train of thought. Could you say that again?"
 
     @model_validator(mode="after")
     def _backend_needs(self):

@@ -119,10 +119,16 @@ def _llm_service(stack: ModelStack, session_id: str):
             max_history_turns=llm.max_history_turns,
             examples=examples,
             session_id=session_id,
+            apology=llm.apology,
             settings=settings,
         )
     return ServerLLMService(
-        api_key=llm.api_key, base_url=llm.base_url, examples=examples, settings=settings
+        api_key=llm.api_key,
+        base_url=llm.base_url,
+        examples=examples,
+        timeout_secs=llm.request_timeout_secs,
+        apology=llm.apology,
+        settings=settings,
     )
 
 

@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 from loguru import logger
 from pipecat.frames.frames import (
-    ErrorFrame,
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
@@ -63,9 +62,6 @@ class HalfDuplexGate(FrameProcessor):
             self._close()
             if was_listening:
                 await self._call_event_handler("on_listening_changed", False)
-        elif isinstance(frame, ErrorFrame) and self._closed:
-            # A failed reply would otherwise leave the user unheard until the time-out.
-            self.reply_finished(tail_secs=0.0)
         await self.push_frame(frame, direction)
 
     def _close(self):

@@ -15,6 +15,8 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    LLMContextFrame,
+    LLMTextFrame,
     StartFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -141,12 +143,49 @@ def with_examples(messages: list[dict], examples: list[tuple[str, str]]) -> list
     return messages[:lead] + shots + messages[lead:]
 
 
-class ServerLLMService(OpenAILLMService):
-    """Pipecat's OpenAI service for an OpenAI-compatible server, with example exchanges."""
+class ApologizesOnFailure:
+    """Mixed into an LLM service: a reply that fails (the server refuses, stops answering
+    or dies mid-reply) ends with a short spoken sorry instead of silence, inside the same
+    response, so the rest of the turn (TTS, half-duplex, the context) goes as for any reply.
+    Pipecat's service then reports the error upstream as usual; the session goes on."""
 
-    def __init__(self, *, examples: list[tuple[str, str]] = (), **kwargs):
+    def __init__(self, *args, apology: str = "", **kwargs):
+        self._apology = apology
+        self._replying = False
+        super().__init__(*args, **kwargs)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        replying = isinstance(frame, LLMContextFrame)
+        self._replying = self._replying or replying
+        try:
+            await super().process_frame(frame, direction)
+        finally:
+            if replying:
+                self._replying = False
+
+    async def push_error(self, error_msg: str, exception: Exception | None = None, **kwargs):
+        if self._replying and self._apology:
+            logger.warning(f"{self}: the reply failed ({error_msg}); apologizing")
+            await self.push_frame(LLMTextFrame(" " + self._apology))
+        await super().push_error(error_msg, exception, **kwargs)
+
+
+class ServerLLMService(ApologizesOnFailure, OpenAILLMService):
+    """Pipecat's OpenAI service for an OpenAI-compatible server, with example exchanges.
+    ``timeout_secs``: the longest wait for the server's first or next word (a stalled
+    server ends the reply with the apology instead of holding the caller)."""
+
+    def __init__(
+        self, *, examples: list[tuple[str, str]] = (), timeout_secs: float = 10.0, **kwargs
+    ):
+        self._timeout_secs = timeout_secs  # create_client, called by __init__, reads it
         super().__init__(**kwargs)
         self._examples = list(examples)
+
+    def create_client(self, *args, **kwargs):
+        # One quick retry (a restarted server), then the apology: no minute-long backoff.
+        client = super().create_client(*args, **kwargs)
+        return client.with_options(timeout=self._timeout_secs, max_retries=1)
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         params = super().build_chat_completion_params(params_from_context)
@@ -154,7 +193,7 @@ class ServerLLMService(OpenAILLMService):
         return params
 
 
-class LocalLLMService(OpenAILLMService):
+class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
     """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
 
     llama-cpp-python already speaks the OpenAI chunk format, so everything else Pipecat's

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from pipecat.frames.frames import (
-    ErrorFrame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
     LLMContextUserTurnFrame,
@@ -59,22 +58,6 @@ async def test_gate_drops_the_users_audio_from_turn_end_until_it_reopens():
     assert kinds == [InputAudioRawFrame] * 5 + [UserStoppedSpeakingFrame] + [InputAudioRawFrame] * 5
     assert abs(gate.dropped_audio_secs - 0.2) < 1e-6
     assert gate.listening
-
-
-async def test_gate_reopens_at_once_when_the_reply_fails():
-    gate = HalfDuplexGate(echo_tail_secs=0.5, max_reply_wait_secs=60)
-    frames = [
-        UserStoppedSpeakingFrame(),
-        pause(),
-        *audio(0.1, 200),
-        pause(),
-        ErrorFrame(error="the LLM failed"),
-        pause(0.1),
-        *audio(0.1, 200),
-    ]
-    down, _ = await run_test(gate, frames_to_send=frames)
-    assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
-    assert abs(gate.dropped_audio_secs - 0.1) < 1e-6
 
 
 async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_played():
