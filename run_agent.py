@@ -254,6 +254,9 @@ def _run_webrtc(stack, args) -> int:
         log_level="warning",
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
+        # Open websockets (phone calls) are closed after this; then the app's own shutdown
+        # lets browser calls' replies finish (server.shutdown_grace_secs).
+        timeout_graceful_shutdown=5,
     )
     return 0
 

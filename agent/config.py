@@ -230,6 +230,8 @@ class ServerConfig(_Section):
     # client (IP address) may send offers_per_minute offers. Browsers' offers must come from
     # this server's own page, or from one of allowed_origins ("https://example.org").
     request_timeout_secs: float = Field(10.0, gt=0, le=120)
+    # On SIGTERM / Ctrl-C: replies being spoken may finish for this long, then calls end.
+    shutdown_grace_secs: float = Field(10.0, ge=0, le=120)
     connect_timeout_secs: float = Field(10.0, gt=0, le=120)
     offers_per_minute: int = Field(30, ge=1)
     allowed_origins: list[str] = []

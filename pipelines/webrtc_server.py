@@ -116,6 +116,7 @@ class WebRTCServer:
         self._tasks: set[asyncio.Task] = set()
         self._handler = SmallWebRTCRequestHandler()
         self.metrics = ServerMetrics()
+        self.draining = False  # shutting down: no new sessions
         self._end_reasons: dict[str, str] = {}  # why a session is being ended
 
     @property
@@ -124,7 +125,7 @@ class WebRTCServer:
 
     def has_room(self) -> bool:
         """Whether another session (browser or phone call) may start."""
-        return len(self.sessions) < self.config.server.max_sessions
+        return not self.draining and len(self.sessions) < self.config.server.max_sessions
 
     def admit_offer(self, client: str) -> bool:
         """Count an offer from ``client``; False when it is over its rate."""
@@ -263,7 +264,15 @@ class WebRTCServer:
         )
 
     async def close(self):
-        """End every session; bounded, so a stuck peer connection cannot hold up the exit."""
+        """Shut down: take no new sessions, let replies being spoken finish (for at most
+        ``server.shutdown_grace_secs``), then end every session. Bounded throughout, so a
+        stuck peer connection cannot hold up the exit."""
+        self.draining = True
+        deadline = time.monotonic() + self.config.server.shutdown_grace_secs
+        while time.monotonic() < deadline and any(
+            not session.gate.listening for session in self.sessions.values()
+        ):
+            await asyncio.sleep(0.1)
         for session_id in list(self.sessions):
             await self.end_session(session_id, "server shutdown")
         try:

@@ -260,3 +260,48 @@ async def test_metrics_count_sessions_turns_stages_and_refusals(server, question
     assert grew(after, "voice_agent_sessions", kind="webrtc") == 0
     assert grew(after, "voice_agent_sessions_ended_total", kind="webrtc", reason="hung up") == 1
     assert grew(after, "voice_agent_refused_total", reason="bad_request") == 1
+
+
+def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(question_wavs):
+    """Graceful shutdown: no new sessions, the reply in progress is heard to its end (within
+    server.shutdown_grace_secs), then the process exits."""
+    import soundfile as sf
+
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "run_agent.py", "--config", "tiny", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def scenario() -> tuple[float, float]:
+        await wait_healthy(url, server, timeout=120)
+        caller = WebRTCCaller(url)
+        await caller.connect()
+        samples, rate = sf.read(str(question_wavs[1][0]), dtype="int16")
+        started = time.monotonic()
+        caller.mic.say(samples, rate)
+        for _ in range(600):
+            loud = [t for t, c in caller.heard_chunks() if t > started and abs(c).max() > 500]
+            if loud:
+                break
+            await asyncio.sleep(0.05)
+        assert loud, "no reply began"
+        server.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        while server.poll() is None and time.monotonic() - stopped_at < 30:
+            await asyncio.sleep(0.1)
+        heard = [t for t, c in caller.heard_chunks() if t > stopped_at and abs(c).max() > 500]
+        await caller.close()
+        return (heard[-1] - stopped_at if heard else 0.0), time.monotonic() - stopped_at
+
+    try:
+        heard_after, exited_after = asyncio.run(scenario())
+        assert server.wait(timeout=5) is not None
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert heard_after > 0.5, "the reply was cut off at SIGTERM"
+    assert exited_after < 25
