@@ -1,0 +1,218 @@
+"""How many callers at once the server holds: K callers × M turns of human speech, and a soak.
+
+    python -m benchmarks.load [--callers 1 2 3 4 6] [--turns 5] [--transport webrtc|phone]
+    python -m benchmarks.load --soak-minutes 30 [--callers 2]
+
+Starts ``run_agent.py`` once, in its own process, and for each K calls it with K scripted
+callers at once (staggered by 0.5-3 s; pipelines/webrtc_client.py or, with ``--transport
+phone``, pipelines/telephony_client.py), each playing the first M clips of the human set
+(benchmarks/human_speech.py) as turns, as benchmarks/call_latency.py does. Reported per K:
+voice-to-voice at the caller (end of speech sent → first reply audio heard) p50 / p95 /
+max over the finished turns, turns left unanswered, callers turned away, the server's CPU
+(cores) and peak RSS. The capacity is the largest K with p95 ≤ 2 s and nothing unanswered
+or turned away.
+
+``--soak-minutes``: K callers call again and again (M turns, hang up, call again) for that
+long; RSS is sampled after every call, and its slope per call is reported (a leak shows as
+a steady climb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from benchmarks.call_latency import ROOT, load_set, run_caller
+from benchmarks.conversation import percentile
+from benchmarks.report import write_report
+from benchmarks.server_memory import mib, wait_healthy
+from pipelines.webrtc_client import free_loopback_port
+
+TARGET_P95_SECS = 2.0
+
+
+class ServerWatch:
+    """The server process's CPU (cores, over a stretch) and peak RSS, sampled."""
+
+    def __init__(self, process: psutil.Process):
+        self.process = process
+        self.peak_mib = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self):
+        self._cpu = sum(self.process.cpu_times()[:2])
+        self._wall = time.monotonic()
+        self.peak_mib = mib(self.process)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self):
+        while True:
+            self.peak_mib = max(self.peak_mib, mib(self.process))
+            await asyncio.sleep(0.5)
+
+    async def __aexit__(self, *exc):
+        self._task.cancel()
+        used = sum(self.process.cpu_times()[:2]) - self._cpu
+        self.cpu_cores = round(used / (time.monotonic() - self._wall), 3)
+
+
+async def one_caller(url: str, clips: list[dict], args, delay: float) -> dict:
+    """A caller's turns, or why it was turned away."""
+    try:
+        return {"turns": await run_caller(url, clips, args, delay)}
+    except Exception as e:  # noqa: BLE001 - a refused call is a result here
+        return {"refused": f"{type(e).__name__}: {e}"[:200]}
+
+
+async def at_once(url: str, k: int, clips: list[dict], args, process) -> dict:
+    rng = random.Random(k)
+    async with ServerWatch(process) as watch:
+        callers = await asyncio.gather(
+            *(
+                one_caller(url, clips, args, 0 if i == 0 else rng.uniform(0.5, 3.0))
+                for i in range(k)
+            )
+        )
+    turns = [t for c in callers for t in c.get("turns", [])]
+    finished = [t for t in turns if not t["category"].startswith("paused")]
+    v2v = [t["voice_to_voice"] for t in finished]
+    answered = [v for v in v2v if v is not None]
+    result = {
+        "callers": k,
+        "turns": len(turns),
+        "voice_to_voice_finished": {
+            "p50": percentile(v2v, 50),
+            "p95": percentile(v2v, 95),
+            "max": round(max(answered), 3) if answered else None,
+            "n": len(answered),
+        },
+        "unanswered": sum(1 for t in turns if t["voice_to_voice"] is None),
+        "turned_away": sum(1 for c in callers if "refused" in c),
+        "refusals": [c["refused"] for c in callers if "refused" in c],
+        "server_cpu_cores": watch.cpu_cores,
+        "server_peak_rss_mib": watch.peak_mib,
+    }
+    p95 = result["voice_to_voice_finished"]["p95"]
+    result["within_target"] = bool(
+        p95 is not None
+        and p95 <= TARGET_P95_SECS
+        and not result["unanswered"]
+        and not result["turned_away"]
+    )
+    return result
+
+
+async def soak(url: str, clips: list[dict], args, process) -> dict:
+    """K callers calling again and again; RSS after each call."""
+    deadline = time.monotonic() + args.soak_minutes * 60
+    samples: list[tuple[int, float]] = []  # (calls done, RSS MiB)
+    calls, unanswered, refused = 0, 0, 0
+
+    async def caller(index: int):
+        nonlocal calls, unanswered, refused
+        await asyncio.sleep(index * 1.5)
+        while time.monotonic() < deadline:
+            result = await one_caller(url, clips, args, 0)
+            calls += 1
+            refused += "refused" in result
+            unanswered += sum(1 for t in result.get("turns", []) if t["voice_to_voice"] is None)
+            samples.append((calls, mib(process)))
+
+    async with ServerWatch(process) as watch:
+        await asyncio.gather(*(caller(i) for i in range(args.callers[0])))
+    x = np.array([c for c, _ in samples], float)
+    y = np.array([r for _, r in samples], float)
+    # The first calls warm caches up; the slope is fitted over the second half.
+    half = len(x) // 2
+    slope = float(np.polyfit(x[half:], y[half:], 1)[0]) if len(x) - half >= 3 else None
+    return {
+        "minutes": args.soak_minutes,
+        "callers": args.callers[0],
+        "calls": calls,
+        "unanswered_turns": unanswered,
+        "refused_calls": refused,
+        "rss_first_last_mib": [y[0], y[-1]] if len(y) else None,
+        "rss_slope_mib_per_call_second_half": round(slope, 3) if slope is not None else None,
+        "server_cpu_cores": watch.cpu_cores,
+        "rss_by_call": samples,
+    }
+
+
+async def run(args) -> dict:
+    clips = load_set("human", args.turns, args.source)
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = Path(args.out).with_suffix(".server.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_agent.py"), "--config", args.config]
+            + ["--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await wait_healthy(url, server, timeout=600)
+            process = psutil.Process(server.pid)
+            report: dict = {"config": args.config, "transport": args.transport, "turns": args.turns}
+            report["rss_idle_mib"] = mib(process)
+            if args.soak_minutes:
+                report["soak"] = await soak(url, clips, args, process)
+                return report
+            report["by_callers"] = []
+            for k in args.callers:
+                result = await at_once(url, k, clips, args, process)
+                report["by_callers"].append(result)
+                print(json.dumps({k: v for k, v in result.items() if k != "refusals"}))
+                await asyncio.sleep(3)  # the calls end on the server
+            fits = [r["callers"] for r in report["by_callers"] if r["within_target"]]
+            report["capacity"] = max(fits) if fits else 0
+            return report
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--callers", type=int, nargs="+", default=[1, 2, 3, 4, 6])
+    parser.add_argument("--turns", type=int, default=5, help="clips of the human set per call")
+    parser.add_argument("--source", help='only clips from this source, e.g. "asterisk"')
+    parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
+    parser.add_argument("--soak-minutes", type=float, default=0)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
+    parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")
+    parser.add_argument("--reply-timeout", type=float, default=30.0)
+    parser.add_argument("--out", help="default out/benchmarks/load[_soak][_phone].json")
+    args = parser.parse_args()
+    suffix = ("_soak" if args.soak_minutes else "") + (
+        "_phone" if args.transport == "phone" else ""
+    )
+    args.out = args.out or f"out/benchmarks/load{suffix}.json"
+    report = asyncio.run(run(args))
+    write_report(report, args.out)
+    summary = {k: v for k, v in report.items() if k not in ("by_callers", "soak")}
+    if "soak" in report:
+        summary["soak"] = {k: v for k, v in report["soak"].items() if k != "rss_by_call"}
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
