@@ -223,6 +223,8 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
     max_sessions: int = Field(4, ge=1)
+    # What a caller beyond max_sessions hears (phone) or reads (the page, with a 503).
+    busy_message: str = "Sorry, all lines are busy right now. Please call again in a few minutes."
     # An SDP offer is a few kB; anything far larger is not an offer.
     max_offer_bytes: int = Field(64 * 1024, ge=1024)
     # Admission: a request body must arrive within request_timeout_secs; a session whose

@@ -29,7 +29,7 @@ from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.empty_user_turn import EmptyUserTurnConfig
-from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
@@ -51,7 +51,11 @@ from pipelines.services import (
 )
 from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from pipelines.stack import ModelStack
-from pipelines.turn_end import TranscriptAwareTurnStopStrategy, TurnEndPolicy
+from pipelines.turn_end import (
+    KeypadUserTurnStartStrategy,
+    TranscriptAwareTurnStopStrategy,
+    TurnEndPolicy,
+)
 from pipelines.turn_timeline import TurnTimeline
 from pipelines.user_turn import UserTurnProcessor
 
@@ -83,7 +87,7 @@ def vad_params(config: AgentConfig) -> VADParams:
 
 def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
     config = stack.config
-    start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
+    start = [VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()]
     if config.turn.end_detection == "smart-turn":
         analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn, cpu=stack.cpu)
         policy = TurnEndPolicy(

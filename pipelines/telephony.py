@@ -34,10 +34,11 @@ import time
 from collections.abc import Callable
 from xml.sax.saxutils import escape, quoteattr
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from loguru import logger
-from pipecat.frames.frames import Frame, InputTransportMessageFrame
+from pipecat.frames.frames import Frame, InputTransportMessageFrame, OutputAudioRawFrame
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.exotel import ExotelFrameSerializer
@@ -286,6 +287,27 @@ def add_phone_routes(app: FastAPI, server) -> None:
             return off
         return {"url": stream_url(request)}
 
+    busy: list[tuple[np.ndarray, int]] = []  # the busy message's audio, made once
+
+    async def say_busy(websocket: WebSocket, serializer: FrameSerializer):
+        """A caller the server cannot take hears why before the line closes."""
+        try:
+            if not busy:
+                rate = config.audio_out_sample_rate
+                text = config.server.busy_message
+                busy.append(
+                    (await asyncio.to_thread(server.stack.speech.synthesize_all, text, rate), rate)
+                )
+            pcm, rate = busy[0]
+            step = rate // 50  # 20 ms messages, as a call's audio goes
+            for start in range(0, len(pcm), step):
+                frame = OutputAudioRawFrame(pcm[start : start + step].tobytes(), rate, 1)
+                if message := await serializer.serialize(frame):
+                    await websocket.send_text(message)
+            await asyncio.sleep(len(pcm) / rate + 0.3)  # the provider plays it out
+        except Exception as e:  # noqa: BLE001 - the line closes anyway
+            logger.warning(f"could not say the busy message: {e}")
+
     @app.websocket("/ws/{token}")
     async def media_stream(websocket: WebSocket, token: str):
         await websocket.accept()
@@ -314,6 +336,7 @@ def add_phone_routes(app: FastAPI, server) -> None:
         # (run_session, below), so calls that arrive together cannot pass the limit.
         if not server.has_room():
             server.metrics.refused.labels("full").inc()
+            await say_busy(websocket, serializer)
             await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
             return
         transport = FastAPIWebsocketTransport(

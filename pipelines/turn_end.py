@@ -46,6 +46,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
+from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
 
 # Words a finished English statement does not end on: conjunctions, articles,
@@ -289,3 +290,21 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         timer, self._timer = self._timer, None
         if timer is not None and timer is not asyncio.current_task():
             await self.task_manager.cancel_task(timer)
+
+
+class KeypadUserTurnStartStrategy(BaseUserTurnStartStrategy):
+    """Starts a turn on words that were never spoken (a keypad entry: Pipecat's
+    DTMFAggregator sends them as a finalized transcription).
+
+    It replaces Pipecat's TranscriptionUserTurnStartStrategy, which starts a turn on any
+    transcription: a Whisper transcript that arrives after its turn has ended (a long
+    segment on a busy machine) then became a second turn that cut the reply short. Spoken
+    turns start with the VAD; such late words stay with the user aggregator and are part
+    of the user's next turn.
+    """
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, TranscriptionFrame) and frame.finalized:
+            await self.trigger_user_turn_started()
+            return ProcessFrameResult.STOP
+        return ProcessFrameResult.CONTINUE

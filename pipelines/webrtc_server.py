@@ -155,7 +155,7 @@ class WebRTCServer:
         if request.pc_id:
             self.check_owner(request.pc_id, secret)
         elif not self.has_room():
-            raise HTTPException(status_code=503, detail="the server is at its session limit")
+            raise HTTPException(status_code=503, detail=self.config.server.busy_message)
         else:
             self._handler.update_ice_servers(
                 [RTCIceServer(**server) for server in ice_servers(self.config.server)]

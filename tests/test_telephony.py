@@ -254,10 +254,10 @@ async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
 
 
 async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
-    server, stack, question_wavs
+    server, stack, question_wavs, transcribe
 ):
     """Four callers at once (the server's session limit) each hear an answer to their own
-    question; the fifth is turned away."""
+    question; the fifth hears that the lines are busy and is turned away."""
     import soundfile as sf
 
     app, url = server
@@ -273,9 +273,13 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
         assert len(app.state.server.sessions) == 4
         extra = PhoneCall(url)
         await extra.connect()
-        await asyncio.wait_for(extra.closed.wait(), 15)
+        await asyncio.wait_for(extra.closed.wait(), 30)
         assert extra.close_code == 1013
         await extra.close()
+        # ...after hearing why.
+        busy = app.state.server.config.server.busy_message
+        heard = transcribe(extra.played.since(0), RATE)
+        assert wer(busy, heard) <= 0.4, heard
 
         started = time.monotonic()
         sent = []

@@ -213,13 +213,7 @@ async def test_a_keypad_entry_is_a_turn_that_ends_at_once():
 
     from pipelines.build import KEYPAD_PREFIX
 
-    strategy = TranscriptAwareTurnStopStrategy(turn_analyzer=ScriptedTurnAnalyzer(False))
-    pair = LLMContextAggregatorPair(
-        LLMContext(),
-        user_params=LLMUserAggregatorParams(
-            user_turn_strategies=UserTurnStrategies(stop=[strategy])
-        ),
-    )
+    pair = _as_built()
     keys = [InputDTMFFrame(KeypadEntry(k)) for k in "42#"]
     down, _ = await run_test(
         Pipeline([DTMFAggregator(prefix=KEYPAD_PREFIX), pair.user()]),
@@ -229,3 +223,49 @@ async def test_a_keypad_entry_is_a_turn_that_ends_at_once():
     assert UserStoppedSpeakingFrame in kinds
     (context,) = [f for f in down if isinstance(f, LLMContextFrame)]
     assert context.context.get_messages()[-1]["content"] == "I pressed 42#"
+
+
+def _as_built() -> LLMContextAggregatorPair:
+    """The user aggregator with the turn strategies build_session gives it."""
+    from pipecat.turns.user_start import VADUserTurnStartStrategy
+
+    from pipelines.turn_end import KeypadUserTurnStartStrategy
+
+    strategy = TranscriptAwareTurnStopStrategy(
+        turn_analyzer=ScriptedTurnAnalyzer(False),
+        policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=3.0),
+    )
+    return LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                start=[VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()], stop=[strategy]
+            )
+        ),
+    )
+
+
+async def test_a_transcript_arriving_after_its_turn_never_starts_a_turn_of_its_own():
+    """A late Whisper transcript, while the bot replies, used to start a second turn (and
+    interrupt the reply); its words now wait for the user's next turn."""
+    from pipecat.frames.frames import InterruptionFrame, UserStartedSpeakingFrame
+
+    pair = _as_built()
+    late = TranscriptionFrame(text="and one more thing", user_id="", timestamp="")
+    down, _ = await run_test(pair.user(), frames_to_send=[late, SleepFrame(sleep=0.3)])
+    kinds = [type(f) for f in down]
+    assert UserStartedSpeakingFrame not in kinds and InterruptionFrame not in kinds, kinds
+    # The next spoken turn carries them.
+    pair = _as_built()
+    frames = [
+        late,
+        SleepFrame(sleep=0.1),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        SleepFrame(sleep=0.05),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        TranscriptionFrame(text="What time is it?", user_id="", timestamp=""),
+        SleepFrame(sleep=0.3),
+    ]
+    down, _ = await run_test(pair.user(), frames_to_send=frames)
+    (context,) = [f for f in down if isinstance(f, LLMContextFrame)]
+    assert context.context.get_messages()[-1]["content"] == "and one more thing What time is it?"
