@@ -86,6 +86,11 @@ class TurnConfig(_Section):
     echo_tail_secs: float = Field(0.2, ge=0, le=3)
     # If no reply is heard this long after a user turn (an LLM that hangs), listen again.
     max_reply_wait_secs: float = Field(60, ge=1)
+    # A monologue is cut here and answered: a stretch of speech with no pause the VAD
+    # hears is ended after this long, and a turn that has run this long ends at its next
+    # pause whatever its words say (120 s of speech used to make one 120 s turn, beyond
+    # Whisper's 30 s window).
+    max_user_turn_secs: float = Field(25.0, ge=3, le=300)
 
 
 class LLMConfig(_Section):

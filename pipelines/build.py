@@ -94,6 +94,7 @@ def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
             finished_wait_secs=config.turn.finished_wait_secs,
             fallback_secs=config.turn.fallback_secs,
             words_decide=config.turn.words_decide,
+            max_turn_secs=config.turn.max_user_turn_secs,
         )
         stop = [
             TranscriptAwareTurnStopStrategy(
@@ -191,7 +192,11 @@ def build_session(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=SharedSileroVADAnalyzer(session=stack.silero, params=vad_params(config)),
+            vad_analyzer=SharedSileroVADAnalyzer(
+                session=stack.silero,
+                params=vad_params(config),
+                max_speech_secs=config.turn.max_user_turn_secs,
+            ),
             user_turn_strategies=_turn_strategies(stack),
             # A turn with no words goes unanswered. Pipecat's default asks the LLM to
             # recover from an "interrupted" empty turn with a note about "the user", which a

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from loguru import logger
+
 import onnxruntime as ort
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
@@ -35,7 +37,19 @@ def load_silero_session() -> ort.InferenceSession:
 
 
 class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    def __init__(self, *, session: ort.InferenceSession, params: VADParams, **kwargs):
+    """Silero on the process's shared session. ``max_speech_secs``: a stretch of speech
+    that has gone on this long without a pause of ``stop_secs`` is cut: the analyzer hears
+    silence for a moment, so the VAD reports a stop and the speech so far is transcribed
+    and judged (a monologue would otherwise be one endless segment)."""
+
+    def __init__(
+        self,
+        *,
+        session: ort.InferenceSession,
+        params: VADParams,
+        max_speech_secs: float | None = None,
+        **kwargs,
+    ):
         # Skips SileroVADAnalyzer.__init__, which loads the model, and sets what it sets.
         VADAnalyzer.__init__(self, params=params, **kwargs)
         model = SileroOnnxModel.__new__(SileroOnnxModel)
@@ -45,6 +59,32 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self._model = model
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+        self._max_speech_secs = max_speech_secs
+        self._speech_secs = 0.0  # the current stretch of speech
+        self._quiet_secs = 0.0  # the current pause within it
+        self._cut_secs = 0.0  # silence still to report for a cut
+
+    def voice_confidence(self, buffer) -> float:
+        confidence = super().voice_confidence(buffer)
+        if not self._max_speech_secs:
+            return confidence
+        secs = len(buffer) / 2 / self.sample_rate
+        if self._cut_secs > 0:
+            self._cut_secs -= secs
+            return 0.0
+        if confidence >= self.params.confidence:
+            self._speech_secs += self._quiet_secs + secs
+            self._quiet_secs = 0.0
+        elif self._speech_secs:
+            self._quiet_secs += secs
+            if self._quiet_secs >= self.params.stop_secs:  # a pause the VAD hears ends it
+                self._speech_secs = self._quiet_secs = 0.0
+        if self._speech_secs >= self._max_speech_secs:
+            logger.info(f"{self._speech_secs:.0f} s of speech without a pause: cut here")
+            self._speech_secs = self._quiet_secs = 0.0
+            self._cut_secs = self.params.stop_secs + 0.1
+            return 0.0
+        return confidence
 
 
 def load_smart_turn_session() -> ort.InferenceSession:

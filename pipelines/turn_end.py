@@ -95,6 +95,8 @@ class TurnEndPolicy:
     fallback_secs: float = 2.5
     # Words that read as a finished sentence end the turn without asking Smart Turn.
     words_decide: bool = True
+    # A turn that has gone on this long ends at its next pause, whatever the words say.
+    max_turn_secs: float | None = None
 
     def needs_smart_turn(self, text: str) -> bool:
         """Whether Smart Turn's verdict changes the wait for these words."""
@@ -140,6 +142,7 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._speaking = False
         self._text = ""  # the turn's transcript so far
         self._speech_end: float | None = None  # time.time() of the end of speech
+        self._turn_start: float | None = None  # time.time() the turn's speech began
         self._verdict: bool | None = None  # Smart Turn at the latest pause
         self._transcript_in = False  # the latest pause's transcript has arrived
         self._timer: asyncio.Task | None = None  # the turn's end, or the transcript's time-out
@@ -168,6 +171,7 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _reset(self):
         self._text = ""
+        self._turn_start = None
         await self._new_pause()
 
     async def _new_pause(self):
@@ -192,6 +196,8 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._analyzer.update_vad_start_secs(frame.start_secs)
             self._speaking = True
+            if self._turn_start is None:
+                self._turn_start = frame.timestamp - frame.start_secs
             await self._withdraw()
             await self._new_pause()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
@@ -233,6 +239,11 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
             self._timer = self.task_manager.create_task(
                 self._words_late(max(0.0, remaining)), f"{self}::words_late"
             )
+            return
+        max_secs = self._policy.max_turn_secs
+        if max_secs and self._turn_start and self._speech_end - self._turn_start >= max_secs:
+            # A monologue: cut here and answer what was said.
+            self._timer = self.task_manager.create_task(self._end_after(0.0), f"{self}::max")
             return
         if self._verdict is None and self._policy.needs_smart_turn(self._text):
             # The LLM starts on the words while Smart Turn listens.

@@ -245,3 +245,40 @@ def test_urgent_work_holds_background_work_back_until_it_ends():
     assert went_on.wait(10)
     worker.join()
     assert not cpu.busy
+
+
+async def test_the_vad_cuts_a_stretch_of_speech_with_no_pause_at_its_limit(stack):
+    """Real Silero on ten seconds of speech with its pauses taken out: one segment, unless
+    ``max_speech_secs`` cuts it."""
+    from pipecat.audio.vad.vad_analyzer import VADState
+
+    from pipelines.build import vad_params
+    from pipelines.shared_analyzers import SharedSileroVADAnalyzer
+    from tests.conftest import speak
+
+    text = "I went to the market this morning and bought apples, bread and cheese for the week."
+    voice = np.concatenate([speak(stack, text), speak(stack, text)])
+    frames = voice[: len(voice) // 320 * 320].reshape(-1, 320)  # 20 ms
+    voiced = frames[np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1)) > 300]
+    speech = np.tile(voiced.reshape(-1), 3)[: 16000 * 10]
+
+    async def stops(max_speech_secs):
+        vad = SharedSileroVADAnalyzer(
+            session=stack.silero,
+            params=vad_params(stack.config),
+            max_speech_secs=max_speech_secs,
+        )
+        vad.set_sample_rate(16000)
+        states, at = [], []
+        for i in range(0, len(speech), 320):
+            states.append(await vad.analyze_audio(speech[i : i + 320].tobytes()))
+            at.append((i + 320) / 16000)
+        spoke = [t for t, s in zip(at, states) if s == VADState.SPEAKING]
+        return [
+            t for t, s, p in zip(at[1:], states[1:], states) if s == VADState.QUIET and p != s
+        ], spoke
+
+    uncut, spoke = await stops(None)
+    assert spoke and not [t for t in uncut if t < 9.5], uncut  # one stretch, as given
+    cut, _ = await stops(4.0)
+    assert cut and 4.0 <= cut[0] <= 5.0, cut

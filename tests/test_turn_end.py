@@ -269,3 +269,29 @@ async def test_a_transcript_arriving_after_its_turn_never_starts_a_turn_of_its_o
     down, _ = await run_test(pair.user(), frames_to_send=frames)
     (context,) = [f for f in down if isinstance(f, LLMContextFrame)]
     assert context.context.get_messages()[-1]["content"] == "and one more thing What time is it?"
+
+
+async def test_a_turn_past_its_length_ends_at_its_next_pause_whatever_the_words():
+    strategy = TranscriptAwareTurnStopStrategy(
+        turn_analyzer=ScriptedTurnAnalyzer(False),
+        policy=TurnEndPolicy(finished_wait_secs=0.3, fallback_secs=3.0, max_turn_secs=0.5),
+    )
+    pair = LLMContextAggregatorPair(
+        LLMContext(),
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(stop=[strategy])
+        ),
+    )
+    import time
+
+    now = time.time()  # frames are stamped when made: the speech ran from -1.0 s to now
+    frames = [
+        VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now - 0.8),
+        SleepFrame(sleep=0.1),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now + 0.2),
+        # Trailing words would wait the 3 s fallback; the turn is over its length.
+        TranscriptionFrame(text="and then I went to the", user_id="", timestamp=""),
+        SleepFrame(sleep=0.4),
+    ]
+    down, _ = await run_test(pair.user(), frames_to_send=frames)
+    assert UserStoppedSpeakingFrame in [type(f) for f in down]
