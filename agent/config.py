@@ -227,7 +227,10 @@ class IceServerConfig(_Section):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
-    max_sessions: int = Field(4, ge=1)
+    # Calls at once, browser and phone together. 2 on the default stack: on 2 cores one
+    # caller hears replies at p50 1.3-1.5 s / p95 1.8-2.0 s, two at 1.5-1.8 / 2.4-3.2 s,
+    # three at 3.9-4.6 / 7-8 s (python -m benchmarks.load). Raise it on a bigger machine.
+    max_sessions: int = Field(2, ge=1)
     # What a caller beyond max_sessions hears (phone) or reads (the page, with a 503).
     busy_message: str = "Sorry, all lines are busy right now. Please call again in a few minutes."
     # An SDP offer is a few kB; anything far larger is not an offer.

@@ -312,6 +312,8 @@ class PhoneCall:
         self._sequence = 0
         self._playout_end = 0.0  # monotonic time the audio received so far ends playing
         self._pending_marks: list[tuple[asyncio.TimerHandle, str]] = []
+        self._clip_done: asyncio.Future | None = None  # the clip being sent
+        self._line_closed = False
         self._tasks: list[asyncio.Task] = []
 
     async def stream_url(self) -> str:
@@ -334,6 +336,9 @@ class PhoneCall:
         """Queue a clip (int16 mono); the future resolves to the monotonic time its last
         sample was sent."""
         done = asyncio.get_running_loop().create_future()
+        if self._line_closed:
+            done.set_exception(ConnectionResetError("the line is closed"))
+            return done
         pcm = samples.astype(np.int16) if rate == RATE else soxr.resample(samples, rate, RATE)
         pad = (-len(pcm)) % FRAME_SAMPLES
         self._outgoing.put_nowait((np.concatenate([pcm, np.zeros(pad, np.int16)]), done))
@@ -391,6 +396,15 @@ class PhoneCall:
             await self._speak_frames()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass
+        finally:
+            # Clips not (wholly) sent fail, so nobody waits on them forever.
+            self._line_closed = True
+            pending = [self._clip_done] if self._clip_done is not None else []
+            while not self._outgoing.empty():
+                pending.append(self._outgoing.get_nowait()[1])
+            for done in pending:
+                if not done.done():
+                    done.set_exception(ConnectionResetError("the line closed"))
 
     async def _speak_frames(self):
         silence = np.zeros(FRAME_SAMPLES, np.int16)
@@ -400,6 +414,7 @@ class PhoneCall:
         while True:
             if clip is None and not self._outgoing.empty():
                 (clip, done), offset = self._outgoing.get_nowait(), 0
+                self._clip_done = done
             if clip is not None:
                 frame = clip[offset : offset + FRAME_SAMPLES]
                 offset += FRAME_SAMPLES
@@ -410,7 +425,7 @@ class PhoneCall:
             await self._send(self.provider.media(self, payload, chunk))
             if clip is not None and offset >= len(clip):
                 done.set_result(time.monotonic())
-                clip = None
+                clip = self._clip_done = None
             next_at += FRAME_SAMPLES / RATE
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 

@@ -365,7 +365,7 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
         except OfferError as e:
             return refused(e.status, str(e))
         except (KeyError, TypeError) as e:
-            return refused(400, f"bad ICE candidate request: {e}")
+            return refused(400, f"bad ICE candidate request: {type(e).__name__}: {e}")
         try:
             server.check_owner(pc_id, data.get("session_secret"))
         except HTTPException as e:
@@ -375,7 +375,7 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
         except HTTPException:
             raise
         except Exception as e:
-            return refused(400, f"bad ICE candidate: {e}")
+            return refused(400, f"bad ICE candidate: {type(e).__name__}: {e}")
         return {"status": "ok"}
 
     add_phone_routes(app, server)

@@ -163,3 +163,34 @@ def test_an_interrupted_run_keeps_the_turns_it_answered(question_wavs, tmp_path)
         secs = replies.getnframes() / replies.getframerate()
     answered = sum(t["reply_audio"]["duration_secs"] for t in turns)
     assert secs >= answered > 0.5
+
+
+async def test_a_voice_that_fails_on_a_reply_ends_that_turn_and_the_next_is_answered(
+    stack, question_wavs, tmp_path
+):
+    """The voice raising on the first reply (a fault injected around the real Piper engine:
+    Piper itself does not fail on demand): that turn ends, the bot listens again, and the
+    next question gets a whole spoken answer."""
+    import dataclasses
+
+    from tts.base import SpeechEngine
+
+    class FailsOnce(SpeechEngine):
+        def __init__(self, voice: SpeechEngine):
+            self.voice, self.sample_rate, self.calls = voice, voice.sample_rate, 0
+
+        def synthesize(self, text, context):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("the voice failed")
+            yield from self.voice.synthesize(text, context)
+
+    voice = FailsOnce(stack.speech)
+    broken = dataclasses.replace(stack, speech=voice)
+    turns = [FileTurn(question_wavs[0][0]), FileTurn(question_wavs[1][0])]
+    result = await run_files(broken, turns)
+    one, two = result.turns
+    assert one["transcript"] and one["reply_audio"]["duration_secs"] < 0.5, one
+    assert two["transcript"] and two["reply"], two
+    assert two["reply_audio"]["duration_secs"] > 0.5, two
+    assert voice.calls >= 2 and result.session.gate.listening

@@ -305,3 +305,19 @@ def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(question
             server.kill()
     assert heard_after > 0.5, "the reply was cut off at SIGTERM"
     assert exited_after < 25
+
+
+async def test_hostile_requests_at_every_endpoint_get_no_500_and_the_server_stays_up(
+    server, monkeypatch
+):
+    """benchmarks/fuzz.py, a short round: malformed bodies, deep JSON, mutated offers, bad
+    candidates, webhook junk, made-up and abused stream tokens."""
+    from benchmarks.fuzz import fuzz
+
+    app, url = server
+    # Every request is read (the per-client offer limit would answer most of them 429).
+    monkeypatch.setattr(app.state.server.config.server, "offers_per_minute", 10_000)
+    report = await fuzz(url, 30, seed=1)
+    assert not report["findings"], report["findings"]
+    assert report["endpoints"]["WS /ws/{token}"]["sessions_left"] == 0
+    await _no_sessions(app)

@@ -254,13 +254,14 @@ async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
 
 
 async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
-    server, stack, question_wavs, transcribe
+    server, stack, question_wavs, transcribe, monkeypatch
 ):
-    """Four callers at once (the server's session limit) each hear an answer to their own
-    question; the fifth hears that the lines are busy and is turned away."""
+    """Four callers at once (the session limit, set to 4 here) each hear an answer to their
+    own question; the fifth hears that the lines are busy and is turned away."""
     import soundfile as sf
 
     app, url = server
+    monkeypatch.setattr(app.state.server.config.server, "max_sessions", 4)
     await _no_sessions(app)
     questions = question_wavs[:4]
     calls = [PhoneCall(url) for _ in range(3)]
