@@ -21,6 +21,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
     parser.add_argument(
+        "--max-sessions",
+        type=int,
+        help="webrtc: calls at once, browser and phone together (default from the config, 2)",
+    )
+    parser.add_argument(
         "--public-host",
         help="webrtc: the host name a phone provider reaches this server by (e.g. an ngrok "
         "tunnel's), for the stream URL the TwiML webhook (POST /) answers",
@@ -138,6 +143,10 @@ def main(argv=None) -> int:
             config.tts.miso.allow_cpu = True
         if args.public_host:
             config.server.public_host = args.public_host
+        if args.max_sessions is not None:
+            if args.max_sessions < 1:
+                raise ConfigError("--max-sessions must be 1 or more")
+            config.server.max_sessions = args.max_sessions
         if args.transport == "webrtc":
             check_exposure(args, args.host or config.server.host)
         if args.transport == "file":

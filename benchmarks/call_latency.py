@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from benchmarks.agent_process import agent_server
 from benchmarks.answer_set import COMMANDS, QUESTIONS, STATEMENTS, is_correct, is_echo, is_meta
 from benchmarks.conversation import corpus_wer, percentile
 from benchmarks.report import write_report
-from benchmarks.server_memory import wait_healthy
 from pipelines.file_transport import load_input_wav, speech_end_offset
 from pipelines.telephony_client import PhoneCall
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
+from pipelines.webrtc_client import WebRTCCaller
 
 ROOT = Path(__file__).resolve().parent.parent
 SET_DIR = ROOT / "out" / "human_speech"
@@ -281,45 +280,22 @@ def _rate(flags: list[bool]) -> dict:
 
 async def run(args) -> dict:
     clips = load_set(args.set, args.limit, args.source)
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = Path(args.out).with_suffix(".server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "run_agent.py"),
-                "--config",
-                args.config,
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            await wait_healthy(url, server, timeout=600)
-            rng = random.Random(0)
-            process = psutil.Process(server.pid)
-            cpu_before, wall = process.cpu_times(), time.monotonic()
-            per_caller = await asyncio.gather(
-                *(
-                    run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
-                    for i in range(args.callers)
-                )
+    async with agent_server(args.config, log=log_path) as (url, server):
+        rng = random.Random(0)
+        process = psutil.Process(server.pid)
+        cpu_before, wall = process.cpu_times(), time.monotonic()
+        per_caller = await asyncio.gather(
+            *(
+                run_caller(url, clips, args, delay=0 if i == 0 else rng.uniform(0.5, 3.0))
+                for i in range(args.callers)
             )
-            # The server's CPU over the whole run, in cores (2 = both cores of this machine).
-            cpu_after = process.cpu_times()
-            used = sum(cpu_after[:2]) - sum(cpu_before[:2])
-            server_cpu_cores = round(used / (time.monotonic() - wall), 3)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        )
+        # The server's CPU over the whole run, in cores (2 = both cores of this machine).
+        cpu_after = process.cpu_times()
+        used = sum(cpu_after[:2]) - sum(cpu_before[:2])
+        server_cpu_cores = round(used / (time.monotonic() - wall), 3)
     turns = []
     for caller, results in enumerate(per_caller):
         for t in results:

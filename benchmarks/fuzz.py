@@ -17,14 +17,10 @@ import asyncio
 import json
 import random
 import string
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
 SDP = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
     "c=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
@@ -163,23 +159,10 @@ async def fuzz(url: str, n: int, seed: int = 0) -> dict:
 async def run(args) -> dict:
     if args.url:
         return await fuzz(args.url, args.requests)
-    from benchmarks.server_memory import wait_healthy
-    from pipelines.webrtc_client import free_loopback_port
+    from benchmarks.agent_process import agent_server
 
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "run_agent.py", "--config", args.config, "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        await wait_healthy(url, server, timeout=300)
+    async with agent_server(args.config, timeout=300) as (url, _):
         return await fuzz(url, args.requests)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main():

@@ -23,19 +23,17 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from benchmarks.call_latency import ROOT, load_set, run_caller
+from benchmarks.agent_process import agent_server
+from benchmarks.call_latency import load_set, run_caller
 from benchmarks.conversation import percentile
 from benchmarks.report import write_report
-from benchmarks.server_memory import mib, wait_healthy
-from pipelines.webrtc_client import free_loopback_port
+from benchmarks.server_memory import mib
 
 TARGET_P95_SECS = 2.0
 
@@ -150,41 +148,25 @@ async def soak(url: str, clips: list[dict], args, process) -> dict:
 
 async def run(args) -> dict:
     clips = load_set("human", args.turns, args.source)
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = Path(args.out).with_suffix(".server.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_agent.py"), "--config", args.config]
-            + ["--port", str(port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            await wait_healthy(url, server, timeout=600)
-            process = psutil.Process(server.pid)
-            report: dict = {"config": args.config, "transport": args.transport, "turns": args.turns}
-            report["rss_idle_mib"] = mib(process)
-            if args.soak_minutes:
-                report["soak"] = await soak(url, clips, args, process)
-                return report
-            report["by_callers"] = []
-            for k in args.callers:
-                result = await at_once(url, k, clips, args, process)
-                report["by_callers"].append(result)
-                print(json.dumps({k: v for k, v in result.items() if k != "refusals"}))
-                await asyncio.sleep(3)  # the calls end on the server
-            fits = [r["callers"] for r in report["by_callers"] if r["within_target"]]
-            report["capacity"] = max(fits) if fits else 0
+    log = Path(args.out).with_suffix(".server.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    extra = ["--max-sessions", str(args.max_sessions)] if args.max_sessions else []
+    async with agent_server(args.config, log=log, extra_args=extra) as (url, server):
+        process = psutil.Process(server.pid)
+        report: dict = {"config": args.config, "transport": args.transport, "turns": args.turns}
+        report["rss_idle_mib"] = mib(process)
+        if args.soak_minutes:
+            report["soak"] = await soak(url, clips, args, process)
             return report
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        report["by_callers"] = []
+        for k in args.callers:
+            result = await at_once(url, k, clips, args, process)
+            report["by_callers"].append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "refusals"}))
+            await asyncio.sleep(3)  # the calls end on the server
+        fits = [r["callers"] for r in report["by_callers"] if r["within_target"]]
+        report["capacity"] = max(fits) if fits else 0
+        return report
 
 
 def main():
@@ -197,6 +179,9 @@ def main():
     parser.add_argument("--source", help='only clips from this source, e.g. "asterisk"')
     parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
     parser.add_argument("--soak-minutes", type=float, default=0)
+    parser.add_argument(
+        "--max-sessions", type=int, help="the server's session limit (default: the config's)"
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")
     parser.add_argument("--reply-timeout", type=float, default=30.0)

@@ -16,43 +16,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import psutil
 
 from agent.config import load_config
+from benchmarks.agent_process import agent_server
 from benchmarks.report import write_report
 from pipelines.stack import load_speech_engine
 from pipelines.telephony_client import PhoneCall
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from pipelines.webrtc_client import WebRTCCaller
 
 
 def mib(process: psutil.Process) -> float:
     return round(process.memory_info().rss / 2**20, 1)
-
-
-async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with {server.returncode}")
-            try:
-                async with http.get(f"{url}/api/health") as response:
-                    if response.status == 200:
-                        return await response.json()
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("server did not come up")
 
 
 async def ask(caller: WebRTCCaller | PhoneCall, question: np.ndarray):
@@ -75,69 +54,60 @@ async def run(args) -> dict:
     engine = load_speech_engine(config)
     question = engine.synthesize_all("What is the capital of France?", 16000)
 
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "run_agent.py", "--config", args.config, "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    process = psutil.Process(server.pid)
     callers: list[WebRTCCaller | PhoneCall] = []
     report: dict = {"config": args.config, "transport": args.transport}
+    extra = ["--max-sessions", str(args.sessions)]
+    async with agent_server(args.config, extra_args=extra, timeout=300) as (url, server):
+        process = psutil.Process(server.pid)
 
-    def new_caller():
-        return PhoneCall(url) if args.transport == "phone" else WebRTCCaller(url)
+        def new_caller():
+            return PhoneCall(url) if args.transport == "phone" else WebRTCCaller(url)
 
-    try:
-        await wait_healthy(url, server)
-        await asyncio.sleep(2)
-        report["rss_after_start_mib"] = mib(process)
-        after_each = []
-        for _ in range(args.sessions):
-            caller = new_caller()
-            await caller.connect()
-            callers.append(caller)
-            await asyncio.sleep(0.5)
-            await ask(caller, question)
-            await asyncio.sleep(1)
-            after_each.append(mib(process))
-        report["rss_after_each_session_mib"] = after_each
-        steps = np.diff([report["rss_after_start_mib"], *after_each])
-        report["rss_growth_per_session_mib"] = {
-            "first": round(float(steps[0]), 1),
-            "mean_of_later": round(float(steps[1:].mean()), 1) if len(steps) > 1 else None,
-        }
-        cpu_before = process.cpu_times()
-        wall = time.monotonic()
-        await asyncio.sleep(5)
-        cpu_after = process.cpu_times()
-        used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-        report["server_cpu_cores_with_silent_sessions"] = round(used / (time.monotonic() - wall), 3)
-        for caller in callers:
-            await hang_up(caller)
-        callers.clear()
-        await asyncio.sleep(3)
-        report["rss_after_hangups_mib"] = mib(process)
-        # A second round of the same sessions: memory that is reused, not leaked, stays put.
-        for _ in range(args.sessions):
-            caller = new_caller()
-            await caller.connect()
-            await asyncio.sleep(0.5)
-            await ask(caller, question)
-            await hang_up(caller)
-        await asyncio.sleep(3)
-        report["rss_after_second_round_mib"] = mib(process)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/api/health") as response:
-                report["sessions_left_after_hangups"] = (await response.json())["sessions"]
-    finally:
-        for caller in callers:
-            await hang_up(caller)
-        server.terminate()
-        server.wait(timeout=30)
+        try:
+            await asyncio.sleep(2)
+            report["rss_after_start_mib"] = mib(process)
+            after_each = []
+            for _ in range(args.sessions):
+                caller = new_caller()
+                await caller.connect()
+                callers.append(caller)
+                await asyncio.sleep(0.5)
+                await ask(caller, question)
+                await asyncio.sleep(1)
+                after_each.append(mib(process))
+            report["rss_after_each_session_mib"] = after_each
+            steps = np.diff([report["rss_after_start_mib"], *after_each])
+            report["rss_growth_per_session_mib"] = {
+                "first": round(float(steps[0]), 1),
+                "mean_of_later": round(float(steps[1:].mean()), 1) if len(steps) > 1 else None,
+            }
+            cpu_before = process.cpu_times()
+            wall = time.monotonic()
+            await asyncio.sleep(5)
+            cpu_after = process.cpu_times()
+            used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+            cores = round(used / (time.monotonic() - wall), 3)
+            report["server_cpu_cores_with_silent_sessions"] = cores
+            for caller in callers:
+                await hang_up(caller)
+            callers.clear()
+            await asyncio.sleep(3)
+            report["rss_after_hangups_mib"] = mib(process)
+            # A second round of the same sessions: memory that is reused, not leaked, stays.
+            for _ in range(args.sessions):
+                caller = new_caller()
+                await caller.connect()
+                await asyncio.sleep(0.5)
+                await ask(caller, question)
+                await hang_up(caller)
+            await asyncio.sleep(3)
+            report["rss_after_second_round_mib"] = mib(process)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/api/health") as response:
+                    report["sessions_left_after_hangups"] = (await response.json())["sessions"]
+        finally:
+            for caller in callers:
+                await hang_up(caller)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jiwer
@@ -68,16 +69,28 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@asynccontextmanager
+async def serving(app, **ssl_files):
+    """``app`` served by uvicorn on a free loopback port (HTTPS with ``ssl_certfile`` and
+    ``ssl_keyfile``): the port."""
+    port = free_loopback_port()
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **ssl_files)
+    )
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    try:
+        yield port
+    finally:
+        uv.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
 @pytest.fixture(scope="module")
 async def server(stack):
     """The agent's server (browser page and phone entry) on a loopback port:
     (app, base URL)."""
     app = create_app(stack)
-    port = free_loopback_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    yield app, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await asyncio.wait_for(task, timeout=30)
+    async with serving(app) as port:
+        yield app, f"http://127.0.0.1:{port}"

@@ -48,35 +48,17 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
 async def test_the_page_calls_a_server_with_a_token_over_https(stack, question_wavs, tmp_path):
     """As a server bound beyond loopback serves it: the page's URL carries the access token,
     which the page passes on; HTTPS with the self-signed certificate."""
-    import uvicorn
-
     from pipelines.access import self_signed_certificate
     from pipelines.webrtc_server import create_app
+    from tests.conftest import serving
 
     cert, key = self_signed_certificate(tmp_path / "tls", "127.0.0.1")
     app = create_app(stack, access_token="page-token")
-    port = free_loopback_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(key),
-        )
-    )
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    try:
+    async with serving(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as port:
         page = f"https://127.0.0.1:{port}/?token=page-token&autostart=1"
         await _talk_in_chromium(
             app, page, question_wavs, tmp_path, extra=["--ignore-certificate-errors"]
         )
-    finally:
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def _talk_in_chromium(app, page: str, question_wavs, tmp_path, extra: list[str] = ()):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import uvicorn
 import yaml
 
 from agent.config import CONFIG_DIR, parse_config
@@ -22,7 +21,7 @@ from pipelines.stack import load_stack
 from pipelines.telephony_client import RATE, PhoneCall
 from pipelines.webrtc_client import free_loopback_port
 from pipelines.webrtc_server import create_app
-from tests.conftest import speak, wer
+from tests.conftest import serving, speak, wer
 
 pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] is not installed")
 
@@ -84,17 +83,11 @@ async def agent_on_llm_server():
     }
     stack = load_stack(parse_config(data))
     app = create_app(stack)
-    port = free_loopback_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
     try:
-        yield app, f"http://127.0.0.1:{port}", llama, stack
+        async with serving(app) as port:
+            yield app, f"http://127.0.0.1:{port}", llama, stack
     finally:
         llama.kill()
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def _ask(call: PhoneCall, stack, text: str):

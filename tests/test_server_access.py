@@ -14,31 +14,19 @@ import time
 from pathlib import Path
 
 import aiohttp
-import uvicorn
 
 from pipelines.access import certificate_fingerprint, self_signed_certificate
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
+from pipelines.webrtc_client import WebRTCCaller
 from pipelines.webrtc_server import create_app
+from tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _serve(app, **ssl_files):
-    port = free_loopback_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **ssl_files)
-    )
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    return uv, task, port
-
-
 async def test_with_an_access_token_only_its_holders_get_in(stack):
     app = create_app(stack, access_token="let-me-in")
-    uv, task, port = await _serve(app)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app) as port:
+        url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{url}/") as r:
                 assert r.status == 401 and "access token" in (await r.json())["error"]
@@ -66,17 +54,13 @@ async def test_with_an_access_token_only_its_holders_get_in(stack):
         await caller.connect()
         assert caller.pc.connectionState == "connected"
         await caller.close()
-    finally:
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def test_the_page_is_served_over_https_with_the_printed_fingerprint(stack, tmp_path):
     cert, key = self_signed_certificate(tmp_path, "127.0.0.1")
     assert self_signed_certificate(tmp_path, "127.0.0.1") == (cert, key)  # made once, kept
     app = create_app(stack)
-    uv, task, port = await _serve(app, ssl_certfile=str(cert), ssl_keyfile=str(key))
-    try:
+    async with serving(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as port:
         trust = ssl.create_default_context(cafile=str(cert))  # verified, not ignored
         async with aiohttp.ClientSession() as http:
             async with http.get(f"https://127.0.0.1:{port}/", ssl=trust) as r:
@@ -86,9 +70,6 @@ async def test_the_page_is_served_over_https_with_the_printed_fingerprint(stack,
         writer.close()
         served = hashlib.sha256(der).hexdigest()
         assert certificate_fingerprint(cert).replace(":", "").lower() == served
-    finally:
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def test_the_page_gets_ice_servers_with_short_lived_turn_credentials(server, monkeypatch):

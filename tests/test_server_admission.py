@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +14,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 
-from benchmarks.server_memory import wait_healthy
-from pipelines.webrtc_client import WebRTCCaller, free_loopback_port
+from benchmarks.agent_process import agent_server
+from pipelines.webrtc_client import WebRTCCaller
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,19 +178,9 @@ async def test_offers_from_another_sites_page_are_refused(server, monkeypatch):
         assert await status("https://evil.example") == 403
 
 
-def test_the_server_exits_promptly_after_a_dead_session_is_restarted():
+async def test_the_server_exits_promptly_after_a_dead_session_is_restarted():
     """A restart_pc on a dead pc_id used to leave the server deaf to SIGTERM."""
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "run_agent.py", "--config", "tiny", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    async def scenario():
-        await wait_healthy(url, server, timeout=120)
+    async with agent_server("tiny", timeout=120) as (url, server):
         caller = WebRTCCaller(url)
         await caller.connect()
         pc_id, secret = caller.pc_id, caller.session_secret
@@ -203,15 +191,15 @@ def test_the_server_exits_promptly_after_a_dead_session_is_restarted():
             async with http.post(f"{url}/api/offer", data=json.dumps(offer)) as r:
                 assert r.status == 404
         await pc.close()
-
-    try:
-        asyncio.run(scenario())
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            pytest.fail("the server did not exit within 10 s of SIGTERM")
+        assert await _exits(server, within=10), "the server did not exit within 10 s of SIGTERM"
+
+
+async def _exits(process, *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while process.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return process.poll() is not None
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -262,22 +250,12 @@ async def test_metrics_count_sessions_turns_stages_and_refusals(server, question
     assert grew(after, "voice_agent_refused_total", reason="bad_request") == 1
 
 
-def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(question_wavs):
+async def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(question_wavs):
     """Graceful shutdown: no new sessions, the reply in progress is heard to its end (within
     server.shutdown_grace_secs), then the process exits."""
     import soundfile as sf
 
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "run_agent.py", "--config", "tiny", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    async def scenario() -> tuple[float, float]:
-        await wait_healthy(url, server, timeout=120)
+    async with agent_server("tiny", timeout=120) as (url, server):
         caller = WebRTCCaller(url)
         await caller.connect()
         samples, rate = sf.read(str(question_wavs[1][0]), dtype="int16")
@@ -291,20 +269,10 @@ def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(question
         assert loud, "no reply began"
         server.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
-        while server.poll() is None and time.monotonic() - stopped_at < 30:
-            await asyncio.sleep(0.1)
+        assert await _exits(server, within=25)
         heard = [t for t, c in caller.heard_chunks() if t > stopped_at and abs(c).max() > 500]
         await caller.close()
-        return (heard[-1] - stopped_at if heard else 0.0), time.monotonic() - stopped_at
-
-    try:
-        heard_after, exited_after = asyncio.run(scenario())
-        assert server.wait(timeout=5) is not None
-    finally:
-        if server.poll() is None:
-            server.kill()
-    assert heard_after > 0.5, "the reply was cut off at SIGTERM"
-    assert exited_after < 25
+    assert heard and heard[-1] - stopped_at > 0.5, "the reply was cut off at SIGTERM"
 
 
 async def test_hostile_requests_at_every_endpoint_get_no_500_and_the_server_stays_up(
