@@ -38,6 +38,17 @@ def stack() -> ModelStack:
     return load_stack(load_config("tiny"))
 
 
+async def replies(session, count: int = 1, timeout: float = 5.0) -> list[str]:
+    """The session's assistant messages, once there are ``count`` (each is written when its
+    reply has played), or what there is after ``timeout``."""
+    for _ in range(int(timeout / 0.1)):
+        found = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+        if len(found) >= count:
+            break
+        await asyncio.sleep(0.1)
+    return found
+
+
 def speak(stack: ModelStack, text: str, rate: int = 16000) -> np.ndarray:
     """The bundled voice saying ``text``, as int16 at ``rate``."""
     return stack.speech.synthesize_all(text, rate)

@@ -21,7 +21,7 @@ from pipelines.stack import load_stack
 from pipelines.telephony_client import RATE, PhoneCall
 from pipelines.webrtc_client import free_loopback_port
 from pipelines.webrtc_server import create_app
-from tests.conftest import serving, speak, wer
+from tests.conftest import replies, serving, speak, wer
 
 pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] is not installed")
 
@@ -95,17 +95,9 @@ async def _ask(call: PhoneCall, stack, text: str):
     return await call.wait_for_reply(sent, timeout=90)
 
 
-def _replies(app) -> list[str]:
-    (session,) = app.state.server.sessions.values()
-    return [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
-
-
 async def _settled(app, count: int) -> list[str]:
-    for _ in range(100):  # the assistant message is written once the reply has played
-        if len(_replies(app)) >= count:
-            break
-        await asyncio.sleep(0.1)
-    return _replies(app)
+    (session,) = app.state.server.sessions.values()
+    return await replies(session, count, timeout=10)
 
 
 async def test_a_down_stalled_or_dying_llm_server_gets_a_sorry_and_the_call_goes_on(

@@ -16,7 +16,7 @@ from benchmarks.human_speech import asterisk_prompts
 from pipelines.telephony import StreamTokens, twilio_signature, twiml
 from pipelines.telephony_client import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
 from pipelines.webrtc_client import WebRTCCaller
-from tests.conftest import BARGE_IN, speak, wer
+from tests.conftest import BARGE_IN, replies, speak, wer
 
 
 def test_ulaw_is_g711_as_audioop_writes_it():
@@ -395,13 +395,7 @@ async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
         session = app.state.server.sessions[session_id]
         users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
         assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
-        for _ in range(50):
-            assistants = [
-                m["content"] for m in session.context.get_messages() if m["role"] == "assistant"
-            ]
-            if assistants:
-                break
-            await asyncio.sleep(0.1)
+        assistants = await replies(session)
         heard = transcribe(reply, RATE)
         assert wer(assistants[0], heard) <= 0.5, (assistants[0], heard)
         assert not call.unexpected, call.unexpected[:3]

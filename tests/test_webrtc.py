@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.webrtc_client import WebRTCCaller
-from tests.conftest import wer
+from tests.conftest import replies, wer
 
 
 async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
@@ -31,14 +31,7 @@ async def test_a_spoken_question_over_webrtc_gets_a_spoken_answer(
         session = app.state.server.sessions[caller.pc_id]
         messages = session.context.get_messages()
         users = [m["content"] for m in messages if m["role"] == "user"]
-        # The assistant message is written once the reply has played; allow it a moment.
-        for _ in range(50):
-            assistants = [
-                m["content"] for m in session.context.get_messages() if m["role"] == "assistant"
-            ]
-            if assistants:
-                break
-            await asyncio.sleep(0.1)
+        assistants = await replies(session)
         assert len(users) == 1 and wer(question, users[0]) <= 0.2, users
         assert assistants, messages
         heard = transcribe(reply_audio, caller.record_rate)
