@@ -460,8 +460,14 @@ async def test_a_key_pressed_while_the_bot_speaks_cuts_the_reply_short(server, s
                 break
             await asyncio.sleep(0.1)
         assert users[1] == "I pressed 1#", users
-        # ...answered, and once that reply has played the bot listens again.
-        assert len(await replies(session, 2, timeout=90)) >= 2
+        # ...answered (the cut reply may or may not be in the context, as far as it was
+        # heard), and once that answer has played the bot listens again.
+        for _ in range(900):
+            messages = session.context.get_messages()
+            if messages[-1]["role"] == "assistant" and messages[-2]["content"] == "I pressed 1#":
+                break
+            await asyncio.sleep(0.1)
+        assert messages[-2]["content"] == "I pressed 1#", messages
         for _ in range(300):
             if session.gate.listening:
                 break
