@@ -155,13 +155,14 @@ class ApologizesOnFailure:
         super().__init__(*args, **kwargs)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
-        replying = isinstance(frame, LLMContextFrame)
-        self._replying = self._replying or replying
+        if not isinstance(frame, LLMContextFrame):
+            await super().process_frame(frame, direction)
+            return
+        self._replying = True
         try:
             await super().process_frame(frame, direction)
         finally:
-            if replying:
-                self._replying = False
+            self._replying = False
 
     async def push_error(self, error_msg: str, exception: Exception | None = None, **kwargs):
         if self._replying and self._apology:

@@ -320,12 +320,10 @@ def add_phone_routes(app: FastAPI, server) -> None:
             provider, call = await asyncio.wait_for(
                 parse_telephony_websocket(websocket), HANDSHAKE_TIMEOUT_SECS
             )
-            if provider in ("twilio", "telnyx", "plivo", "exotel") and (
-                provider not in config.server.phone_providers
-            ):
-                raise ValueError(f"{provider} calls are off (server.phone_providers)")
             hung_up = asyncio.Event()
             serializer = make_serializer(provider, dict(call), on_stop=hung_up.set)
+            if provider not in config.server.phone_providers:
+                raise ValueError(f"{provider} calls are off (server.phone_providers)")
         except Exception as e:  # noqa: BLE001 - any bad handshake closes this call only
             reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             logger.warning(f"refused a media stream: {reason}")

@@ -28,12 +28,11 @@ from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aiortc import RTCIceServer
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pipecat.frames.frames import EndFrame
-from prometheus_client import CONTENT_TYPE_LATEST
-from aiortc import RTCIceServer
 from loguru import logger
+from pipecat.frames.frames import EndFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.request_handler import (
@@ -44,6 +43,7 @@ from pipecat.transports.smallwebrtc.request_handler import (
 )
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipelines.access import token_matches, turn_credentials
 from pipelines.build import Session, build_session
