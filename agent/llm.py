@@ -1,48 +1,80 @@
-"""The in-process LLM: a GGUF model run by llama-cpp-python, shared by every session.
+"""The in-process LLM: a GGUF model run by llama.cpp, shared by every session.
 
-llama.cpp keeps one KV cache per model instance, so generations are serialised with a
-lock; with a 0.5B model a reply takes a second or two, and a second session simply waits
-its turn. Tokens stream out through a thread-safe callback as they are sampled.
+Chat messages become tokens with the model's own chat template, and sampled tokens
+become OpenAI-style chunks. The work is agent/llm_engine.py's: every session keeps its
+conversation read in its own sequence of one KV cache, concurrent replies are decoded
+together, and each reply's first words come before the rest of anyone's reply.
 
-Reading the prompt is most of the time to the first token on a CPU (~17 ms a token for
-a user's words on 2 cores, benchmarks/llm_prefill.py), so each session's conversation
-stays read: llama.cpp reuses the KV cache for the longest unchanged prompt prefix; when
-sessions take turns, the cache of the one leaving is set aside (a few MB, milliseconds)
-and the arriving one's is put back; and ``prefill`` reads what the next turn's prompt
-will start with (the conversation so far and the opening of a new user message) while
-the bot's reply plays.
+Reading the prompt is most of the time to the first token on a CPU (~14 ms a token for
+a user's words on 2 cores, benchmarks/llm_prefill.py), so ``read_ahead`` reads what the
+next turn's prompt will start with (the conversation so far and the opening of a new
+user message) while the bot's reply plays.
 """
 
 from __future__ import annotations
 
-import ctypes
+import codecs
 import os
-import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+import uuid
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from agent.cpu_share import CpuShare
+from agent.llm_engine import BatchedEngine, Generation, Sampling
 
 if TYPE_CHECKING:
     from agent.config import LLMConfig
 
 
-@dataclass(frozen=True)
-class _SavedConversation:
-    """One session's KV cache (sequence 0) and the tokens it holds."""
+class ChatStream:
+    """One reply's chunks (OpenAI chat-completion chunk dicts), blocking per token.
+    ``cancel()``, from any thread, ends the reply at the next token."""
 
-    tokens: list[int]
-    data: bytes
+    def __init__(self, generation: Generation, llm: LocalLLM):
+        self._generation = generation
+        self._llm = llm
+
+    def __iter__(self) -> Iterator[dict]:
+        llm, generation = self._llm, self._generation
+        chunk_id, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
+
+        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+            return {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": llm.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+
+        yield chunk({"role": "assistant"})
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        first = True
+        for token in generation:
+            if first:
+                first = False
+                logger.debug(
+                    f"{llm.name}: {generation.reused_tokens} prompt tokens were already read"
+                )
+            piece = text.decode(llm.engine.piece(token))
+            if piece:
+                yield chunk({"content": piece})
+        rest = text.decode(b"", final=True)
+        if rest:
+            yield chunk({"content": rest})
+        reason = generation.finish_reason
+        yield chunk({}, "length" if reason == "length" else "stop")
+
+    def cancel(self) -> None:
+        self._generation.cancel()
 
 
 class LocalLLM:
-    """A chat model in process. ``stream_chat`` yields OpenAI-style chunk dicts."""
+    """A chat model in process, for any number of sessions at once."""
 
     def __init__(
         self,
@@ -51,32 +83,48 @@ class LocalLLM:
         context_tokens: int = 2048,
         threads: int | None = None,
         cpu: CpuShare | None = None,
+        sessions: int = 1,
+        chat_template: tuple[str, str, str] | None = None,
+        one_at_a_time: bool = False,
     ):
-        from llama_cpp import Llama
+        """``sessions``: how many conversations stay read at once (one more is kept for
+        warm-up and tools). ``chat_template``: (Jinja text, BOS, EOS) for a model whose
+        file has none; else the file's own, else ChatML. ``one_at_a_time``: see
+        BatchedEngine."""
+        from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
         self.model_path = Path(model_path)
-        self._llama = Llama(
-            model_path=str(model_path),
-            n_ctx=context_tokens,
-            n_threads=threads or os.cpu_count() or 2,
-            verbose=False,
-        )
         self.context_tokens = context_tokens
-        self._lock = threading.Lock()
-        # Every generation runs on this one thread. llama.cpp's OpenMP worker team
-        # belongs to the calling thread, and an idle team keeps spinning for a while:
-        # with calls from two threads, generation ran at half speed on 2 cores
-        # (70 vs 35 ms/token, benchmarks/llm_threads.py).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
-        # Urgent work (a reply's first phrase being spoken) pauses generation between tokens.
-        self._cpu = cpu or CpuShare()
-        self._waiting_lock = threading.Lock()
-        self._replies_waiting = 0  # submitted replies not yet started
-        self._holder: Hashable = None  # the session whose conversation the KV cache holds
-        self._set_aside: dict[Hashable, _SavedConversation] = {}
+        self.engine = BatchedEngine(
+            self.model_path,
+            context_tokens=context_tokens,
+            sequences=sessions + 1,
+            threads=threads or os.cpu_count() or 2,
+            cpu=cpu,
+            one_at_a_time=one_at_a_time,
+        )
+        model = self.engine.model
+        self.metadata = model.metadata()
+        if chat_template is None:
+
+            def text(token: int) -> str:
+                return model.token_get_text(token) if token != -1 else ""
+
+            template = self.metadata.get("tokenizer.chat_template", CHATML_CHAT_TEMPLATE)
+            chat_template = (template, text(model.token_bos()), text(model.token_eos()))
+        template, bos, eos = chat_template
+        # One rendering a prompt that ends where the reply begins, one that does not.
+        self._formatters = {
+            reply: Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=reply
+            )
+            for reply in (True, False)
+        }
 
     @classmethod
-    def from_config(cls, config: LLMConfig, *, cpu: CpuShare | None = None) -> LocalLLM:
+    def from_config(
+        cls, config: LLMConfig, *, cpu: CpuShare | None = None, sessions: int = 1, **options
+    ) -> LocalLLM:
         """The model an ``llm`` config section names (backend llama-cpp), with its sizes."""
         from agent.config import ConfigError
         from agent.gguf import NotGGUFError, trained_context
@@ -99,35 +147,20 @@ class LocalLLM:
             context_tokens=config.context_tokens,
             threads=config.threads,
             cpu=cpu,
+            sessions=sessions,
+            **options,
         )
-
-    def submit(self, work: Callable[[], None], *, background: bool = False) -> Future:
-        """Run ``work`` (which calls stream_chat) on the model's own thread.
-
-        ``background`` work (reading ahead) gives way to every reply waiting for the
-        thread: when its turn comes while one waits, it goes to the back of the queue."""
-        if not background:
-            with self._waiting_lock:
-                self._replies_waiting += 1
-
-            def reply():
-                with self._waiting_lock:
-                    self._replies_waiting -= 1
-                return work()
-
-            return self._executor.submit(reply)
-
-        def read_ahead():
-            if self._replies_waiting:
-                self._executor.submit(read_ahead)
-                return
-            work()
-
-        return self._executor.submit(read_ahead)
 
     @property
     def name(self) -> str:
         return self.model_path.stem
+
+    def tokens(self, messages: list[dict], *, reply: bool = True) -> list[int]:
+        """The prompt for ``messages``; with ``reply`` it ends where the reply begins."""
+        formatted = self._formatters[reply](messages=messages)
+        return self.engine.model.tokenize(
+            formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
 
     def stream_chat(
         self,
@@ -137,112 +170,46 @@ class LocalLLM:
         temperature: float,
         seed: int | None,
         session: Hashable = None,
-    ) -> Iterator[dict]:
-        """Yield chat-completion chunks for ``messages``. Closing the iterator stops the
-        generation and frees the model for the next caller."""
-        with self._lock:
-            self._hold(session)
-            # Reading the prompt waits too: Smart Turn may be deciding whether to answer.
-            self._cpu.wait_for_urgent()
-            cached = self._llama.input_ids[: self._llama.n_tokens].copy()
-            stream = self._llama.create_chat_completion(
-                messages=messages,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                stream=True,
-            )
-            try:
-                first = True
-                for chunk in stream:
-                    self._cpu.wait_for_urgent()
-                    if first:
-                        first = False
-                        logger.debug(
-                            f"{self.name}: {self._reused(cached)} prompt tokens were already read"
-                        )
-                    yield chunk
-            finally:
-                close = getattr(stream, "close", None)
-                if close:
-                    close()
+    ) -> ChatStream:
+        """The reply to ``messages`` as a stream of chat-completion chunks."""
+        generation = self.engine.generate(
+            session,
+            self.tokens(messages),
+            max_tokens=max_tokens,
+            sampling=Sampling(temperature, seed),
+        )
+        return ChatStream(generation, self)
 
-    def prefill(
-        self, messages: list[dict], *, session: Hashable = None, when_idle: bool = False
-    ) -> None:
-        """Read into the KV cache the prompt a next user message after ``messages`` will
-        start with. Blocking: run it with ``submit``. ``when_idle``: first let urgent work
-        (a first phrase being synthesised) finish."""
-        if when_idle:
-            self._cpu.wait_for_urgent()
+    def read_ahead(self, messages: list[dict], *, session: Hashable = None) -> Generation:
+        """Start reading what the prompt of a next user message after ``messages`` will
+        begin with, when no reply needs the model. Returns at once."""
         # The chat template renders an empty user message as the opening every user
-        # message shares ("<|im_start|>user\n"); its end and the one sampled token are
-        # dropped again by the next prompt's prefix match.
-        opening = messages + [{"role": "user", "content": ""}]
-        with self._lock:
-            self._hold(session)
-            start = time.perf_counter()
-            self._llama.create_chat_completion(messages=opening, max_tokens=1, temperature=0.0)
-            logger.debug(f"{self.name}: read ahead in {time.perf_counter() - start:.2f} s")
+        # message shares ("<|im_start|>user\n"); its end is dropped again by the next
+        # prompt's prefix match.
+        opening = self.tokens(messages + [{"role": "user", "content": ""}], reply=False)
+        return self.engine.generate(session, opening, max_tokens=0, background=True)
 
-    def forget(self, session: Hashable) -> None:
-        """The session has ended: drop its set-aside conversation."""
-        with self._lock:
-            self._set_aside.pop(session, None)
-            if self._holder == session:
-                self._holder = None
+    def prefill(self, messages: list[dict], *, session: Hashable = None) -> None:
+        """``read_ahead``, waiting until it is read."""
+        start = time.perf_counter()
+        self.read_ahead(messages, session=session).wait()
+        logger.debug(f"{self.name}: read ahead in {time.perf_counter() - start:.2f} s")
 
-    def cached_tokens(self) -> list[int]:
-        """The tokens the KV cache holds now."""
-        with self._lock:
-            return self._llama.input_ids[: self._llama.n_tokens].tolist()
+    def forget(self, session: Hashable, *, wait: bool = True) -> None:
+        """The session has ended: its replies stop, its conversation is dropped."""
+        self.engine.forget(session, wait=wait)
 
-    def sessions_set_aside(self) -> set[Hashable]:
-        with self._lock:
-            return set(self._set_aside)
-
-    def _reused(self, cached) -> int:
-        now = self._llama.input_ids[: len(cached)]
-        differ = (now != cached).nonzero()[0]
-        return int(differ[0]) if len(differ) else len(cached)
-
-    def _hold(self, session: Hashable) -> None:
-        """Make the KV cache hold ``session``'s conversation, setting aside the current
-        holder's. A session with nothing set aside starts from whatever is there: the
-        system prompt and examples every session shares are reused."""
-        if session == self._holder:
-            return
-        llama = self._llama
-        if self._holder is not None and llama.n_tokens > 0:
-            size = _llama_cpp().llama_state_seq_get_size(llama.ctx, 0)
-            buffer = (ctypes.c_uint8 * size)()
-            written = _llama_cpp().llama_state_seq_get_data(llama.ctx, buffer, size, 0)
-            self._set_aside[self._holder] = _SavedConversation(
-                tokens=llama.input_ids[: llama.n_tokens].tolist(), data=bytes(buffer[:written])
-            )
-        saved = self._set_aside.pop(session, None) if session is not None else None
-        if saved is not None:
-            buffer = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
-            if _llama_cpp().llama_state_seq_set_data(llama.ctx, buffer, len(saved.data), 0):
-                llama.input_ids[: len(saved.tokens)] = saved.tokens
-                llama.n_tokens = len(saved.tokens)
-            else:  # could not be put back: the next prompt is read from the start
-                llama.reset()
-        self._holder = session
+    def cached_tokens(self, session: Hashable = None) -> list[int]:
+        """The tokens the KV cache holds for ``session``."""
+        return self.engine.cached_tokens(session)
 
     def warm_up(self) -> None:
         """Run one tiny completion so the first user does not pay for lazy set-up."""
+        for _ in self.stream_chat(
+            [{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0, seed=0
+        ):
+            pass
+        self.forget(None)
 
-        def run():
-            for _ in self.stream_chat(
-                [{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0, seed=0
-            ):
-                pass
-
-        self.submit(run).result()
-
-
-def _llama_cpp():
-    import llama_cpp
-
-    return llama_cpp
+    def close(self) -> None:
+        self.engine.close()

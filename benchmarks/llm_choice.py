@@ -301,7 +301,7 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
     # Cold first token: the whole prompt evaluated, as on a session's first turn.
     cold = []
     for q in QUESTIONS[:4]:
-        llm._llama.reset()
+        llm.forget(None)  # nothing cached: the whole prompt is read
         cold.append(generate(llm, _messages(prompt, q.text))["first_token_s"])
 
     noted = []
@@ -357,11 +357,7 @@ def run_prompt(llm, prompt: dict, *, limit: int | None, note: str | None) -> dic
         "first_token_p50_s": _percentile(firsts, 50),
         "first_token_p95_s": _percentile(firsts, 95),
         "cold_first_token_p50_s": _percentile(cold, 50),
-        "prompt_tokens": len(
-            llm._llama.tokenize(
-                "".join(m["content"] for m in _messages(prompt, "")).encode(), add_bos=False
-            )
-        ),
+        "prompt_tokens": len(llm.tokens(_messages(prompt, ""))),
         "repeat_rate": _rate([c["repeat"] for c in chat[1:]]),
         "conversation_meta_rate": _rate([c["meta"] for c in chat]),
         "conversation_echo_rate": _rate([c["echo"] for c in chat]),
@@ -402,24 +398,20 @@ def worker(name: str, prompts: list[str], limit: int | None, note: str | None) -
     proc = psutil.Process()
     path = locate(name)
     start = time.perf_counter()
-    llm = LocalLLM(path, context_tokens=CONTEXT, threads=THREADS)
-    load_s = time.perf_counter() - start
     template = MODELS[name].get("chat_template")
-    if template:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        text, bos, eos = CHAT_TEMPLATES[template]
-        llm._llama.chat_handler = Jinja2ChatFormatter(
-            text, eos_token=eos, bos_token=bos
-        ).to_chat_handler()
-    meta = llm._llama.metadata
+    llm = LocalLLM(
+        path,
+        context_tokens=CONTEXT,
+        threads=THREADS,
+        chat_template=CHAT_TEMPLATES[template] if template else None,
+    )
+    load_s = time.perf_counter() - start
+    meta = llm.metadata
     llm.warm_up()
     cpu0, wall0 = proc.cpu_times(), time.perf_counter()
     results = {}
     for p in prompts:
-        results[p] = llm.submit(
-            lambda p=p: run_prompt(llm, PROMPTS[p], limit=limit, note=note)
-        ).result()
+        results[p] = run_prompt(llm, PROMPTS[p], limit=limit, note=note)
         print(f"  {name} / {p}: {json.dumps(results[p]['summary'])}", file=sys.stderr)
     cpu1, wall = proc.cpu_times(), time.perf_counter() - wall0
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -430,7 +422,7 @@ def worker(name: str, prompts: list[str], limit: int | None, note: str | None) -
         "architecture": meta.get("general.architecture"),
         "general_name": meta.get("general.name"),
         "chat_template": "tokenizer.chat_template" in meta,
-        "chat_format": MODELS[name].get("chat_template") or llm._llama.chat_format,
+        "chat_format": MODELS[name].get("chat_template") or "the file's own (else ChatML)",
         "load_s": round(load_s, 3),
         "peak_rss_mb": _vm_hwm_mb(),
         "rss_mb": round(proc.memory_info().rss / 2**20, 1),

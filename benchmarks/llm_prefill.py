@@ -2,12 +2,10 @@
 
     python -m benchmarks.llm_prefill [--config default] [--turns 8]
 
-A conversation of ``--turns`` turns through LocalLLM, three ways, each on its own model
-thread as in the server: every prompt read from scratch (no cache), llama.cpp's prefix
-cache alone (what the agent did before), and the prefix cache plus ``prefill`` of the next
-turn's opening after each reply (what the agent does now). Reported: time to the first
-token p50/p95 for each, and the cost of setting a session's conversation aside and putting
-it back (two sessions taking turns).
+A conversation of ``--turns`` turns through LocalLLM, three ways: every prompt read from
+scratch (no cache), the session's cached prefix alone (what the agent did before), and
+the cached prefix plus ``prefill`` of the next turn's opening after each reply (what the
+agent does now). Reported: time to the first token p50/p95 for each.
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ def conversation(llm: LocalLLM, config, turns: int, mode: str, session: str) -> 
         llm.prefill(with_examples(system, examples), session=session)
     for said in (SAID * (turns // len(SAID) + 1))[:turns]:
         if mode == "cold":
-            llm.forget(session)
-            llm._llama.reset()  # nothing cached: the whole prompt is read
+            llm.forget(session)  # nothing cached: the whole prompt is read
         messages = with_examples(system + history + [{"role": "user", "content": said}], examples)
         secs, reply = first_token_secs(llm, messages, session)
         times.append(secs)
@@ -75,20 +72,9 @@ def main():
     llm.warm_up()
     report: dict = {"model": llm.name, "turns": args.turns}
     for mode in ("cold", "prefix-cache", "read-ahead"):
-        times = llm.submit(lambda m=mode: conversation(llm, config, args.turns, m, m)).result()
+        times = conversation(llm, config, args.turns, mode, mode)
+        llm.forget(mode)  # nothing of it is reused by the next mode
         report[f"first_token_{mode}"] = {"p50": percentile(times, 50), "p95": percentile(times, 95)}
-
-    def swap_secs() -> float:
-        # Two sessions with read conversations taking turns: each turn sets one aside and
-        # puts the other back before reading anything.
-        start = time.perf_counter()
-        for session in ("prefix-cache", "read-ahead") * 5:
-            llm.prefill([{"role": "user", "content": "Hi"}], session=session)
-        return (time.perf_counter() - start) / 10
-
-    report["set_aside_and_put_back_plus_tiny_prefill_secs"] = round(
-        llm.submit(swap_secs).result(), 4
-    )
     print(json.dumps(report, indent=2))
 
 

@@ -56,7 +56,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     llm = None
     if config.llm.backend == "llama-cpp":
         start = time.perf_counter()
-        llm = LocalLLM.from_config(config.llm, cpu=cpu)
+        llm = LocalLLM.from_config(config.llm, cpu=cpu, sessions=config.server.max_sessions)
         times["llm"] = time.perf_counter() - start
 
     from pipelines.shared_analyzers import load_silero_session, load_smart_turn_session

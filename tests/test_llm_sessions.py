@@ -1,6 +1,7 @@
-"""The shared in-process LLM keeps each session's conversation read (agent/llm.py): a
-session's KV cache is set aside and put back when sessions take turns, and ``prefill``
-reads the next turn's prompt opening ahead.
+"""The shared in-process LLM (agent/llm.py, agent/llm_engine.py): every session keeps its
+conversation read in its own sequence of one KV cache, a new caller's first words come
+before the rest of anyone else's reply, the rest of concurrent replies is decoded
+together, and reading ahead waits for every reply.
 
 A reply from a cached prompt can differ from one read from scratch in a near-tie token
 (llama.cpp sums a prompt read in one batch and one read in pieces in another order), so
@@ -9,9 +10,18 @@ each case compares a session's reply with the one it gets when no other session 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
+from agent.llm_engine import FIRST_PHRASE_TOKENS
+
 SYSTEM = {"role": "system", "content": "You are a friendly voice assistant. Answer briefly."}
+LONG = {
+    "role": "system",
+    "content": "You are a helpful assistant. Answer in a detailed paragraph of several sentences.",
+}
 
 
 def conversation(topic: str, turns: int) -> list[dict]:
@@ -24,9 +34,51 @@ def conversation(topic: str, turns: int) -> list[dict]:
     return messages + [{"role": "user", "content": f"What do {topic} eat?"}]
 
 
-def reply(llm, messages, session) -> str:
-    chunks = llm.stream_chat(messages, max_tokens=16, temperature=0.0, seed=0, session=session)
+def reply(llm, messages, session, max_tokens=16) -> str:
+    chunks = llm.stream_chat(
+        messages, max_tokens=max_tokens, temperature=0.0, seed=0, session=session
+    )
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+class Recorder:
+    """Replies streamed on their own threads; ``events`` is the order tokens came in."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.events: list[str] = []
+        self.finish: dict[str, str] = {}
+        self.streams: dict = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self, session: str, messages: list[dict], max_tokens: int = 80):
+        stream = self.llm.stream_chat(
+            messages, max_tokens=max_tokens, temperature=0.0, seed=0, session=session
+        )
+        self.streams[session] = stream
+
+        def run():
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                if choice["delta"].get("content"):
+                    self.events.append(session)
+                if choice["finish_reason"]:
+                    self.finish[session] = choice["finish_reason"]
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def wait_for(self, session: str, tokens: int, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while self.events.count(session) < tokens:
+            assert time.monotonic() < deadline, f"{session}: {self.events.count(session)} tokens"
+            time.sleep(0.01)
+
+    def join(self):
+        for thread in self._threads:
+            thread.join(120)
+            assert not thread.is_alive()
 
 
 @pytest.fixture
@@ -41,63 +93,104 @@ def test_a_session_gets_its_own_conversation_back_after_another_ran(llm):
     cats, ships = conversation("cats", 3), conversation("ships", 2)
     reply(llm, cats, "a")
     undisturbed = reply(llm, cats, "a")  # from a's own cache
-    held = llm.cached_tokens()
+    held = llm.cached_tokens("a")
 
     assert reply(llm, ships, "b")
-    assert llm.cached_tokens()[: len(held)] != held  # b's conversation replaced a's
+    assert llm.cached_tokens("a") == held  # b's conversation went to its own sequence
+    assert llm.cached_tokens("b")[: len(held)] != held
     assert reply(llm, cats, "a") == undisturbed
-    assert llm.cached_tokens()[: len(held) - 1] == held[: len(held) - 1]
 
 
 def test_a_prefilled_opening_is_kept_for_its_session(llm):
     history = conversation("owls", 2)[:-1]
     question = history + [{"role": "user", "content": "Where do owls sleep?"}]
     llm.prefill(history, session="c")
-    opening = llm.cached_tokens()
+    opening = llm.cached_tokens("c")
     undisturbed = reply(llm, question, "c")
 
     llm.prefill(history, session="c")
     llm.prefill(conversation("frogs", 1)[:-1], session="d")  # another session in between
+    assert llm.cached_tokens("c") == opening
     assert reply(llm, question, "c") == undisturbed
-    # The prompt began with what the prefill had read: all of it but the empty message's
-    # end ("<|im_end|>", "\n", "<|im_start|>", "assistant", "\n") and the sampled token.
+    # The prompt began with what the prefill had read: all of it but the empty user
+    # message's end ("<|im_end|>", "\n").
     shared = 0
-    for ours, prefilled in zip(llm.cached_tokens(), opening):
+    for ours, prefilled in zip(llm.cached_tokens("c"), opening):
         if ours != prefilled:
             break
         shared += 1
-    assert len(opening) > 40 and shared == len(opening) - 6
+    assert len(opening) > 40 and shared == len(opening) - 2
 
 
-def test_forgetting_a_session_drops_what_was_set_aside(llm):
+def test_a_new_session_starts_from_the_opening_another_has_read(llm):
+    llm.prefill(conversation("cats", 2)[:-1], session="a")
+    llm.prefill([SYSTEM], session="b")
+    # b's sequence starts from the system prompt a had read (copied within the cache).
+    system = llm.tokens([SYSTEM], reply=False)
+    assert llm.cached_tokens("b")[: len(system) - 2] == system[:-2]
+
+
+def test_forgetting_a_session_drops_its_conversation(llm):
     reply(llm, conversation("cats", 1), "a")
-    reply(llm, conversation("ships", 1), "b")
-    assert llm.sessions_set_aside() == {"a"}
+    assert llm.cached_tokens("a")
     llm.forget("a")
-    assert llm.sessions_set_aside() == set()
+    assert llm.cached_tokens("a") == []
 
 
-def test_reading_ahead_gives_way_to_a_waiting_reply(llm):
-    import threading
+def test_a_new_callers_first_words_come_before_the_rest_of_a_long_reply(llm):
+    calls = Recorder(llm)
+    calls.start("a", [LONG, {"role": "user", "content": "Tell me about the city of Lisbon."}])
+    calls.wait_for("a", FIRST_PHRASE_TOKENS + 2)
+    calls.start("b", [LONG, {"role": "user", "content": "How do bees make honey?"}])
+    calls.join()
 
-    order: list[str] = []
-    busy = threading.Event()
-    release = threading.Event()
+    events = calls.events
+    assert calls.finish == {"a": "length", "b": "length"}
+    b_first_phrase = [i for i, s in enumerate(events) if s == "b"][FIRST_PHRASE_TOKENS - 1]
+    a_after = [i for i, s in enumerate(events) if s == "a" and i > events.index("b")]
+    # a waited while b's first phrase was written: none of a's tokens came in between...
+    assert not [i for i in a_after if i < b_first_phrase]
+    # ...and plenty of a's reply was still to come (it did not have to finish first).
+    assert len(a_after) > 40
+    # Then the two replies went on together, not one after the other.
+    a_last = max(i for i, s in enumerate(events) if s == "a")
+    b_last = max(i for i, s in enumerate(events) if s == "b")
+    assert events[b_first_phrase + 1 : min(a_last, b_last)].count("b") > 10
+    assert events[b_first_phrase + 1 : min(a_last, b_last)].count("a") > 10
 
-    def occupy():
-        busy.set()
-        release.wait(30)
 
-    llm.submit(occupy)
-    assert busy.wait(30)
-    read_ahead = llm.submit(lambda: order.append("read ahead"), background=True)
-    reply = llm.submit(lambda: order.append("reply"))
-    release.set()
-    reply.result(30)
-    read_ahead.result(30)
-    # The read-ahead, queued first, went to the back when its turn came.
-    for _ in range(300):
-        if order == ["reply", "read ahead"]:
-            break
-        threading.Event().wait(0.1)
-    assert order == ["reply", "read ahead"]
+def test_a_cut_reply_frees_the_model_and_its_session_answers_again(llm):
+    calls = Recorder(llm)
+    calls.start("a", [LONG, {"role": "user", "content": "Tell me about the city of Lisbon."}])
+    calls.wait_for("a", 5)
+    calls.streams["a"].cancel()
+    calls.join()
+    assert calls.finish["a"] == "stop" and calls.events.count("a") < 40
+    assert reply(llm, conversation("cats", 1), "a")
+
+
+def test_reading_ahead_waits_for_every_reply(llm):
+    calls = Recorder(llm)
+    calls.start("a", [LONG, {"role": "user", "content": "Tell me about the city of Lisbon."}])
+    calls.wait_for("a", 2)
+    read = llm.read_ahead(conversation("frogs", 3)[:-1], session="c")
+    assert read.wait() == "read"
+    calls.join()
+    # The read-ahead was done only once the reply had been written whole.
+    assert calls.events.count("a") == 80 and calls.finish["a"] == "length"
+    assert len(llm.cached_tokens("c")) > 60
+
+
+def test_more_sessions_than_sequences_are_all_answered(stack):
+    from agent.llm import LocalLLM
+
+    llm = LocalLLM(stack.llm.model_path, context_tokens=1024, threads=2, sessions=1)
+    try:
+        answers = [reply(llm, conversation(topic, 1), topic) for topic in ("cats", "dogs", "owls")]
+        assert all(answers)
+        # Two sequences: the session idle longest gave its own to the third.
+        assert llm.cached_tokens("cats") == []
+        assert llm.cached_tokens("dogs") and llm.cached_tokens("owls")
+        assert reply(llm, conversation("cats", 1), "cats")
+    finally:
+        llm.close()

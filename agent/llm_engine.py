@@ -1,0 +1,440 @@
+"""Many conversations in one llama.cpp context, decoded together, first words first.
+
+Each session owns a sequence of one KV cache (llama.cpp's ``n_seq_max`` with a unified
+cache), so its conversation stays read between turns and nothing is swapped when
+sessions take turns. One thread owns the context. Each step it decodes one batch of the
+most urgent work there is:
+
+1. a reply still reading its prompt or writing its first phrase, the oldest first: the
+   words a caller waits for in silence (one at a time: on 2 cores a batch of B tokens
+   costs about B single steps, so sharing would make every first phrase late);
+2. else the rest of every reply, decoded together: a voice speaks ~3 tokens a second and
+   the model writes ~20, so a reply whose first phrase is being spoken can wait while a
+   new caller's first words are written, instead of that caller waiting for it to end;
+3. else reading ahead (the next turn's prompt, read while a reply plays), one at a time.
+
+A new prompt reuses the longest prefix already read, its own sequence's or (copied
+within the cache, no compute) another's: the system prompt and examples every session
+shares are read once.
+
+Knows tokens only; agent/llm.py turns chat messages into tokens and tokens into text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+import time
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from agent.cpu_share import CpuShare
+
+# A reply is urgent until it has this many tokens: about the first phrase the TTS speaks
+# on its own (pipelines/first_clause.py) and a few words beyond.
+FIRST_PHRASE_TOKENS = 12
+# The most prompt tokens one job reads in one step, so a long prompt does not hold up
+# every other caller's first words for seconds.
+PROMPT_CHUNK_TOKENS = 64
+BATCH_TOKENS = 512
+
+
+class ContextFullError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds, in order
+    last_used: float = 0.0
+
+
+_DONE = object()
+
+
+class Generation:
+    """A job's output: ``for token in generation`` blocks for each sampled token and
+    ends when the job does (``finish_reason``: "stop", "length", "read" or "cancelled");
+    an engine error is raised by the loop. ``cancel()`` is safe from any thread."""
+
+    def __init__(self, engine: BatchedEngine):
+        self._engine = engine
+        self._out: queue.Queue = queue.Queue()
+        self.cancelled = False
+        self.finish_reason: str | None = None
+        self.reused_tokens = 0  # prompt tokens that were already read
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self._out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def wait(self) -> str | None:
+        for _ in self:
+            pass
+        return self.finish_reason
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._engine._wake()
+
+
+@dataclass(eq=False)
+class _Job:
+    session: Hashable
+    tokens: list[int]  # the prompt
+    max_tokens: int  # 0: only read the prompt
+    background: bool
+    sampler: object | None
+    out: Generation
+    seq: _Sequence | None = None
+    produced: int = 0
+    pending: int | None = None  # sampled, not yet in the cache
+
+    @property
+    def unread(self) -> int:
+        return len(self.tokens) - len(self.seq.tokens) if self.pending is None else 0
+
+    @property
+    def urgent(self) -> bool:
+        return not self.background and (self.unread > 0 or self.produced < FIRST_PHRASE_TOKENS)
+
+    def finish(self, reason: str) -> None:
+        self.out.finish_reason = reason
+        self.out._out.put(_DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.out._out.put(error)
+
+
+class BatchedEngine:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        context_tokens: int,
+        sequences: int,
+        threads: int,
+        cpu: CpuShare | None = None,
+        one_at_a_time: bool = False,
+    ):
+        """``one_at_a_time``: jobs run whole, in arrival order, as a single-stream
+        llama.cpp would run them (benchmarks/llm_batch.py compares)."""
+        import llama_cpp
+        from llama_cpp._internals import LlamaContext, LlamaModel
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)
+        llama_cpp.llama_backend_init()
+        self._lib = llama_cpp
+        self.model = LlamaModel(
+            path_model=str(model_path), params=llama_cpp.llama_model_default_params(), verbose=False
+        )
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_tokens * sequences
+        params.n_batch = params.n_ubatch = BATCH_TOKENS
+        params.n_seq_max = sequences
+        params.kv_unified = True  # sequences share cells: a common prefix is stored once
+        params.n_threads = params.n_threads_batch = threads
+        self._context = LlamaContext(model=self.model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._sequences = [_Sequence(i) for i in range(sequences)]
+        self._owner: dict[Hashable, _Sequence] = {}
+        self._cpu = cpu or CpuShare()
+        self._one_at_a_time = one_at_a_time
+        self._jobs: list[_Job] = []  # started, in arrival order
+        self._waiting: list[_Job] = []  # not started: no sequence free yet
+        self._calls: list[tuple[callable, queue.Queue]] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="llm", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread ------------------------------------------------------
+
+    def generate(
+        self,
+        session: Hashable,
+        tokens: list[int],
+        *,
+        max_tokens: int,
+        sampling: Sampling = Sampling(),
+        background: bool = False,
+    ) -> Generation:
+        """Read ``tokens`` into ``session``'s sequence, then sample up to ``max_tokens``.
+        A session's new job ends its earlier one."""
+        if not tokens:
+            raise ValueError("an empty prompt")
+        out = Generation(self)
+        sampler = self._sampler(sampling) if max_tokens > 0 else None
+        job = _Job(session, list(tokens), max_tokens, background, sampler, out)
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the LLM engine is closed")
+            self._waiting.append(job)
+            self._changed.notify_all()
+        return out
+
+    def call(self, work, *, wait: bool = True):
+        """Run ``work()`` on the engine's thread between steps; with ``wait``, return its
+        result."""
+        done: queue.Queue = queue.Queue()
+        with self._changed:
+            self._calls.append((work, done))
+            self._changed.notify_all()
+        if not wait:
+            return None
+        ok, result = done.get()
+        if not ok:
+            raise result
+        return result
+
+    def forget(self, session: Hashable, *, wait: bool = True) -> None:
+        """The session has ended: its jobs stop, its sequence is freed."""
+        self.call(lambda: self._forget(session), wait=wait)
+
+    def cached_tokens(self, session: Hashable) -> list[int]:
+        return self.call(
+            lambda: list(self._owner[session].tokens) if session in self._owner else []
+        )
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(10)
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _sampler(self, sampling: Sampling):
+        from llama_cpp._internals import LlamaSampler
+
+        sampler = LlamaSampler()
+        if sampling.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        # llama-cpp-python's create_chat_completion defaults, so replies read the same.
+        sampler.add_top_k(40)
+        sampler.add_typical(1.0, 1)
+        sampler.add_top_p(0.95, 1)
+        sampler.add_min_p(0.05, 1)
+        sampler.add_temp(sampling.temperature)
+        seed = self._lib.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
+        sampler.add_dist(seed)
+        return sampler
+
+    # -- the engine's thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: self._closed or self._calls or self._waiting or self._jobs
+                )
+                if self._closed:
+                    break
+                calls, self._calls = self._calls, []
+                arrived, self._waiting = self._waiting, []
+            for work, done in calls:
+                try:
+                    done.put((True, work()))
+                except Exception as e:
+                    done.put((False, e))
+            for job in arrived:
+                if not self._start(job):
+                    with self._changed:
+                        self._waiting.append(job)
+            self._drop_cancelled()
+            if not self._jobs:
+                if self._waiting and not calls and not arrived:
+                    time.sleep(0.01)  # waiting for a sequence to be freed
+                continue
+            self._cpu.wait_for_urgent()
+            self._step()
+        for job in self._jobs + self._waiting:
+            job.fail(RuntimeError("the LLM engine was closed"))
+
+    def _start(self, job: _Job) -> bool:
+        for other in self._jobs:
+            if other.session == job.session:  # superseded (a cut reply, a stale read-ahead)
+                self._jobs.remove(other)
+                other.finish("cancelled")
+                break
+        seq = self._sequence_for(job.session)
+        if seq is None:
+            return False
+        memory = self._context.memory
+        keep = _common_prefix(seq.tokens, job.tokens)
+        donor = max(self._sequences, key=lambda s: _common_prefix(s.tokens, job.tokens))
+        shared = _common_prefix(donor.tokens, job.tokens)
+        if shared > keep:
+            self._lib.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            self._lib.llama_memory_seq_cp(memory, donor.seq_id, seq.seq_id, 0, shared)
+            seq.tokens, keep = donor.tokens[:shared], shared
+        # The last prompt token is read again: its logits give the first reply token.
+        keep = min(keep, len(job.tokens) - 1)
+        self._lib.llama_memory_seq_rm(memory, seq.seq_id, keep, -1)
+        del seq.tokens[keep:]
+        seq.last_used = time.monotonic()
+        job.seq = seq
+        job.out.reused_tokens = keep
+        self._jobs.append(job)
+        return True
+
+    def _sequence_for(self, session: Hashable) -> _Sequence | None:
+        if session in self._owner:
+            return self._owner[session]
+        busy = {job.seq.seq_id for job in self._jobs}
+        free = [s for s in self._sequences if s not in self._owner.values()]
+        if not free:  # the sequence used longest ago with nothing running is reused
+            idle = [s for s in self._sequences if s.seq_id not in busy]
+            if not idle:
+                return None
+            oldest = min(idle, key=lambda s: s.last_used)
+            self._owner = {k: v for k, v in self._owner.items() if v is not oldest}
+            free = [oldest]
+        self._owner[session] = free[0]
+        return free[0]
+
+    def _forget(self, session: Hashable) -> None:
+        for job in [j for j in self._jobs if j.session == session]:
+            self._jobs.remove(job)
+            job.finish("cancelled")
+        seq = self._owner.pop(session, None)
+        if seq is not None:
+            self._lib.llama_memory_seq_rm(self._context.memory, seq.seq_id, -1, -1)
+            seq.tokens = []
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self._jobs if j.out.cancelled]:
+            self._jobs.remove(job)
+            job.finish("cancelled")
+
+    def _chosen(self) -> list[_Job]:
+        if self._one_at_a_time:
+            return self._jobs[:1]
+        replies = [j for j in self._jobs if not j.background]
+        urgent = [j for j in replies if j.urgent]
+        # First phrases one at a time, oldest first: shared, they would all come late
+        # (on 2 cores a batch of B tokens costs B single steps).
+        return urgent[:1] or replies or self._jobs[:1]
+
+    def _step(self) -> None:
+        lib, batch = self._lib, self._batch
+        chosen = self._chosen()
+        parts: list[tuple[_Job, list[int]]] = []
+        n = 0
+        for job in chosen:
+            if job.pending is not None:
+                tokens = [job.pending]
+            else:
+                start = len(job.seq.tokens)
+                tokens = job.tokens[start : start + min(PROMPT_CHUNK_TOKENS, BATCH_TOKENS - n)]
+            if not tokens:
+                break
+            for i, token in enumerate(tokens):
+                batch.token[n + i] = token
+                batch.pos[n + i] = len(job.seq.tokens) + i
+                batch.n_seq_id[n + i] = 1
+                batch.seq_id[n + i][0] = job.seq.seq_id
+                batch.logits[n + i] = False
+            wants_logits = job.max_tokens > 0 and (
+                job.pending is not None or len(job.seq.tokens) + len(tokens) == len(job.tokens)
+            )
+            batch.logits[n + len(tokens) - 1] = wants_logits
+            parts.append((job, tokens))
+            n += len(tokens)
+        batch.n_tokens = n
+        status = lib.llama_decode(self._context.ctx, batch)
+        if status != 0:
+            for job, _ in parts:  # nothing of a failed batch stays in the cache
+                lib.llama_memory_seq_rm(
+                    self._context.memory, job.seq.seq_id, len(job.seq.tokens), -1
+                )
+        if status == 1 and self._evict_idle():
+            return  # room made; the same batch is built again next step
+        if status != 0:
+            error = (
+                ContextFullError("the LLM's context is full")
+                if status == 1
+                else RuntimeError(f"llama_decode failed ({status})")
+            )
+            for job, _ in parts:
+                self._jobs.remove(job)
+                job.fail(error)
+            return
+        at = 0
+        now = time.monotonic()
+        for job, tokens in parts:
+            job.seq.tokens += tokens
+            job.seq.last_used = now
+            job.pending = None
+            at += len(tokens)
+            if job.max_tokens == 0:
+                if job.unread == 0:
+                    self._jobs.remove(job)
+                    job.finish("read")
+                continue
+            if job.unread > 0:
+                continue
+            token = lib.llama_sampler_sample(job.sampler.sampler, self._context.ctx, at - 1)
+            if lib.llama_vocab_is_eog(self.model.vocab, token):
+                self._jobs.remove(job)
+                job.finish("stop")
+                continue
+            job.produced += 1
+            job.out._out.put(token)
+            if job.produced >= job.max_tokens:
+                self._jobs.remove(job)
+                job.finish("length")
+            else:
+                job.pending = token
+
+    def _evict_idle(self) -> bool:
+        """Free the sequence of the session idle longest (its conversation is read again
+        if it comes back). False when every sequence is in use."""
+        busy = {job.seq.seq_id for job in self._jobs}
+        idle = [s for s in self._owner.values() if s.seq_id not in busy and s.tokens]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.last_used)
+        session = next(k for k, v in self._owner.items() if v is oldest)
+        logger.info(f"LLM context full: the conversation of {session} is set aside")
+        self._forget(session)
+        return True
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (part of a UTF-8 character, possibly)."""
+        size = 32
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, size, 0, False)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
