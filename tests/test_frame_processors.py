@@ -125,8 +125,8 @@ async def test_user_turn_holds_the_spoken_audio_its_text_and_its_tone():
     )
     frames = _turn_frames(" Hello there, how are you? ")
     down, _ = await run_test(processor, frames_to_send=frames)
-    # Every frame goes on, untouched.
-    assert len(down) == len([f for f in frames if not isinstance(f, SleepFrame)])
+    # Every frame goes on, untouched, but the caller's audio: nothing after it needs that.
+    assert down == [f for f in frames if not isinstance(f, (SleepFrame, InputAudioRawFrame))]
     (turn,) = session.user_turns
     assert turn.text == "Hello there, how are you?"
     # Pre-roll (0.3 s) + the VAD's start delay (0.2 s) + the speech; the silence after the
