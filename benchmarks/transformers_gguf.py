@@ -5,7 +5,7 @@ Runs in its own venv, because the agent does not depend on torch:
     python -m venv /tmp/tfv && /tmp/tfv/bin/pip install torch==2.13.0 transformers gguf accelerate
     /tmp/tfv/bin/python benchmarks/transformers_gguf.py [~/.cache/voice-agent]
 
-Compare with `python -m benchmarks.llm_threads` (llama-cpp-python, the runtime chosen).
+Compare with `python -m benchmarks.llm_choice` (llama-cpp-python, the runtime chosen).
 """
 
 import os
