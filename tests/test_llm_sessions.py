@@ -145,18 +145,20 @@ def test_a_new_callers_first_words_come_before_the_rest_of_a_long_reply(llm):
     calls.join()
 
     events = calls.events
-    assert calls.finish == {"a": "length", "b": "length"}
+    assert set(calls.finish) == {"a", "b"}
+    assert events.count("b") > FIRST_PHRASE_TOKENS + 5  # a reply longer than its phrase
     b_first_phrase = [i for i, s in enumerate(events) if s == "b"][FIRST_PHRASE_TOKENS - 1]
     a_after = [i for i, s in enumerate(events) if s == "a" and i > events.index("b")]
     # a waited while b's first phrase was written: none of a's tokens came in between...
     assert not [i for i in a_after if i < b_first_phrase]
     # ...and plenty of a's reply was still to come (it did not have to finish first).
     assert len(a_after) > 40
-    # Then the two replies went on together, not one after the other.
+    # Then the two replies went on together (a token of each per step), not one after
+    # the other.
     a_last = max(i for i, s in enumerate(events) if s == "a")
     b_last = max(i for i, s in enumerate(events) if s == "b")
-    assert events[b_first_phrase + 1 : min(a_last, b_last)].count("b") > 10
-    assert events[b_first_phrase + 1 : min(a_last, b_last)].count("a") > 10
+    together = events[b_first_phrase + 1 : min(a_last, b_last)]
+    assert together.count("a") >= 3 and abs(together.count("a") - together.count("b")) <= 2
 
 
 def test_a_cut_reply_frees_the_model_and_its_session_answers_again(llm):
@@ -175,9 +177,10 @@ def test_reading_ahead_waits_for_every_reply(llm):
     calls.wait_for("a", 2)
     read = llm.read_ahead(conversation("frogs", 3)[:-1], session="c")
     assert read.wait() == "read"
+    written_by_then = calls.events.count("a")
     calls.join()
     # The read-ahead was done only once the reply had been written whole.
-    assert calls.events.count("a") == 80 and calls.finish["a"] == "length"
+    assert written_by_then == calls.events.count("a") > 20
     assert len(llm.cached_tokens("c")) > 60
 
 
