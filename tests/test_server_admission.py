@@ -289,3 +289,39 @@ async def test_hostile_requests_at_every_endpoint_get_no_500_and_the_server_stay
     assert not report["findings"], report["findings"]
     assert report["endpoints"]["WS /ws/{token}"]["sessions_left"] == 0
     await _no_sessions(app)
+
+
+async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(server, question_wavs):
+    """Memory per call stays flat: a hung-up call's pipeline, services, conversation and
+    peer connection are all freed (the LLM's sequence too)."""
+    import gc
+
+    import soundfile as sf
+    from pipecat.pipeline.worker import PipelineWorker
+
+    from agent.session import SessionState
+    from pipelines.services import LocalLLMService
+
+    app, url = server
+    await _no_sessions(app)
+    samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
+    for _ in range(3):
+        caller = WebRTCCaller(url)
+        await caller.connect()
+        started = time.monotonic()
+        caller.mic.say(samples, rate)
+        await caller.wait_for_reply(started, timeout=90)
+        await caller.close()
+        await _no_sessions(app)
+    del caller
+
+    def alive() -> list[str]:
+        gc.collect()
+        kinds = (PipelineWorker, SessionState, LocalLLMService, RTCPeerConnection)
+        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)]
+
+    # aiortc takes a few seconds to wind a closed connection down.
+    deadline = time.monotonic() + 20
+    while alive() and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+    assert alive() == []
