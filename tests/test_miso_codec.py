@@ -133,6 +133,18 @@ def test_encode_shape(codec, num_samples):
     assert frames == int(codec.model.get_encoded_length(torch.tensor(num_samples)))
 
 
+def test_a_partial_last_frame_is_encoded_as_if_zero_padded_to_a_whole_frame(codec):
+    """moshi's rule (the reference MisoTTS encodes its context with): a captured turn's last,
+    partial frame gets the codes of that frame filled up with silence. transformers' own
+    padding (inside each convolution) gives other codes there."""
+    frame = codec.samples_per_frame
+    audio = 0.1 * torch.randn(3 * frame + 700, generator=torch.Generator().manual_seed(4))
+    padded = torch.cat([audio, torch.zeros(frame - 700)])
+    assert torch.equal(codec.encode(audio), codec.encode(padded))
+    # The frames before it do not depend on what follows them (a causal encoder).
+    assert torch.equal(codec.encode(audio)[:, :3], codec.encode(audio[: 3 * frame]))
+
+
 def test_encode_then_decode(codec):
     audio = 0.1 * torch.randn(3 * 1920 + 7, generator=torch.Generator().manual_seed(3))
     codes = codec.encode(audio)

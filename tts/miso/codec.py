@@ -143,6 +143,12 @@ class MimiCodec:
         in [-1, 1]; ``frames`` is ``ceil(len(audio) / samples_per_frame)`` (the last frame is
         zero-padded)."""
         waveform = self._checked_audio(audio)
+        # As the reference (kyutai's moshi) does: zero-pad the waveform to a whole frame
+        # first. transformers' encoder would otherwise pad inside each convolution, and the
+        # last, partial frame of every captured user turn would get other codes.
+        partial = waveform.shape[0] % self.samples_per_frame
+        if partial:
+            waveform = torch.nn.functional.pad(waveform, (0, self.samples_per_frame - partial))
         batch = waveform.to(device=self.device, dtype=self.dtype)[None, None, :]
         output = self._model.encode(batch, num_quantizers=self._num_codebooks)
         return output.audio_codes[0]
