@@ -419,7 +419,9 @@ class BatchedEngine:
             return False
         oldest = min(idle, key=lambda s: s.last_used)
         session = next(k for k, v in self._owner.items() if v is oldest)
-        logger.info(f"LLM context full: the conversation of {session} is set aside")
+        logger.info(
+            f"LLM context full: the conversation of {session} is dropped (read again if it returns)"
+        )
         self._forget(session)
         return True
 

@@ -197,3 +197,25 @@ def test_more_sessions_than_sequences_are_all_answered(stack):
         assert reply(llm, conversation("cats", 1), "cats")
     finally:
         llm.close()
+
+
+def test_a_full_cache_drops_the_conversation_idle_longest_and_the_reply_goes_on(stack):
+    from agent.llm import LocalLLM
+
+    # Two sequences sharing 512 cells: two long conversations and a reply do not fit.
+    llm = LocalLLM(stack.llm.model_path, context_tokens=256, threads=2, sessions=1)
+    try:
+        long_a = [
+            {"role": "system", "content": "You are a helpful assistant. " * 3},
+            {"role": "user", "content": "Tell me about cats. " * 40},
+        ]
+        long_b = [long_a[0], {"role": "user", "content": "Tell me about ships. " * 40}]
+        assert 220 < len(llm.tokens(long_b)) < 256
+        llm.prefill(long_a, session="a")
+        assert len(llm.cached_tokens("a")) > 220
+        text = reply(llm, long_b, "b", max_tokens=120)
+        assert text  # answered, not an error
+        assert llm.cached_tokens("a") == []  # a's conversation made room
+        assert len(llm.cached_tokens("b")) > 300  # more than fitted beside a
+    finally:
+        llm.close()
