@@ -266,8 +266,6 @@ class BatchedEngine:
                         self._waiting.append(job)
             self._drop_cancelled()
             if not self._jobs:
-                if self._waiting and not calls and not arrived:
-                    time.sleep(0.01)  # waiting for a sequence to be freed
                 continue
             self._cpu.wait_for_urgent()
             self._step()
@@ -277,8 +275,7 @@ class BatchedEngine:
     def _start(self, job: _Job) -> bool:
         for other in self._jobs:
             if other.session == job.session:  # superseded (a cut reply, a stale read-ahead)
-                self._jobs.remove(other)
-                other.finish("cancelled")
+                self._end(other, "cancelled")
                 break
         seq = self._sequence_for(job.session)
         if seq is None:
@@ -304,22 +301,37 @@ class BatchedEngine:
     def _sequence_for(self, session: Hashable) -> _Sequence | None:
         if session in self._owner:
             return self._owner[session]
-        busy = {job.seq.seq_id for job in self._jobs}
-        free = [s for s in self._sequences if s not in self._owner.values()]
-        if not free:  # the sequence used longest ago with nothing running is reused
-            idle = [s for s in self._sequences if s.seq_id not in busy]
-            if not idle:
+        owned = list(self._owner.values())
+        free = [s for s in self._sequences if s not in owned]
+        if free:
+            seq = free[0]
+        else:  # the sequence idle longest is reused (what it holds may be a shared prefix)
+            idle = self._idle_longest()
+            if idle is None:
                 return None
-            oldest = min(idle, key=lambda s: s.last_used)
-            self._owner = {k: v for k, v in self._owner.items() if v is not oldest}
-            free = [oldest]
-        self._owner[session] = free[0]
-        return free[0]
+            previous, seq = idle
+            del self._owner[previous]
+        self._owner[session] = seq
+        return seq
+
+    def _idle_longest(self, *, holding: bool = False) -> tuple[Hashable, _Sequence] | None:
+        """The session whose sequence has no job running and was used longest ago (with
+        ``holding``, of those whose sequence holds something)."""
+        busy = {job.seq.seq_id for job in self._jobs}
+        idle = [
+            (k, s)
+            for k, s in self._owner.items()
+            if s.seq_id not in busy and (s.tokens or not holding)
+        ]
+        return min(idle, key=lambda item: item[1].last_used, default=None)
+
+    def _end(self, job: _Job, reason: str) -> None:
+        self._jobs.remove(job)
+        job.finish(reason)
 
     def _forget(self, session: Hashable) -> None:
         for job in [j for j in self._jobs if j.session == session]:
-            self._jobs.remove(job)
-            job.finish("cancelled")
+            self._end(job, "cancelled")
         seq = self._owner.pop(session, None)
         if seq is not None:
             self._lib.llama_memory_seq_rm(self._context.memory, seq.seq_id, -1, -1)
@@ -327,8 +339,7 @@ class BatchedEngine:
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._jobs if j.out.cancelled]:
-            self._jobs.remove(job)
-            job.finish("cancelled")
+            self._end(job, "cancelled")
 
     def _chosen(self) -> list[_Job]:
         if self._one_at_a_time:
@@ -371,9 +382,8 @@ class BatchedEngine:
                 lib.llama_memory_seq_rm(
                     self._context.memory, job.seq.seq_id, len(job.seq.tokens), -1
                 )
-        if status == 1 and self._evict_idle():
-            return  # room made; the same batch is built again next step
-        if status != 0:
+            if status == 1 and self._evict_idle():
+                return  # room made; the same batch is built again next step
             error = (
                 ContextFullError("the LLM's context is full")
                 if status == 1
@@ -392,33 +402,28 @@ class BatchedEngine:
             at += len(tokens)
             if job.max_tokens == 0:
                 if job.unread == 0:
-                    self._jobs.remove(job)
-                    job.finish("read")
+                    self._end(job, "read")
                 continue
             if job.unread > 0:
                 continue
             token = lib.llama_sampler_sample(job.sampler.sampler, self._context.ctx, at - 1)
             if lib.llama_vocab_is_eog(self.model.vocab, token):
-                self._jobs.remove(job)
-                job.finish("stop")
+                self._end(job, "stop")
                 continue
             job.produced += 1
             job.out._out.put(token)
             if job.produced >= job.max_tokens:
-                self._jobs.remove(job)
-                job.finish("length")
+                self._end(job, "length")
             else:
                 job.pending = token
 
     def _evict_idle(self) -> bool:
         """Free the sequence of the session idle longest (its conversation is read again
         if it comes back). False when every sequence is in use."""
-        busy = {job.seq.seq_id for job in self._jobs}
-        idle = [s for s in self._owner.values() if s.seq_id not in busy and s.tokens]
-        if not idle:
+        idle = self._idle_longest(holding=True)
+        if idle is None:
             return False
-        oldest = min(idle, key=lambda s: s.last_used)
-        session = next(k for k, v in self._owner.items() if v is oldest)
+        session = idle[0]
         logger.info(
             f"LLM context full: the conversation of {session} is dropped (read again if it returns)"
         )

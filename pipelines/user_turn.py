@@ -2,9 +2,8 @@
 
 Sits right after the user aggregator, which runs the VAD and decides when the turn ends,
 and passes every frame on untouched but the caller's audio: nothing after it needs that,
-and each of the 50 audio frames a second would otherwise hop through the LLM, the TTS,
-the output and the assistant aggregator for nothing (a silent caller cost the server
-~0.3 core). It sees, in order: the input audio, the VAD's start
+so the 50 audio frames a second stop here instead of hopping through the LLM, the TTS,
+the output and the assistant aggregator. It sees, in order: the input audio, the VAD's start
 and stop of speech, the end of the turn (UserStoppedSpeakingFrame), the turn's text as
 written to the LLM context (LLMContextUserTurnFrame), then the context that runs the LLM.
 
