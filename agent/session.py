@@ -69,4 +69,8 @@ class SessionState:
     def speech_context(self) -> SpeechContext:
         """The context a speech engine gets for the reply being spoken now."""
         with self._lock:
-            return SpeechContext(conversation=tuple(self.conversation), style=self.tone.style)
+            return SpeechContext(
+                conversation=tuple(self.conversation),
+                session_id=self.session_id,
+                style=self.tone.style,
+            )

@@ -429,6 +429,14 @@ class EngineTTSService(TTSService):
     def can_generate_metrics(self) -> bool:
         return True
 
+    async def stop(self, frame: EndFrame):
+        await super().stop(frame)
+        self._engine.forget(self._session.session_id)
+
+    async def cancel(self, frame: CancelFrame):
+        await super().cancel(frame)
+        self._engine.forget(self._session.session_id)
+
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         engine = self._engine
         speech_context = await self._session.reply_context()

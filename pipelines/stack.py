@@ -138,6 +138,7 @@ def load_miso_engine(config: AgentConfig) -> SpeechEngine:
         allow_cpu=miso.allow_cpu,
         voice_prompt=prompt,
         compile_decoder=miso.compile_decoder,
+        sessions=config.server.max_sessions,
         options=MisoOptions(
             user_speaker=miso.user_speaker,
             bot_speaker=miso.bot_speaker,

@@ -81,6 +81,9 @@ class SpeechContext:
     """
 
     conversation: tuple[Utterance, ...] = field(default_factory=tuple)
+    # Which conversation this is: an engine may keep what it has read of it (MisoTTS keeps
+    # it in its model's cache) until ``SpeechEngine.forget``. None: a one-off.
+    session_id: str | None = None
     # How the reply should sound, following how the user sounded (agent.tone_follow).
     style: SpeakingStyle = NEUTRAL_STYLE
 
@@ -117,6 +120,10 @@ class SpeechEngine(ABC):
 
         audio = soxr.resample(audio.astype(np.float32) / 32768, self.sample_rate, sample_rate)
         return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+    def forget(self, session_id: str) -> None:
+        """The conversation has ended: drop whatever was kept for it. Engines that keep
+        nothing between calls need do nothing."""
 
     def warm_up(self) -> None:
         """Run once at start so the first real reply does not pay for lazy initialisation."""

@@ -92,11 +92,13 @@ class MisoEngine(SpeechEngine):
         allow_cpu: bool = False,
         voice_prompt: SpokenAudio | None = None,
         compile_decoder: bool = False,
+        sessions: int = 1,
         options: MisoOptions = MisoOptions(),
     ) -> MisoEngine:
         """Model, codec and tokenizer from local paths (or hub ids when online).
         ``voice_prompt``: speech in the voice the bot should have, with its words.
         ``text_format``: "miso" writes a segment as "[0] text", "csm" (Sesame CSM) "[0]text".
+        ``sessions``: conversations spoken for at once (one model cache row each).
         Anything that keeps it from starting is an EngineUnavailableError saying why."""
         from tts.miso.checkpoint import CheckpointError, load_model
         from tts.miso.codec import CodecNotFoundError
@@ -119,7 +121,7 @@ class MisoEngine(SpeechEngine):
                                   num_codebooks=model.config.audio_num_codebooks)
             generator = MisoGenerator(
                 model, TextTokenizer.load(tokenizer, segment_format=segment_format), mimi,
-                speakers=(options.user_speaker, options.bot_speaker),
+                speakers=(options.user_speaker, options.bot_speaker), sessions=sessions,
             )
             engine = cls(generator, options)
             if voice_prompt is not None:
@@ -168,14 +170,15 @@ class MisoEngine(SpeechEngine):
             raise ValueError("nothing to say: the text is empty")
         opts = self.options
         segments = self.segments(context)
-        if self.context_observers:
-            plan = self.generator.plan(text, opts.bot_speaker, segments, opts.max_audio_secs)
+
+        def observe(plan: ContextPlan) -> None:
             for observer in self.context_observers:
                 observer(segments, plan)
+
         spoken: list[np.ndarray] = []
         codes: list[torch.Tensor] = []
         for chunk in self.generator.stream(
-            text, opts.bot_speaker, segments,
+            text, opts.bot_speaker, segments, session=context.session_id, on_plan=observe,
             max_audio_secs=opts.max_audio_secs, temperature=opts.temperature, topk=opts.topk,
             seed=opts.seed, num_codebooks=opts.num_codebooks,
             first_chunk_frames=opts.first_chunk_frames, chunk_frames=opts.chunk_frames,
@@ -193,6 +196,9 @@ class MisoEngine(SpeechEngine):
         self._known_codes[key] = codes
         while len(self._known_codes) > limit:
             self._known_codes.pop(next(iter(self._known_codes)))
+
+    def forget(self, session_id: str) -> None:
+        self.generator.forget(session_id)
 
     def warm_up(self) -> None:
         """One short utterance: allocates caches, compiles (if asked), loads kernels."""

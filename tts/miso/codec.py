@@ -12,6 +12,7 @@ Plain torch + transformers: nothing here knows about pipecat.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from transformers.models.mimi.modeling_mimi import (
     MimiResnetBlock,
     MimiTransformerModel,
 )
+
+from tts.miso.moshi_mimi import load_moshi_mimi
 
 __all__ = ["CodecNotFoundError", "MimiCodec", "MimiStreamingDecoder"]
 
@@ -70,12 +73,29 @@ class MimiCodec:
         dtype: torch.dtype = torch.float32,
         num_codebooks: int = 32,
     ) -> MimiCodec:
-        """Load a transformers-format Mimi from a local directory or a hub id ("kyutai/mimi").
+        """Load a transformers-format Mimi from a local directory or a hub id ("kyutai/mimi"),
+        or kyutai's own moshi-format file (a ``.safetensors`` file: see :meth:`from_moshi`).
 
-        Raises CodecNotFoundError when ``source`` is neither a directory holding the model nor a
-        hub id that can be fetched (e.g. offline and not in the local cache).
+        Raises CodecNotFoundError when ``source`` is neither a directory holding the model, nor
+        such a file, nor a hub id that can be fetched (e.g. offline and not in the local cache).
         """
         model = _load_pretrained(source, dtype)
+        return cls(model.to(device=device, dtype=dtype), num_codebooks=num_codebooks)
+
+    @classmethod
+    def from_moshi(
+        cls,
+        source: str | Path | Mapping[str, torch.Tensor],
+        config: MimiConfig | None = None,
+        num_codebooks: int = 32,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> MimiCodec:
+        """kyutai's own Mimi weights in moshi's format: the file the reference MisoTTS / CSM
+        loads (``tokenizer-e351c8d8-checkpoint125.safetensors``), or its state dict. ``config``
+        is kyutai's Mimi (``MimiConfig()``) unless given. See tts/miso/moshi_mimi.py."""
+        model = load_moshi_mimi(source, config, dtype)
         return cls(model.to(device=device, dtype=dtype), num_codebooks=num_codebooks)
 
     @classmethod
@@ -457,6 +477,8 @@ def _load_pretrained(source: str | Path, dtype: torch.dtype) -> MimiModel:
     """``MimiModel.from_pretrained`` of a local directory or hub id, with a CodecNotFoundError
     that says what to do when neither holds the model."""
     local = Path(source).expanduser()
+    if local.is_file() and local.suffix == ".safetensors":
+        return load_moshi_mimi(local, dtype=dtype)
     if local.is_dir():
         if not (local / _CONFIG_FILE).is_file():
             raise CodecNotFoundError(
@@ -473,9 +495,9 @@ def _load_pretrained(source: str | Path, dtype: torch.dtype) -> MimiModel:
         return MimiModel.from_pretrained(str(local), dtype=dtype)
     if local.exists() or _looks_like_path(source):
         raise CodecNotFoundError(
-            f"Mimi codec not found: {str(source)!r} is not a directory. Download "
-            f"{DEFAULT_HUB_ID} (e.g. `hf download {DEFAULT_HUB_ID} --local-dir <dir>`) "
-            f"and pass that directory"
+            f"Mimi codec not found: {str(source)!r} is neither a directory nor a moshi-format "
+            f".safetensors file. Download {DEFAULT_HUB_ID} (e.g. `hf download "
+            f"{DEFAULT_HUB_ID} --local-dir <dir>`) and pass that directory"
         )
     hub_id = str(source)
     try:

@@ -9,6 +9,13 @@ segment first; a voice-prompt segment, which fixes the bot's voice, is never dro
 Generation stops at an all-zero frame or at the duration limit. Frames are decoded by a
 streaming Mimi decoder in chunks, so the first audio is out after ``first_chunk_frames``
 frames rather than after the whole utterance.
+
+Frames are made by a FrameBatcher (tts/miso/batch.py): utterances of several sessions are
+generated together, and a session's conversation stays read in the model's cache between
+its utterances. So that it stays valid, a session's context keeps its oldest segment for as
+long as it fits; when it no longer does, the context is cut back to ``REFILL_FRACTION`` of
+its budget at once, so the conversation is read afresh only now and then, not at every
+sentence once the budget is full.
 """
 
 from __future__ import annotations
@@ -16,16 +23,20 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from tts.miso.batch import FrameBatcher, Sampling
 from tts.miso.codec import MimiCodec
 from tts.miso.model import MisoModel
 from tts.miso.text import TextTokenizer
 
 FRAME_SECS = 0.08
+# When a session's context outgrows its budget, the newest segments filling this share of
+# the budget are kept: room for several more turns before the next full reading.
+REFILL_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class ContextPlan:
     kept_segments: int
     dropped_segments: int
     max_frames: int
+    # The first kept context segment, by content (for keeping a session's start put).
+    first_segment: bytes | None = None
 
 
 class ContextTooLongError(ValueError):
@@ -68,8 +81,9 @@ class ContextTooLongError(ValueError):
 
 
 class MisoGenerator:
-    """Tokenizes, keeps the 2048-position budget and streams audio. One utterance at a
-    time (the model's caches are shared); calls from several threads queue up."""
+    """Tokenizes, keeps the 2048-position budget and streams audio. Calls from several
+    threads are generated together, up to ``sessions`` at a time (one cache row each);
+    more wait for a row."""
 
     def __init__(
         self,
@@ -79,6 +93,7 @@ class MisoGenerator:
         voice_prompt: Segment | None = None,
         speakers: Sequence[int] | None = None,
         encoded_cache_size: int = 32,
+        sessions: int = 1,
     ):
         if codec.num_codebooks != model.config.audio_num_codebooks:
             raise ValueError(
@@ -95,7 +110,9 @@ class MisoGenerator:
         self._lock = threading.Lock()
         self._encoded: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._encoded_cache_size = encoded_cache_size
-        model.setup_caches(1)
+        self.frames = FrameBatcher(model, rows=sessions)
+        # Each session's first kept context segment (ContextPlan.first_segment).
+        self._first_segment: dict[object, bytes] = {}
         self._voice_prompt_frames = None
         self.set_voice_prompt(voice_prompt)
 
@@ -143,14 +160,16 @@ class MisoGenerator:
             )
         audio = audio.detach().to("cpu", torch.float32).contiguous()
         key = hashlib.sha1(audio.numpy().tobytes()).digest()
-        codes = self._encoded.get(key)
-        if codes is None:
-            codes = self.codec.encode(audio).to("cpu")  # validates shape, emptiness, NaN
+        with self._lock:
+            codes = self._encoded.get(key)
+            if codes is not None:
+                self._encoded.move_to_end(key)
+                return codes
+        codes = self.codec.encode(audio).to("cpu")  # validates shape, emptiness, NaN
+        with self._lock:
             self._encoded[key] = codes
             while len(self._encoded) > self._encoded_cache_size:
                 self._encoded.popitem(last=False)
-        else:
-            self._encoded.move_to_end(key)
         return codes
 
     def tokenize_audio(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,15 +189,21 @@ class MisoGenerator:
     # -- the context budget --------------------------------------------------------------
 
     def plan(self, text: str, speaker: int, context: Sequence[Segment],
-             max_audio_secs: float) -> ContextPlan:
+             max_audio_secs: float, *, keep_from: bytes | None = None) -> ContextPlan:
         """The prompt for speaking ``text``: as many of the newest ``context`` segments as
         fit beside the voice prompt, the text, and room for ``max_audio_secs`` of audio.
+
+        ``keep_from`` (a previous plan's ``first_segment``) keeps the context starting at
+        that segment while it is there and everything from it fits, so the start a
+        session's cache holds stays put; when it does not, only the newest segments filling
+        ``REFILL_FRACTION`` of the budget are kept.
 
         Positions: prompt + generated frames <= max_seq_len (each generated frame is fed
         back at the next position; the frame after the last one is never needed)."""
         max_frames = max(1, int(max_audio_secs / FRAME_SECS))
         gen_tokens, gen_mask = self.tokenize_text(text, speaker)
-        fixed = [] if self._voice_prompt_frames is None else [self._voice_prompt_frames]
+        with self._lock:
+            fixed = [] if self._voice_prompt_frames is None else [self._voice_prompt_frames]
         fixed_len = sum(t.shape[0] for t, _ in fixed)
         budget = self.max_seq_len - max_frames - gen_tokens.shape[0] - fixed_len
         if budget < 0:
@@ -188,16 +213,26 @@ class MisoGenerator:
                 + f" leave no room for {max_frames} audio frames ({max_audio_secs:g} s) in "
                 f"{self.max_seq_len} positions; shorten the text"
             )
-        # Newest first, keep while they fit; stop at the first that does not, so the kept
-        # ones are a contiguous, most recent run.
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for segment in reversed(context):
-            frames = self.tokenize_segment(segment)
-            if frames[0].shape[0] > budget:
-                break
-            budget -= frames[0].shape[0]
-            kept.append(frames)
-        kept.reverse()
+        segments = [self.tokenize_segment(segment) for segment in context]
+        keys = [_frames_key(frames) for frames in segments]
+        # The newest run that fits: stop at the first that does not, so the kept ones are a
+        # contiguous, most recent run.
+        start, used = len(segments), 0
+        while start and used + segments[start - 1][0].shape[0] <= budget:
+            start -= 1
+            used += segments[start][0].shape[0]
+        if keep_from is not None:
+            held = keys.index(keep_from) if keep_from in keys else None
+            if held is not None and held >= start:
+                start = held
+            elif start > 0 or held is None:
+                # The held start is gone or no longer fits: cut back further, so the next
+                # turns fit again without another full reading.
+                target = REFILL_FRACTION * budget
+                while start < len(segments) - 1 and used > target:
+                    used -= segments[start][0].shape[0]
+                    start += 1
+        kept = segments[start:]
         parts = fixed + kept + [(gen_tokens, gen_mask)]
         return ContextPlan(
             tokens=torch.cat([t for t, _ in parts]),
@@ -205,6 +240,7 @@ class MisoGenerator:
             kept_segments=len(kept),
             dropped_segments=len(context) - len(kept),
             max_frames=max_frames,
+            first_segment=keys[start] if kept else None,
         )
 
     # -- generating ----------------------------------------------------------------------
@@ -216,6 +252,7 @@ class MisoGenerator:
         speaker: int,
         context: Sequence[Segment] = (),
         *,
+        session: Hashable | None = None,
         max_audio_secs: float = 15.0,
         temperature: float = 0.9,
         topk: int = 50,
@@ -223,23 +260,59 @@ class MisoGenerator:
         num_codebooks: int | None = None,
         first_chunk_frames: int = 1,
         chunk_frames: int = 4,
+        on_plan: Callable[[ContextPlan], None] | None = None,
     ) -> Iterator[GeneratedChunk]:
         """Speak ``text`` as ``speaker`` after ``context``, yielding audio as it is made.
 
+        ``session`` names the conversation: its context stays read in the model's cache
+        for its next utterance (call ``forget`` when it ends); None is a one-off.
         ``num_codebooks`` < N generates and decodes only the first codebooks (faster,
-        coarser). ``seed`` makes a run reproducible. The end-of-speech check needs the
-        frames on the host, so it happens once per chunk, not once per frame."""
+        coarser). ``seed`` makes a run reproducible. ``on_plan`` sees the context used."""
         if first_chunk_frames < 1 or chunk_frames < 1:
             raise ValueError("chunk sizes must be at least one frame")
-        wanted = self._checked_options(temperature, topk, num_codebooks)
-        with self._lock:
-            plan = self.plan(text, speaker, context, max_audio_secs)
-            yield from self._frames_to_audio(plan, temperature, topk, seed, wanted,
-                                             first_chunk_frames, chunk_frames,
-                                             self.codec.streaming_decoder().decode)
+        sampling = self._sampling(temperature, topk, num_codebooks, seed)
+        frames = self._start(text, speaker, context, session, max_audio_secs, sampling, on_plan)
+        decoder = self.codec.streaming_decoder()
+        try:
+            pending: list[torch.Tensor] = []
+            target = first_chunk_frames
+            for frame in frames:
+                pending.append(frame)
+                if len(pending) == target:
+                    yield self._decode(pending, decoder.decode, sampling.num_codebooks)
+                    pending, target = [], chunk_frames
+            if pending:
+                yield self._decode(pending, decoder.decode, sampling.num_codebooks)
+        finally:
+            frames.close()
 
-    def _checked_options(self, temperature: float, topk: int, num_codebooks: int | None) -> int:
-        """Validated sampling options; the number of codebooks to generate."""
+    @torch.inference_mode()
+    def generate(self, text: str, speaker: int, context: Sequence[Segment] = (), *,
+                 session: Hashable | None = None, max_audio_secs: float = 15.0,
+                 temperature: float = 0.9, topk: int = 50, seed: int | None = None,
+                 num_codebooks: int | None = None) -> GeneratedChunk:
+        """The whole utterance at once: every frame generated, then one (non-streaming)
+        decode. The path streaming is measured against."""
+        sampling = self._sampling(temperature, topk, num_codebooks, seed)
+        frames = list(self._start(text, speaker, context, session, max_audio_secs, sampling,
+                                  None))
+        if frames:
+            return self._decode(frames, self.codec.decode, sampling.num_codebooks)
+        return GeneratedChunk(audio=torch.zeros(0),
+                              codes=torch.zeros(self.num_codebooks, 0, dtype=torch.long))
+
+    def forget(self, session: Hashable) -> None:
+        """The conversation has ended: free its cache row."""
+        with self._lock:
+            self._first_segment.pop(session, None)
+        self.frames.forget(session)
+
+    def close(self) -> None:
+        self.frames.close()
+
+    def _sampling(self, temperature: float, topk: int, num_codebooks: int | None,
+                  seed: int | None) -> Sampling:
+        """Validated sampling options."""
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if topk < 1:
@@ -247,76 +320,34 @@ class MisoGenerator:
         wanted = self.num_codebooks if num_codebooks is None else num_codebooks
         if not 1 <= wanted <= self.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {wanted}")
-        return wanted
+        return Sampling(temperature=temperature, topk=topk, num_codebooks=wanted, seed=seed)
 
-    def _frames_to_audio(self, plan, temperature, topk, seed, wanted, first_chunk, chunk,
-                         decode):
-        model, device = self.model, self.device
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        model.reset_caches()
-        tokens = plan.tokens[None].to(device)
-        mask = plan.mask[None].to(device)
-        pos = torch.arange(plan.tokens.shape[0], device=device)[None]
-        # A generated frame is fed back with its sampled codebooks visible, text hidden.
-        feedback_mask = torch.zeros(1, 1, self.num_codebooks + 1, dtype=torch.bool,
-                                    device=device)
-        feedback_mask[..., :wanted] = True
-        text_column = torch.zeros(1, 1, dtype=torch.long, device=device)
+    def _start(self, text, speaker, context, session, max_audio_secs, sampling, on_plan):
+        with self._lock:
+            keep_from = None if session is None else self._first_segment.get(session)
+        plan = self.plan(text, speaker, context, max_audio_secs, keep_from=keep_from)
+        if session is not None:
+            with self._lock:
+                if plan.first_segment is None:
+                    self._first_segment.pop(session, None)
+                else:
+                    self._first_segment[session] = plan.first_segment
+        if on_plan is not None:
+            on_plan(plan)
+        return self.frames.generate(session, plan.tokens, plan.mask, plan.max_frames, sampling)
 
-        pending: list[torch.Tensor] = []
-        target = first_chunk
-        for _ in range(plan.max_frames):
-            frame = model.generate_frame(tokens, mask, pos, temperature, topk,
-                                         generator=generator, num_codebooks=wanted)
-            pending.append(frame)
-            tokens = torch.cat([frame, text_column], dim=1).unsqueeze(1).long()
-            mask = feedback_mask
-            pos = pos[:, -1:] + 1
-            if len(pending) == target:
-                done, chunk_out = self._decode_pending(pending, decode, wanted)
-                pending, target = [], chunk
-                if chunk_out is not None:
-                    yield chunk_out
-                if done:
-                    return
-        if pending:
-            _, chunk_out = self._decode_pending(pending, decode, wanted)
-            if chunk_out is not None:
-                yield chunk_out
-
-    def _decode_pending(self, pending, decode, wanted) -> tuple[bool, GeneratedChunk | None]:
-        """Decode the frames before the first all-zero (end) frame; True if it was seen."""
-        frames = torch.cat(pending).to("cpu")  # (n, N): the one host sync per chunk
-        is_end = (frames == 0).all(dim=1)
-        ended = bool(is_end.any())
-        if ended:
-            frames = frames[: int(is_end.int().argmax())]
-        if frames.shape[0] == 0:
-            return ended, None
-        codes = frames.T[:wanted].long()
+    def _decode(self, frames: list[torch.Tensor], decode, wanted: int) -> GeneratedChunk:
+        """Audio of ``frames`` (each (N,)), decoded from their first ``wanted`` codebooks."""
+        full = torch.stack(frames, dim=1)  # (N, n)
         # Ids past the codec's codebook (the model's vocabulary has a few more) never come
         # from a trained model; random test weights can pick them.
-        codes = codes.masked_fill(codes >= self.codec.codebook_size, 0)
+        codes = full[:wanted].masked_fill(full[:wanted] >= self.codec.codebook_size, 0)
         audio = decode(codes.to(self.codec.device))
-        full = torch.zeros(self.num_codebooks, codes.shape[1], dtype=torch.long)
+        full = torch.zeros_like(full)
         full[:wanted] = codes
-        return ended, GeneratedChunk(audio=audio.float().cpu(), codes=full)
+        return GeneratedChunk(audio=audio.float().cpu(), codes=full)
 
-    @torch.inference_mode()
-    def generate(self, text: str, speaker: int, context: Sequence[Segment] = (), *,
-                 max_audio_secs: float = 15.0, temperature: float = 0.9, topk: int = 50,
-                 seed: int | None = None, num_codebooks: int | None = None) -> GeneratedChunk:
-        """The whole utterance at once: every frame generated, then one (non-streaming)
-        decode. The path streaming is measured against."""
-        wanted = self._checked_options(temperature, topk, num_codebooks)
-        everything = 1 << 30
-        with self._lock:
-            plan = self.plan(text, speaker, context, max_audio_secs)
-            chunks = list(self._frames_to_audio(plan, temperature, topk, seed, wanted,
-                                                everything, everything, self.codec.decode))
-        if chunks:
-            return chunks[0]
-        return GeneratedChunk(audio=torch.zeros(0),
-                              codes=torch.zeros(self.num_codebooks, 0, dtype=torch.long))
+
+def _frames_key(frames: tuple[torch.Tensor, torch.Tensor]) -> bytes:
+    tokens, mask = frames
+    return hashlib.sha1(tokens.numpy().tobytes() + mask.numpy().tobytes()).digest()

@@ -62,15 +62,17 @@ def llama3_scaled_frequencies(
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
 
 
-def rope_table(sizes: TransformerSizes, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(max_seq_len, head_dim/2, 2) cos/sin per position, computed in float32.
+def rope_table(sizes: TransformerSizes, device: torch.device, dtype: torch.dtype,
+               length: int | None = None) -> torch.Tensor:
+    """(length, head_dim/2, 2) cos/sin per position (``max_seq_len`` of them by default),
+    computed in float32.
 
     The values are rounded to the model's dtype (then used in float32): the reference's
     table is a buffer that ``model.to(bfloat16)`` rounds, so a bf16 model was run, and
     presumably trained, with bf16-rounded angles. Rounding the same way keeps bf16 outputs
     identical to the reference's; in float32 it changes nothing."""
     theta = llama3_scaled_frequencies(sizes.head_dim, sizes.rope_base, sizes.scale_factor)
-    positions = torch.arange(sizes.max_seq_len, dtype=theta.dtype)
+    positions = torch.arange(sizes.max_seq_len if length is None else length, dtype=theta.dtype)
     angles = torch.einsum("i,j->ij", positions, theta).float()
     table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     return table.to(dtype).float().to(device)
@@ -103,8 +105,8 @@ class RMSNorm(nn.Module):
 
 
 class KVCache(nn.Module):
-    """Fixed-size key/value store written at the given positions: shapes never change, so
-    a step has no host synchronisation and compiles to one graph."""
+    """Fixed-size key/value store, one row per sequence, each written at its own positions:
+    shapes never change, so a step has no host synchronisation and compiles to one graph."""
 
     def __init__(self, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
@@ -117,12 +119,15 @@ class KVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # Every row of a batch shares its positions (as in the reference generator).
-        positions = input_pos[0]
-        self.k.index_copy_(2, positions, k)
-        self.v.index_copy_(2, positions, v)
-        return self.k, self.v
+    def update(self, rows: slice, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write ``k``/``v`` (b, kv_heads, s, head_dim) into cache rows ``rows`` (b of them),
+        row i at its positions ``input_pos[i]`` (b, s); those rows' caches (views)."""
+        cache_k, cache_v = self.k[rows], self.v[rows]
+        row = torch.arange(k.shape[0], device=k.device)[:, None]  # (b, 1)
+        # Indexing (row, :, pos) addresses (b, s, heads, head_dim).
+        cache_k[row, :, input_pos] = k.transpose(1, 2)
+        cache_v[row, :, input_pos] = v.transpose(1, 2)
+        return cache_k, cache_v
 
 
 class Attention(nn.Module):
@@ -138,7 +143,7 @@ class Attention(nn.Module):
                                      bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, rope, input_pos, mask):
+    def forward(self, x, rope, input_pos, mask, rows: slice):
         b, s, _ = x.shape
         q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), rope, input_pos)
         k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), rope,
@@ -146,7 +151,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
+            k, v = self.kv_cache.update(rows, input_pos, k, v)
         if self.num_kv_heads != self.num_heads:
             # Query head h reads key/value head h // (num_heads / num_kv_heads).
             group = self.num_heads // self.num_kv_heads
@@ -175,8 +180,8 @@ class TransformerLayer(nn.Module):
         self.mlp_norm = RMSNorm(sizes.embed_dim, sizes.norm_eps)
         self.mlp = FeedForward(sizes)
 
-    def forward(self, x, rope, input_pos, mask):
-        h = x + self.attn(self.sa_norm(x), rope, input_pos, mask)
+    def forward(self, x, rope, input_pos, mask, rows):
+        h = x + self.attn(self.sa_norm(x), rope, input_pos, mask, rows)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -192,7 +197,7 @@ class Transformer(nn.Module):
         self.rope: torch.Tensor | None = None
 
     def setup_caches(self, batch_size: int, cache_len: int, dtype, device) -> None:
-        self.rope = rope_table(self.sizes, device, dtype)
+        self.rope = rope_table(self.sizes, device, dtype, length=cache_len)
         for layer in self.layers:
             layer.attn.kv_cache = KVCache(batch_size, self.sizes.num_kv_heads, cache_len,
                                           self.sizes.head_dim, dtype, device)
@@ -205,10 +210,13 @@ class Transformer(nn.Module):
             if layer.attn.kv_cache is not None:
                 layer.attn.kv_cache.reset()
 
-    def forward(self, h, input_pos, mask):
-        """``mask`` (batch, seq, cache_len): which cached positions each query may see."""
+    def forward(self, h, input_pos, mask, rows: slice | None = None):
+        """``h`` (b, seq, dim) at positions ``input_pos`` (b, seq) of cache rows ``rows``
+        (the first b by default); ``mask`` (b, seq, cache_len): which cached positions each
+        query may see."""
+        rows = slice(0, h.shape[0]) if rows is None else rows
         for layer in self.layers:
-            h = layer(h, self.rope, input_pos, mask)
+            h = layer(h, self.rope, input_pos, mask, rows)
         return self.norm(h)
 
 
@@ -216,17 +224,25 @@ class Transformer(nn.Module):
 # Sampling
 
 
-def sample_topk(logits: torch.Tensor, topk: int, temperature: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_topk(logits: torch.Tensor, topk: int | torch.Tensor,
+                temperature: float | torch.Tensor,
+                generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from the ``topk`` most likely at ``temperature``: (batch, 1) int.
 
+    ``topk`` and ``temperature`` are numbers, or (batch, 1) tensors for a value per row.
     Drawn as argmax(p / Exp(1)) rather than torch.multinomial, which synchronises with the
-    host on CUDA; same distribution, and topk=1 is exactly greedy."""
+    host on CUDA; same distribution, and topk=1 is exactly greedy. ``noise`` (batch, vocab)
+    is the Exp(1) draw, when the caller makes it (one generator per row)."""
     logits = logits / temperature
-    kth_best = torch.topk(logits, topk)[0][..., -1, None]
+    if isinstance(topk, torch.Tensor):
+        kth_best = logits.sort(dim=-1, descending=True).values.gather(-1, topk - 1)
+    else:
+        kth_best = torch.topk(logits, topk)[0][..., -1, None]
     logits = logits.masked_fill(logits < kth_best, -float("inf"))
     probs = F.softmax(F.log_softmax(logits, dim=-1), dim=-1)
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.argmax(probs / noise, dim=-1, keepdim=True).to(torch.int)
 
 
@@ -254,23 +270,30 @@ class MisoModel(nn.Module):
 
     # -- caches ------------------------------------------------------------------------
 
+    @property
+    def parking_position(self) -> int:
+        """A backbone cache position past every real one (``max_seq_len``): rows that take
+        no part in a batched step are fed a dummy frame there, which no real query reads."""
+        return self.config.backbone.max_seq_len
+
     def setup_caches(self, batch_size: int) -> None:
-        """Allocate key/value caches (and rotary tables) on the model's device and dtype.
-        Call after the model is on its final device/dtype."""
+        """Allocate key/value caches (and rotary tables) for ``batch_size`` rows on the
+        model's device and dtype. Call after the model is on its final device/dtype."""
         param = next(self.parameters())
         dtype, device = param.dtype, param.device
         num_codebooks = self.config.audio_num_codebooks
-        self.backbone.setup_caches(batch_size, self.config.backbone.max_seq_len, dtype, device)
+        cache_len = self.config.backbone.max_seq_len + 1  # + the parking position
+        self.backbone.setup_caches(batch_size, cache_len, dtype, device)
         # The depth decoder only ever sees one frame: its state then codebooks 0..N-2.
         self.decoder.setup_caches(batch_size, num_codebooks, dtype, device)
         self.backbone_causal_mask = torch.tril(
-            torch.ones(self.config.backbone.max_seq_len, self.config.backbone.max_seq_len,
-                       dtype=torch.bool, device=device)
+            torch.ones(cache_len, cache_len, dtype=torch.bool, device=device)
         )
         self.decoder_causal_mask = torch.tril(
             torch.ones(num_codebooks, num_codebooks, dtype=torch.bool, device=device)
         )
         self._decoder_positions = torch.arange(num_codebooks, device=device)
+        self.cache_rows = batch_size
 
     def reset_caches(self) -> None:
         self.backbone.reset_caches()
@@ -300,18 +323,21 @@ class MisoModel(nn.Module):
 
     # -- generation --------------------------------------------------------------------
 
-    def backbone_step(self, tokens, tokens_mask, input_pos) -> torch.Tensor:
-        """Run frames through the backbone; the last position's hidden state (batch, dim)."""
+    def backbone_step(self, tokens, tokens_mask, input_pos,
+                      rows: slice | None = None) -> torch.Tensor:
+        """Run frames (b, seq, N+1) at ``input_pos`` (b, seq) through the backbone, into
+        cache rows ``rows`` (the first b by default); the last position's state (b, dim)."""
         mask = self.backbone_causal_mask[input_pos]
-        h = self.backbone(self._embed_frames(tokens, tokens_mask), input_pos, mask)
+        h = self.backbone(self._embed_frames(tokens, tokens_mask), input_pos, mask, rows)
         return h[:, -1, :]
 
     def _decoder_step_eager(self, h: torch.Tensor, positions: torch.Tensor,
-                            head: torch.Tensor) -> torch.Tensor:
-        """Feed decoder inputs ``h`` at ``positions``; logits of the next codebook."""
+                            head: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Feed decoder inputs ``h`` at ``positions`` into cache rows ``rows``; logits of
+        the next codebook."""
         input_pos = positions.unsqueeze(0).expand(h.size(0), -1)
         mask = self.decoder_causal_mask[input_pos]
-        out = self.decoder(self.projection(h), input_pos, mask)
+        out = self.decoder(self.projection(h), input_pos, mask, rows)
         return torch.mm(out[:, -1, :], head)
 
     def generate_frame(
@@ -319,14 +345,20 @@ class MisoModel(nn.Module):
         tokens: torch.Tensor,
         tokens_mask: torch.Tensor,
         input_pos: torch.Tensor,
-        temperature: float,
-        topk: int,
+        temperature: float | torch.Tensor,
+        topk: int | torch.Tensor,
         generator: torch.Generator | None = None,
         num_codebooks: int | None = None,
+        *,
+        rows: slice | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Codes of the next audio frame, (batch, N) int.
 
-        ``tokens``/``tokens_mask``: (batch, seq, N+1); ``input_pos``: (batch, seq).
+        ``tokens``/``tokens_mask``: (b, seq, N+1); ``input_pos``: (b, seq), each row its
+        own positions; ``rows``: the cache rows they use (the first b by default).
+        ``temperature``/``topk``: numbers or (b, 1) tensors. ``noise`` (b, N, vocab): the
+        Exp(1) draws for sampling (else drawn from ``generator``).
         ``num_codebooks`` < N samples only the first codebooks (the depth decoder is the
         per-frame cost) and leaves the rest 0: coarser audio, faster.
         """
@@ -336,21 +368,26 @@ class MisoModel(nn.Module):
         wanted = n if num_codebooks is None else num_codebooks
         if not 1 <= wanted <= n:
             raise ValueError(f"num_codebooks must be in 1..{n}, got {wanted}")
+        rows = slice(0, tokens.shape[0]) if rows is None else rows
 
-        last_h = self.backbone_step(tokens, tokens_mask, input_pos)
-        c0_sample = sample_topk(self.codebook0_head(last_h), topk, temperature, generator)
+        def sample(logits, codebook):
+            row_noise = None if noise is None else noise[:, codebook]
+            return sample_topk(logits, topk, temperature, generator, row_noise)
+
+        last_h = self.backbone_step(tokens, tokens_mask, input_pos, rows)
+        c0_sample = sample(self.codebook0_head(last_h), 0)
         samples = [c0_sample]
 
         # The depth decoder starts afresh each frame: positions 0 and 1 take the backbone
-        # state and codebook 0, then one position per codebook.
-        self.decoder.reset_caches()
+        # state and codebook 0, then one position per codebook. Nothing needs clearing: the
+        # causal mask hides the previous frame's entries until they are overwritten.
         decoder_in = torch.cat([last_h.unsqueeze(1), self._embed_audio(0, c0_sample)], dim=1)
         for i in range(1, wanted):
             positions = self._decoder_positions[:2] if i == 1 else self._decoder_positions[i:i + 1]
-            logits = self._decoder_step(decoder_in, positions, self.audio_head[i - 1])
-            sample = sample_topk(logits, topk, temperature, generator)
-            samples.append(sample)
-            decoder_in = self._embed_audio(i, sample)
+            logits = self._decoder_step(decoder_in, positions, self.audio_head[i - 1], rows)
+            sample_i = sample(logits, i)
+            samples.append(sample_i)
+            decoder_in = self._embed_audio(i, sample_i)
         if wanted < n:
             samples.append(torch.zeros_like(c0_sample).expand(-1, n - wanted))
         return torch.cat(samples, dim=1)
