@@ -19,6 +19,11 @@ from tts.base import SpeechContext, SpokenAudio, Utterance
 
 # Enough history for any engine's context window, bounded so a long call does not grow.
 MAX_KEPT_TURNS = 8
+# The dialogue an engine may hear, in utterances. More than MisoTTS's 2048 positions hold
+# (~2.5 minutes of speech), so its own budget decides what it drops, in large steps, and
+# not this window sliding by one utterance per turn, which would make it read the whole
+# conversation again at every turn.
+MAX_KEPT_UTTERANCES = 64
 
 
 @dataclass
@@ -30,7 +35,7 @@ class SessionState:
     bot_replies: deque[SpokenAudio] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_TURNS))
     # Both of the above in the order they were said, for engines that hear the dialogue.
     conversation: deque[Utterance] = field(
-        default_factory=lambda: deque(maxlen=2 * MAX_KEPT_TURNS)
+        default_factory=lambda: deque(maxlen=MAX_KEPT_UTTERANCES)
     )
     # How the user sounds against their own baseline, and the reply style that follows.
     tone: ToneFollower = field(default_factory=ToneFollower)

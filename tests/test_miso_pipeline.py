@@ -84,6 +84,8 @@ async def test_replies_condition_on_the_users_turn_and_earlier_sentences(
     engine = miso_stack.speech
     barge_in = speak(stack, BARGE_IN)  # in Piper's voice: real speech
     log = ContextLog(engine)
+    frames = engine.generator.frames
+    reused_before = frames.positions_reused
     (q1, text1), (q2, text2) = question_wavs[0], question_wavs[1]
     try:
         result = await run_files(miso_stack, [
@@ -131,6 +133,11 @@ async def test_replies_condition_on_the_users_turn_and_earlier_sentences(
                           if s.speaker == user) / 24_000
     assert total_user_secs > 0
     assert result.dropped_input_secs >= len(barge_in) / 16000 - 0.1
+
+    # Later sentences found the conversation already read in the session's cache row, and
+    # the row was given back when the call ended.
+    assert frames.positions_reused - reused_before > len(prompt_tokens)
+    assert frames.sessions() == 0
 
 
 def test_gpu_config_refuses_to_start_without_cuda(tmp_path):

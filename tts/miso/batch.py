@@ -153,6 +153,9 @@ class FrameBatcher:
         self._running: list[_Utterance] = []
         self._cond = threading.Condition()
         self._closed = False
+        # Prompt positions read into the cache, and found there already (not read again).
+        self.positions_read = 0
+        self.positions_reused = 0
         self._thread = threading.Thread(target=self._run, name="miso-frames", daemon=True)
         self._thread.start()
 
@@ -299,6 +302,7 @@ class FrameBatcher:
             start = min(row.common_prefix(utterance.tokens, utterance.mask), length - 1)
             row.truncate(start)
             utterance.row, utterance.reused, utterance.read_upto = row, start, start
+            self.positions_reused += start
             row.busy = utterance
             self._waiting.remove(utterance)
             self._running.append(utterance)
@@ -334,6 +338,7 @@ class FrameBatcher:
         with self._cond:
             row.append(utterance.tokens[start:end], utterance.mask[start:end])
             utterance.read_upto = end
+            self.positions_read += end - start
             if end == utterance.tokens.shape[0] - 1:
                 self._join(utterance)
 

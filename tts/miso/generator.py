@@ -57,7 +57,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class GeneratedChunk:
-    """Audio (1-D float at the codec's rate) and the frames (num_codebooks, n) it decodes."""
+    """Audio (1-D float at the codec's rate) and the frames (num_codebooks, n) it was
+    decoded from, as the model made them."""
 
     audio: torch.Tensor
     codes: torch.Tensor
@@ -189,14 +190,16 @@ class MisoGenerator:
     # -- the context budget --------------------------------------------------------------
 
     def plan(self, text: str, speaker: int, context: Sequence[Segment],
-             max_audio_secs: float, *, keep_from: bytes | None = None) -> ContextPlan:
+             max_audio_secs: float, *, keep_from: bytes | None = None,
+             cut_back: bool = False) -> ContextPlan:
         """The prompt for speaking ``text``: as many of the newest ``context`` segments as
         fit beside the voice prompt, the text, and room for ``max_audio_secs`` of audio.
 
-        ``keep_from`` (a previous plan's ``first_segment``) keeps the context starting at
-        that segment while it is there and everything from it fits, so the start a
-        session's cache holds stays put; when it does not, only the newest segments filling
-        ``REFILL_FRACTION`` of the budget are kept.
+        For a session whose reading is kept in the model's cache: ``keep_from`` (its
+        previous plan's ``first_segment``) keeps the context starting at that segment while
+        it is there and everything from it fits, so what the cache holds stays valid; and
+        with ``cut_back``, a context that does not fit is cut to the newest segments filling
+        ``REFILL_FRACTION`` of the budget, so the next turns fit without another reading.
 
         Positions: prompt + generated frames <= max_seq_len (each generated frame is fed
         back at the next position; the frame after the last one is never needed)."""
@@ -221,17 +224,14 @@ class MisoGenerator:
         while start and used + segments[start - 1][0].shape[0] <= budget:
             start -= 1
             used += segments[start][0].shape[0]
-        if keep_from is not None:
-            held = keys.index(keep_from) if keep_from in keys else None
-            if held is not None and held >= start:
-                start = held
-            elif start > 0 or held is None:
-                # The held start is gone or no longer fits: cut back further, so the next
-                # turns fit again without another full reading.
-                target = REFILL_FRACTION * budget
-                while start < len(segments) - 1 and used > target:
-                    used -= segments[start][0].shape[0]
-                    start += 1
+        held = keys.index(keep_from) if keep_from in keys else None
+        if held is not None and held >= start:
+            start = held
+        elif cut_back and start > 0:
+            target = REFILL_FRACTION * budget
+            while start < len(segments) - 1 and used > target:
+                used -= segments[start][0].shape[0]
+                start += 1
         kept = segments[start:]
         parts = fixed + kept + [(gen_tokens, gen_mask)]
         return ContextPlan(
@@ -325,7 +325,8 @@ class MisoGenerator:
     def _start(self, text, speaker, context, session, max_audio_secs, sampling, on_plan):
         with self._lock:
             keep_from = None if session is None else self._first_segment.get(session)
-        plan = self.plan(text, speaker, context, max_audio_secs, keep_from=keep_from)
+        plan = self.plan(text, speaker, context, max_audio_secs, keep_from=keep_from,
+                         cut_back=session is not None)
         if session is not None:
             with self._lock:
                 if plan.first_segment is None:
@@ -338,14 +339,14 @@ class MisoGenerator:
 
     def _decode(self, frames: list[torch.Tensor], decode, wanted: int) -> GeneratedChunk:
         """Audio of ``frames`` (each (N,)), decoded from their first ``wanted`` codebooks."""
-        full = torch.stack(frames, dim=1)  # (N, n)
+        made = torch.stack(frames, dim=1)  # (N, n)
         # Ids past the codec's codebook (the model's vocabulary has a few more) never come
-        # from a trained model; random test weights can pick them.
-        codes = full[:wanted].masked_fill(full[:wanted] >= self.codec.codebook_size, 0)
+        # from a trained model; random test weights can pick them. They decode as 0, but the
+        # chunk keeps the frames as made: that is what the model's cache holds, so a context
+        # segment built from them continues it.
+        codes = made[:wanted].masked_fill(made[:wanted] >= self.codec.codebook_size, 0)
         audio = decode(codes.to(self.codec.device))
-        full = torch.zeros_like(full)
-        full[:wanted] = codes
-        return GeneratedChunk(audio=audio.float().cpu(), codes=full)
+        return GeneratedChunk(audio=audio.float().cpu(), codes=made)
 
 
 def _frames_key(frames: tuple[torch.Tensor, torch.Tensor]) -> bytes:

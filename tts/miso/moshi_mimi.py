@@ -201,7 +201,8 @@ def _split_qkv(key: str, packed: torch.Tensor, config: MimiConfig):
         raise MoshiCheckpointError(
             f"{key!r} has shape {tuple(packed.shape)}; this config "
             f"({config.num_attention_heads} heads, {config.num_key_value_heads} key/value heads "
-            f"of {head_dim}, hidden size {config.hidden_size}) needs {want}"
+            f"of {head_dim}, hidden size {config.hidden_size}) needs {want}; pass the "
+            "MimiConfig the checkpoint was made with"
         )
     q, k, v = packed.split([q_rows, kv_rows, kv_rows])
     return [
