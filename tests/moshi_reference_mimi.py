@@ -4,14 +4,17 @@ Runs in the side venv that ``./setup.sh --test`` makes (``.venv-moshi``: moshi c
 agent's venv), never in the agent's own; it imports nothing from this repository.
 tests/test_miso_moshi_parity.py runs it and compares.
 
-    .venv-moshi/bin/python tests/moshi_reference_mimi.py --seed 0 --config full --out ref.safetensors
+    .venv-moshi/bin/python tests/moshi_reference_mimi.py --seed 0 --config full --out-dir DIR
 
 It builds moshi's Mimi with random weights (``get_mimi(None, ...)``: kyutai's architecture, or
 ``small``, tests/miso_setup.py's SMALL_MIMI in moshi's terms), gives the parts that moshi leaves
 at a trivial value random ones (the codebooks, which it leaves at zero; the layer scales and
-layer norms), and writes one .safetensors file holding:
+layer norms), and writes two .safetensors files into the output directory:
 
-* ``state.<name>``: the model's state dict, in moshi's own format;
+``mimi.safetensors``: the model's state dict, in the format moshi loads kyutai's
+``tokenizer-e351c8d8-checkpoint125.safetensors`` from (with moshi's current names), and
+``reference.safetensors``:
+
 * ``wave_partial`` / ``wave_whole``: test waveforms, the first with a partial last frame;
 * ``codes_partial`` / ``codes_whole``: ``mimi.encode`` of each (32 codebooks), and
   ``codes_partial_k8``: the same with the model set to 8 codebooks;
@@ -31,6 +34,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import moshi
 import torch
@@ -76,8 +80,8 @@ def waveform(samples: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def randomize_transformers(mimi, generator: torch.Generator) -> None:
-    """Random layer scales (moshi's init: 0.01) and layer norms (1 and 0), so the transformers'
-    part of the output is large and a swapped norm or scale would show."""
+    """Random layer scales (moshi's init: 0.01) and layer norms (1 and 0), so the transformer
+    layers' part of the output is large and a swapped norm or scale would show."""
     with torch.no_grad():
         for name, parameter in mimi.named_parameters():
             if name.endswith(("layer_scale_1.scale", "layer_scale_2.scale")):
@@ -111,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="full")
-    parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    parser.add_argument("--out-dir", required=True, help="where to write the two files")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,9 +154,12 @@ def main() -> None:
                     start += size
             out[name] = torch.cat(pieces)
 
-    for name, tensor in mimi.state_dict().items():
-        out[f"state.{name}"] = tensor
-    out = {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
+    def contiguous(tensors):
+        return {name: tensor.detach().clone().contiguous() for name, tensor in tensors.items()}
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(contiguous(mimi.state_dict()), out_dir / "mimi.safetensors")
     metadata = {
         "moshi": moshi.__version__,
         "torch": torch.__version__,
@@ -161,7 +168,7 @@ def main() -> None:
         "chunks": json.dumps(chunks),
         "seconds": f"{time.perf_counter() - started:.2f}",
     }
-    save_file(out, args.out, metadata=metadata)
+    save_file(contiguous(out), out_dir / "reference.safetensors", metadata=metadata)
     print(json.dumps(metadata), file=sys.stderr)
 
 

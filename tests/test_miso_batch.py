@@ -52,13 +52,13 @@ class BatchSizes:
 
     def __init__(self, model, monkeypatch):
         self.sizes: list[int] = []
-        real = model.generate_frame
+        real = model.backbone_frame
 
         def recording(tokens, *args, **kwargs):
             self.sizes.append(tokens.shape[0])
             return real(tokens, *args, **kwargs)
 
-        monkeypatch.setattr(model, "generate_frame", recording)
+        monkeypatch.setattr(model, "backbone_frame", recording)
 
 
 def test_sessions_generated_together_make_the_frames_each_makes_alone(parts, monkeypatch):

@@ -143,7 +143,7 @@ def test_seeded_runs_repeat_and_seeds_differ(generator):
 
 def test_stops_at_an_all_zero_frame(generator, monkeypatch):
     model = generator.model
-    real = model.generate_frame
+    real = model.decoder_frame
     calls = []
 
     def end_after_five(*args, **kwargs):
@@ -151,7 +151,7 @@ def test_stops_at_an_all_zero_frame(generator, monkeypatch):
         frame = real(*args, **kwargs)
         return torch.zeros_like(frame) if len(calls) == 6 else frame
 
-    monkeypatch.setattr(model, "generate_frame", end_after_five)
+    monkeypatch.setattr(model, "decoder_frame", end_after_five)
     chunks = list(generator.stream("Stop soon.", 1, max_audio_secs=4, chunk_frames=4, seed=0))
     assert sum(c.codes.shape[1] for c in chunks) == 5
     assert len(calls) <= 9  # at most the rest of the chunk the end frame fell in

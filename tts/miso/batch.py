@@ -21,11 +21,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
 
+from tts.miso.frame_step import StepInputs, StepTiming, frame_step
 from tts.miso.model import MisoModel
 
 # Prompt positions read per engine step for a joining row: bounded so that a long prompt
@@ -138,15 +139,27 @@ class _Utterance:
 
 
 class FrameBatcher:
-    """Generates frames for up to ``rows`` utterances at once on ``model``."""
+    """Generates frames for up to ``rows`` utterances at once on ``model``.
 
-    def __init__(self, model: MisoModel, rows: int = 1):
+    ``cuda_graphs``: replay each step from CUDA graphs (default: on a CUDA device).
+    ``on_step`` is called (from the engine thread) with every step's timing."""
+
+    def __init__(
+        self,
+        model: MisoModel,
+        rows: int = 1,
+        *,
+        cuda_graphs: bool | None = None,
+        on_step: Callable[[StepTiming], None] | None = None,
+    ):
         if rows < 1:
             raise ValueError(f"rows must be at least 1, got {rows}")
         self.model = model
         self.device = next(model.parameters()).device
         self.num_codebooks = model.config.audio_num_codebooks
         model.setup_caches(rows)
+        self._frame_step = frame_step(model, cuda_graphs)
+        self._on_step = on_step
         self._rows = [_Row(i) for i in range(rows)]
         self._row_of: dict[Hashable, _Row] = {}
         self._waiting: list[_Utterance] = []
@@ -358,17 +371,13 @@ class FrameBatcher:
             tokens[i], mask[i], positions[i] = u.next_tokens, u.next_mask, u.next_pos
             temperature[i], topk[i] = u.sampling.temperature, u.sampling.topk
             noise[i].exponential_(1, generator=u.generator)
-        device = self.device
-        frames = self.model.generate_frame(
-            tokens.to(device),
-            mask.to(device),
-            positions.to(device),
-            temperature.to(device),
-            topk.to(device),
-            num_codebooks=max(u.wanted for u in ready),
-            rows=slice(0, b),
-            noise=noise,
-        ).to("cpu", torch.long)  # (b, N): the one host sync per frame
+        frames, timing = self._frame_step(
+            StepInputs(
+                tokens, mask, positions, temperature, topk, noise, max(u.wanted for u in ready)
+            )
+        )  # frames (b, N) on the CPU
+        if self._on_step is not None:
+            self._on_step(timing)
         with self._cond:
             for u in ready:
                 if u not in self._running:

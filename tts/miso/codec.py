@@ -86,7 +86,7 @@ class MimiCodec:
     def from_moshi(
         cls,
         source: str | Path | Mapping[str, torch.Tensor],
-        config: MimiConfig | None = None,
+        config: MimiConfig | dict | None = None,
         num_codebooks: int = 32,
         *,
         device: str | torch.device = "cpu",
@@ -94,7 +94,10 @@ class MimiCodec:
     ) -> MimiCodec:
         """kyutai's own Mimi weights in moshi's format: the file the reference MisoTTS / CSM
         loads (``tokenizer-e351c8d8-checkpoint125.safetensors``), or its state dict. ``config``
-        is kyutai's Mimi (``MimiConfig()``) unless given. See tts/miso/moshi_mimi.py."""
+        (a MimiConfig, or overrides of it as for :meth:`random`) is kyutai's Mimi unless given.
+        See tts/miso/moshi_mimi.py."""
+        if isinstance(config, dict):
+            config = MimiConfig(**config)
         model = load_moshi_mimi(source, config, dtype)
         return cls(model.to(device=device, dtype=dtype), num_codebooks=num_codebooks)
 

@@ -369,25 +369,36 @@ class MisoModel(nn.Module):
         if not 1 <= wanted <= n:
             raise ValueError(f"num_codebooks must be in 1..{n}, got {wanted}")
         rows = slice(0, tokens.shape[0]) if rows is None else rows
+        last_h, c0 = self.backbone_frame(tokens, tokens_mask, input_pos, temperature, topk,
+                                         generator, rows=rows, noise=noise)
+        return self.decoder_frame(last_h, c0, temperature, topk, generator, wanted,
+                                  rows=rows, noise=noise)
 
-        def sample(logits, codebook):
-            row_noise = None if noise is None else noise[:, codebook]
-            return sample_topk(logits, topk, temperature, generator, row_noise)
-
+    def backbone_frame(self, tokens, tokens_mask, input_pos, temperature, topk,
+                       generator=None, *, rows: slice, noise=None):
+        """The backbone's half of a frame: its last state (b, dim) and codebook 0 (b, 1)."""
         last_h = self.backbone_step(tokens, tokens_mask, input_pos, rows)
-        c0_sample = sample(self.codebook0_head(last_h), 0)
-        samples = [c0_sample]
+        c0 = sample_topk(self.codebook0_head(last_h), topk, temperature, generator,
+                         None if noise is None else noise[:, 0])
+        return last_h, c0
 
+    def decoder_frame(self, last_h, c0, temperature, topk, generator=None,
+                      wanted: int | None = None, *, rows: slice, noise=None) -> torch.Tensor:
+        """The depth decoder's half: codebooks 1..wanted-1 after ``c0``; the frame (b, N)."""
+        n = self.config.audio_num_codebooks
+        wanted = n if wanted is None else wanted
+        samples = [c0]
         # The depth decoder starts afresh each frame: positions 0 and 1 take the backbone
         # state and codebook 0, then one position per codebook. Nothing needs clearing: the
         # causal mask hides the previous frame's entries until they are overwritten.
-        decoder_in = torch.cat([last_h.unsqueeze(1), self._embed_audio(0, c0_sample)], dim=1)
+        decoder_in = torch.cat([last_h.unsqueeze(1), self._embed_audio(0, c0)], dim=1)
         for i in range(1, wanted):
             positions = self._decoder_positions[:2] if i == 1 else self._decoder_positions[i:i + 1]
             logits = self._decoder_step(decoder_in, positions, self.audio_head[i - 1], rows)
-            sample_i = sample(logits, i)
+            sample_i = sample_topk(logits, topk, temperature, generator,
+                                   None if noise is None else noise[:, i])
             samples.append(sample_i)
             decoder_in = self._embed_audio(i, sample_i)
         if wanted < n:
-            samples.append(torch.zeros_like(c0_sample).expand(-1, n - wanted))
+            samples.append(torch.zeros_like(c0).expand(-1, n - wanted))
         return torch.cat(samples, dim=1)
