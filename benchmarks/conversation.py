@@ -27,7 +27,7 @@ import numpy as np
 import soxr
 
 from agent.config import load_config
-from benchmarks.report import write_report
+from benchmarks.report import percentile, write_report
 from pipelines.file_mode import FileTurn, run_files
 from pipelines.file_transport import write_wav
 from pipelines.stack import load_stack
@@ -76,11 +76,6 @@ def clean(text: str) -> str:
 def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
     pairs = [(clean(r), clean(h)) for r, h in zip(references, hypotheses) if clean(r)]
     return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(float(np.percentile(values, q)), 3) if values else None
 
 
 def transcribe(whisper, samples: np.ndarray, rate: int) -> str:

@@ -19,7 +19,7 @@ import time
 
 from agent.config import load_config
 from agent.llm import LocalLLM
-from benchmarks.conversation import percentile
+from benchmarks.report import percentile
 from pipelines.services import with_examples
 
 QUESTIONS = [

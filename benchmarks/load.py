@@ -31,8 +31,7 @@ import psutil
 
 from benchmarks.agent_process import agent_server
 from benchmarks.call_latency import load_set, run_caller
-from benchmarks.conversation import percentile
-from benchmarks.report import write_report
+from benchmarks.report import percentile, write_report
 from benchmarks.server_memory import mib
 
 TARGET_P95_SECS = 2.0

@@ -35,8 +35,7 @@ import numpy as np
 
 from agent.asr import ShortUtteranceWhisper
 from agent.config import load_config
-from benchmarks.conversation import percentile
-from benchmarks.report import write_report
+from benchmarks.report import percentile, write_report
 from pipelines.build import vad_params
 from pipelines.file_transport import load_input_wav
 from pipelines.shared_analyzers import (

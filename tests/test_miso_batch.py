@@ -202,3 +202,155 @@ def test_a_forgotten_session_frees_its_row(parts):
     assert generator.frames.sessions() == 0
     assert generator.generate("Two.", 1, session="next", **GREEDY).codes.shape[1] > 0
     generator.close()
+
+
+# -- what one caller does must not hurt another (review findings) -------------------------
+
+N = TINY_MISO.audio_num_codebooks
+
+
+def text_prompt(length: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(length, N + 1, dtype=torch.long)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    tokens[:, -1] = torch.randint(1, 1000, (length,), generator=g)
+    mask[:, -1] = True
+    return tokens, mask
+
+
+def finishes(work, secs: float = 10.0) -> bool:
+    """Whether ``work()`` returns (or raises) within ``secs``."""
+    done = threading.Event()
+
+    def run():
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - only whether it returns matters here
+            pass
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(secs)
+
+
+@pytest.fixture()
+def batcher(parts):
+    from tts.miso.batch import FrameBatcher
+
+    made = []
+
+    def make(rows):
+        made.append(FrameBatcher(parts[0], rows=rows))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_a_bad_request_is_refused_to_its_caller_and_the_others_go_on(batcher):
+    from tts.miso.batch import Sampling
+
+    frames = batcher(2)
+    good = frames.generate("good", *text_prompt(30), 20, Sampling(topk=1))
+    next(good)
+    bad_codes = text_prompt(10, 1)
+    bad_codes[0][0, 0] = 5000  # past the audio vocabulary
+    for tokens_mask, max_frames, sampling, message in [
+        (text_prompt(10, 1), 5, Sampling(topk=1, num_codebooks=N + 1), "num_codebooks"),
+        (text_prompt(10, 1), 0, Sampling(topk=1), "max_frames"),
+        (text_prompt(10, 1), 5, Sampling(temperature=0), "temperature"),
+        (bad_codes, 5, Sampling(topk=1), "audio codes"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            frames.generate("bad", *tokens_mask, max_frames, sampling)
+    # A top-k past the vocabulary is simply all of it, not an error inside the batch.
+    wide = frames.generate("wide", *text_prompt(10, 2), 3, Sampling(topk=5000))
+    assert len(list(wide)) == 3
+    assert len(list(good)) == 19
+
+
+def test_streams_end_cleanly_for_every_reader(batcher):
+    from tts.miso.batch import Sampling
+
+    frames = batcher(1)
+    done = frames.generate(None, *text_prompt(20), 3, Sampling(topk=1))
+    assert len(list(done)) == 3
+    assert finishes(lambda: next(done)) and list(done) == []  # ended stays ended
+    running = frames.generate("a", *text_prompt(30), 400, Sampling(topk=1))
+    waiting = frames.generate("b", *text_prompt(30, 1), 5, Sampling(topk=1))  # no row free
+    next(running)
+    frames.close()
+    assert finishes(lambda: waiting.reused_positions)
+    with pytest.raises(RuntimeError, match="closed"):
+        list(waiting)
+
+
+def test_forgetting_a_session_abandons_its_waiting_utterance_too(batcher):
+    from tts.miso.batch import Sampling
+
+    frames = batcher(1)
+    first = frames.generate("A", *text_prompt(30), 30, Sampling(topk=1))
+    next(first)
+    waiting = frames.generate("A", *text_prompt(40), 30, Sampling(topk=1))
+    frames.forget("A")
+    assert finishes(lambda: list(waiting))
+    assert frames.sessions() == 0
+
+
+def test_a_second_batcher_on_the_same_model_is_refused(batcher):
+    from tts.miso.batch import FrameBatcher
+
+    first = batcher(1)
+    with pytest.raises(RuntimeError, match="already serves"):
+        FrameBatcher(first.model, rows=1)
+    first.close()
+    batcher(1)  # once closed, the model is free again
+
+
+def test_speech_made_with_fewer_codebooks_is_reused_when_it_comes_back(parts):
+    generator = make_generator(parts, sessions=1)
+    context = conversation(2)
+    first = generator.generate("Short one.", 1, context, session="a", num_codebooks=4, **GREEDY)
+    spoken = Segment(1, "Short one.", first.audio, codes=first.codes, codebooks=4)
+    frames = generator._start("Next.", 1, [*context, spoken], "a", 0.96,
+                              generator._sampling(1.0, 1, 4, None), None)
+    reused = frames.reused_positions
+    frames.close()
+    plan = generator.plan("Next.", 1, [*context, spoken], 0.96)
+    text = len(TextTokenizer.load().encode_segment("Next.", 1))
+    assert reused >= plan.tokens.shape[0] - text - 2  # up to the last frame fed back
+    generator.close()
+
+
+def test_planning_encodes_only_the_segments_it_keeps(parts):
+    generator = make_generator(parts, sessions=1)
+    codec = generator.codec
+    encoded = []
+    real = codec.encode
+    codec.encode = lambda audio: (encoded.append(1), real(audio))[1]
+    try:
+        context = [Segment(i % 2, f"Part {i}.", voice(140, 200 + i)) for i in range(40)]
+        plan = generator.plan("Next.", 1, context, 15.0)
+    finally:
+        del codec.encode
+        generator.close()
+    assert plan.dropped_segments > 0
+    assert len(encoded) <= plan.kept_segments + 1  # the one that did not fit, no older
+
+
+def test_a_sliding_dialogue_window_does_not_move_the_start_every_turn(parts):
+    generator = make_generator(parts, sessions=1)
+
+    def said(i):
+        return Segment(i % 2, "Okay.", torch.zeros(1), codes=torch.full((N, 12), i + 1))
+
+    history, held, moved = [said(i) for i in range(64)], None, 0
+    for _ in range(6):
+        # All 64 fit; the window drops the oldest each turn (agent/session.py's deque).
+        plan = generator.plan("Sure.", 1, history[-64:], 15.0, keep_from=held, cut_back=True)
+        moved += held is not None and plan.first_segment != held
+        held = plan.first_segment
+        history.append(said(len(history)))
+    generator.close()
+    assert moved == 1  # once, then the start stays put

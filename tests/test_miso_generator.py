@@ -32,7 +32,9 @@ def parts(tmp_path_factory):
 @pytest.fixture()
 def generator(parts):
     model, tokenizer, codec = parts
-    return MisoGenerator(model, tokenizer, codec, speakers=[0, 1])
+    generator = MisoGenerator(model, tokenizer, codec, speakers=[0, 1])
+    yield generator
+    generator.close()  # the model's caches serve one generator at a time
 
 
 def voice(frames: int, seed: int = 0) -> torch.Tensor:
@@ -108,6 +110,7 @@ def test_voice_prompt_is_never_dropped(parts):
     assert plan.dropped_segments > 0
     assert torch.equal(plan.tokens[:prompt_len], generator.tokenize_segment(prompt)[0])
     assert plan.tokens.shape[0] + plan.max_frames <= 2048
+    generator.close()
 
 
 def test_text_too_long_for_the_budget_is_refused(generator):

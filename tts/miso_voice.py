@@ -151,6 +151,7 @@ class MisoEngine(SpeechEngine):
             audio=self._audio_at_codec_rate(spoken),
             sample_rate=self.sample_rate,
             codes=self._known_codes.get(_audio_key(spoken.samples)),
+            codebooks=self.options.num_codebooks,  # what the remembered codes were made with
         )
 
     def _audio_at_codec_rate(self, spoken: SpokenAudio) -> torch.Tensor:
@@ -203,6 +204,8 @@ class MisoEngine(SpeechEngine):
     def warm_up(self) -> None:
         """One short utterance: allocates caches, compiles (if asked), loads kernels."""
         opts = self.options
+        if opts.num_codebooks is not None:
+            self.generator.frames.prepare(opts.num_codebooks)
         for _ in self.generator.stream("Hello.", opts.bot_speaker, (), max_audio_secs=0.16,
                                        num_codebooks=opts.num_codebooks):
             pass

@@ -18,6 +18,7 @@ beyond the cache row it is told to use (tts/miso/model.py).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,8 @@ import torch
 
 from tts.miso.frame_step import StepInputs, StepTiming, frame_step
 from tts.miso.model import MisoModel
+
+logger = logging.getLogger(__name__)
 
 # Prompt positions read per engine step for a joining row: bounded so that a long prompt
 # delays the running rows' next frame by one chunk's time, not by the whole prompt's.
@@ -50,6 +53,7 @@ class FrameStream:
     def __init__(self, batcher: FrameBatcher, utterance: _Utterance):
         self._batcher = batcher
         self._utterance = utterance
+        self._done = False
 
     @property
     def reused_positions(self) -> int:
@@ -62,18 +66,25 @@ class FrameStream:
         return self
 
     def __next__(self) -> torch.Tensor:
+        if self._done:
+            raise StopIteration
         item = self._utterance.frames.get()
         if item is None:
+            self._done = True
             raise StopIteration
         if isinstance(item, BaseException):
-            raise item
+            self._done = True
+            # Each reader gets its own exception (the cause is shared by the whole batch).
+            raise RuntimeError(f"MisoTTS frame generation failed: {item}") from item  # noqa: TRY004
         return item
 
     def close(self) -> None:
         self._batcher._cancel(self._utterance)
 
     def __del__(self):
-        self.close()
+        # No lock here (this may run at interpreter exit): the engine thread polls while
+        # any utterance exists, so it sees the flag without being woken.
+        self._utterance.cancelled = True
 
 
 class _Row:
@@ -154,12 +165,24 @@ class FrameBatcher:
     ):
         if rows < 1:
             raise ValueError(f"rows must be at least 1, got {rows}")
+        owner = getattr(model, "_frame_batcher", None)
+        if owner is not None and not owner._closed:
+            raise RuntimeError(
+                "this MisoModel already serves a FrameBatcher (its KV caches are that "
+                "batcher's); close it first, or load another model"
+            )
+        model._frame_batcher = self
         self.model = model
         self.device = next(model.parameters()).device
         self.num_codebooks = model.config.audio_num_codebooks
+        self.text_vocab_size = model.config.text_vocab_size
+        self.audio_vocab_size = model.config.audio_vocab_size
         model.setup_caches(rows)
         self._frame_step = frame_step(model, cuda_graphs)
-        self._on_step = on_step
+        # CUDA graphs are captured now, for every batch size, before anything is served:
+        # capturing while other threads use the GPU (e.g. decoding audio) would break.
+        self._frame_step.prepare(range(1, rows + 1), self.num_codebooks)
+        self.on_step = on_step
         self._rows = [_Row(i) for i in range(rows)]
         self._row_of: dict[Hashable, _Row] = {}
         self._waiting: list[_Utterance] = []
@@ -200,23 +223,61 @@ class FrameBatcher:
                 f"{tokens.shape[0]} prompt positions + {max_frames} frames exceed "
                 f"{self.model.parking_position}"
             )
+        self._check_request(tokens, mask, max_frames, sampling)
         wanted = sampling.num_codebooks or self.num_codebooks
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        sampling = Sampling(
+            sampling.temperature, min(sampling.topk, self.audio_vocab_size), wanted, sampling.seed
+        )
         utterance = _Utterance(
             session, tokens.cpu().long(), mask.cpu().bool(), max_frames, sampling, wanted, generator
         )
         with self._cond:
-            if self._closed:
+            if self._closed or not self._thread.is_alive():
                 raise RuntimeError("the MisoTTS frame batcher is closed")
             self._waiting.append(utterance)
             self._cond.notify_all()
         return FrameStream(self, utterance)
 
+    def prepare(self, num_codebooks: int) -> None:
+        """Get ready for utterances of ``num_codebooks`` codebooks (all are, at start):
+        on CUDA, capture their graphs now rather than while serving."""
+        self._frame_step.prepare(range(1, len(self._rows) + 1), num_codebooks)
+
+    def _check_request(self, tokens, mask, max_frames: int, sampling: Sampling) -> None:
+        """Refuse here, in the caller's thread, what would fail inside a batched step and
+        so fail every other session's utterance with it."""
+        if not isinstance(max_frames, int) or max_frames < 1:
+            raise ValueError(f"max_frames must be a positive integer, got {max_frames!r}")
+        wanted = sampling.num_codebooks or self.num_codebooks
+        if not 1 <= wanted <= self.num_codebooks:
+            raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {wanted}")
+        if not sampling.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {sampling.temperature}")
+        if sampling.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {sampling.topk}")
+        if tokens.is_floating_point() or mask.dtype != torch.bool:
+            raise ValueError("prompt tokens must be integers and its mask booleans")
+        audio, text = tokens[:, :-1], tokens[:, -1]
+        if int(audio.min()) < 0 or int(audio.max()) >= self.audio_vocab_size:
+            raise ValueError(
+                f"audio codes must lie in [0, {self.audio_vocab_size}), got "
+                f"{int(audio.min())}..{int(audio.max())}"
+            )
+        if int(text.min()) < 0 or int(text.max()) >= self.text_vocab_size:
+            raise ValueError(
+                f"text token ids must lie in [0, {self.text_vocab_size}), got "
+                f"{int(text.min())}..{int(text.max())}"
+            )
+
     def forget(self, session: Hashable) -> None:
         """The session has ended: its row is free (its utterance, if any, is abandoned)."""
         with self._cond:
+            for utterance in self._waiting:
+                if utterance.session == session:
+                    utterance.cancelled = True
             row = self._row_of.pop(session, None)
             if row is not None:
                 if row.busy is not None:
@@ -238,6 +299,8 @@ class FrameBatcher:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+        if getattr(self.model, "_frame_batcher", None) is self:
+            self.model._frame_batcher = None
 
     def _cancel(self, utterance: _Utterance) -> None:
         with self._cond:
@@ -247,6 +310,19 @@ class FrameBatcher:
     # -- the engine thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # However the loop ended, nobody is left waiting on it.
+            with self._cond:
+                self._closed = True
+                for utterance in self._waiting + self._running:
+                    utterance.started.set()
+                    utterance.frames.put(RuntimeError("the MisoTTS frame batcher closed"))
+                self._waiting.clear()
+                self._running.clear()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 self._drop_cancelled()
@@ -254,8 +330,6 @@ class FrameBatcher:
                     self._cond.wait()
                     self._drop_cancelled()
                 if self._closed:
-                    for utterance in self._waiting + self._running:
-                        utterance.frames.put(RuntimeError("the MisoTTS frame batcher closed"))
                     return
                 self._take_rows()
                 joining = next((u for u in self._running if not u.ready), None)
@@ -376,12 +450,15 @@ class FrameBatcher:
                 tokens, mask, positions, temperature, topk, noise, max(u.wanted for u in ready)
             )
         )  # frames (b, N) on the CPU
-        if self._on_step is not None:
-            self._on_step(timing)
+        if self.on_step is not None:
+            try:
+                self.on_step(timing)
+            except Exception:
+                logger.exception("FrameBatcher.on_step failed")
         with self._cond:
             for u in ready:
                 if u not in self._running:
-                    continue  # forgotten while the step ran
+                    continue  # failed or closed while the step ran
                 u.row.append(u.next_tokens, u.next_mask)
                 frame = frames[u.row.index].clone()
                 frame[u.wanted :] = 0

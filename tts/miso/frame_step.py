@@ -47,6 +47,9 @@ class EagerFrameStep:
         self.model = model
         self.device = next(model.parameters()).device
 
+    def prepare(self, rows, wanted: int) -> None:
+        """Nothing to prepare for plain calls."""
+
     def __call__(self, step: StepInputs) -> tuple[torch.Tensor, StepTiming]:
         """Frames (b, N) on the CPU, and how long each half took."""
         model, rows = self.model, slice(0, step.tokens.shape[0])
@@ -80,12 +83,21 @@ class CudaGraphFrameStep:
             raise ValueError(f"CUDA graphs need the model on a CUDA device, not {self.device}")
         self._graphs: dict[tuple[int, int], _CapturedStep] = {}
         self._pool = torch.cuda.graph_pool_handle()
+        self._eager = EagerFrameStep(model)
+
+    def prepare(self, rows, wanted: int) -> None:
+        """Capture the graphs for each batch size in ``rows`` at ``wanted`` codebooks.
+        Call before serving: a capture must not overlap other GPU work of this process."""
+        for b in rows:
+            if (b, wanted) not in self._graphs:
+                self._graphs[b, wanted] = _CapturedStep(self.model, b, wanted, self._pool)
 
     def __call__(self, step: StepInputs) -> tuple[torch.Tensor, StepTiming]:
-        key = (step.tokens.shape[0], step.wanted)
-        captured = self._graphs.get(key)
+        captured = self._graphs.get((step.tokens.shape[0], step.wanted))
         if captured is None:
-            captured = self._graphs[key] = _CapturedStep(self.model, *key, self._pool)
+            # Not prepared (a codebook count nobody announced): run it eagerly rather than
+            # capture while other threads use the GPU.
+            return self._eager(step)
         return captured.run(step)
 
 
@@ -129,10 +141,14 @@ class _CapturedStep:
                 decoder(*backbone())
         torch.cuda.current_stream().wait_stream(side)
         self.backbone_graph, self.decoder_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # Thread-local capture: other threads' CUDA calls (another library's, say) do not
+        # invalidate it; they must still not use this stream meanwhile.
         with torch.inference_mode():
-            with torch.cuda.graph(self.backbone_graph, pool=pool):
+            with torch.cuda.graph(self.backbone_graph, pool=pool,
+                                  capture_error_mode="thread_local"):
                 self.last_h, self.c0 = backbone()
-            with torch.cuda.graph(self.decoder_graph, pool=pool):
+            with torch.cuda.graph(self.decoder_graph, pool=pool,
+                                  capture_error_mode="thread_local"):
                 self.frames = decoder(self.last_h, self.c0)
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
 
@@ -187,8 +203,7 @@ class _Clock:
 
 def frame_step(model: MisoModel, cuda_graphs: bool | None = None):
     """The step for ``model``: CUDA graphs on a CUDA device unless ``cuda_graphs`` is
-    False; eager elsewhere."""
+    False; eager elsewhere (there are no graphs to replay on a CPU)."""
     on_cuda = next(model.parameters()).device.type == "cuda"
-    if cuda_graphs is None:
-        cuda_graphs = on_cuda
-    return CudaGraphFrameStep(model) if cuda_graphs else EagerFrameStep(model)
+    use_graphs = on_cuda if cuda_graphs is None else cuda_graphs and on_cuda
+    return CudaGraphFrameStep(model) if use_graphs else EagerFrameStep(model)

@@ -14,7 +14,7 @@ Frames are made by a FrameBatcher (tts/miso/batch.py): utterances of several ses
 generated together, and a session's conversation stays read in the model's cache between
 its utterances. So that it stays valid, a session's context keeps its oldest segment for as
 long as it fits; when it no longer does, the context is cut back to ``REFILL_FRACTION`` of
-its budget at once, so the conversation is read afresh only now and then, not at every
+what it held at once, so the conversation is read afresh only now and then, not at every
 sentence once the budget is full.
 """
 
@@ -34,8 +34,8 @@ from tts.miso.model import MisoModel
 from tts.miso.text import TextTokenizer
 
 FRAME_SECS = 0.08
-# When a session's context outgrows its budget, the newest segments filling this share of
-# the budget are kept: room for several more turns before the next full reading.
+# When a session's context must be read afresh (it outgrew the budget), the newest segments
+# filling this share of it are kept: room for several more turns before the next reading.
 REFILL_FRACTION = 0.5
 
 
@@ -53,6 +53,9 @@ class Segment:
     audio: torch.Tensor
     sample_rate: int = 24_000
     codes: torch.Tensor | None = None
+    # How many of ``codes``' codebooks are real: speech generated with fewer codebooks has
+    # zeros in the rest, which the model is not shown (as when it generated them).
+    codebooks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class MisoGenerator:
         speakers: Sequence[int] | None = None,
         encoded_cache_size: int = 32,
         sessions: int = 1,
+        cuda_graphs: bool | None = None,
     ):
         if codec.num_codebooks != model.config.audio_num_codebooks:
             raise ValueError(
@@ -111,7 +115,7 @@ class MisoGenerator:
         self._lock = threading.Lock()
         self._encoded: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._encoded_cache_size = encoded_cache_size
-        self.frames = FrameBatcher(model, rows=sessions)
+        self.frames = FrameBatcher(model, rows=sessions, cuda_graphs=cuda_graphs)
         # Each session's first kept context segment (ContextPlan.first_segment).
         self._first_segment: dict[object, bytes] = {}
         self._voice_prompt_frames = None
@@ -173,18 +177,23 @@ class MisoGenerator:
                 self._encoded.popitem(last=False)
         return codes
 
-    def tokenize_audio(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(frames+1, N+1): one position per frame, then the all-zero end-of-audio frame."""
+    def tokenize_audio(self, codes: torch.Tensor,
+                       codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames+1, N+1): one position per frame, then the all-zero end-of-audio frame.
+        Only the first ``codebooks`` (default all) are shown to the model."""
         frames = codes.shape[1]
         tokens = torch.zeros(frames + 1, self.num_codebooks + 1, dtype=torch.long)
         mask = torch.zeros_like(tokens, dtype=torch.bool)
         tokens[:frames, :-1] = codes.T
-        mask[:, :-1] = True
+        shown = self.num_codebooks if codebooks is None else codebooks
+        mask[:frames, :shown] = True
+        mask[frames, :-1] = True
         return tokens, mask
 
     def tokenize_segment(self, segment: Segment) -> tuple[torch.Tensor, torch.Tensor]:
         text_tokens, text_mask = self.tokenize_text(segment.text, segment.speaker)
-        audio_tokens, audio_mask = self.tokenize_audio(self.audio_codes(segment))
+        codebooks = segment.codebooks if segment.codes is not None else None
+        audio_tokens, audio_mask = self.tokenize_audio(self.audio_codes(segment), codebooks)
         return torch.cat([text_tokens, audio_tokens]), torch.cat([text_mask, audio_mask])
 
     # -- the context budget --------------------------------------------------------------
@@ -198,8 +207,9 @@ class MisoGenerator:
         For a session whose reading is kept in the model's cache: ``keep_from`` (its
         previous plan's ``first_segment``) keeps the context starting at that segment while
         it is there and everything from it fits, so what the cache holds stays valid; and
-        with ``cut_back``, a context that does not fit is cut to the newest segments filling
-        ``REFILL_FRACTION`` of the budget, so the next turns fit without another reading.
+        with ``cut_back``, a context that is read afresh anyway (it no longer fits, or its
+        held start has left the dialogue) is cut to the newest segments filling
+        ``REFILL_FRACTION`` of it, so the next turns fit after them without another reading.
 
         Positions: prompt + generated frames <= max_seq_len (each generated frame is fed
         back at the next position; the frame after the last one is never needed)."""
@@ -216,23 +226,32 @@ class MisoGenerator:
                 + f" leave no room for {max_frames} audio frames ({max_audio_secs:g} s) in "
                 f"{self.max_seq_len} positions; shorten the text"
             )
-        segments = [self.tokenize_segment(segment) for segment in context]
-        keys = [_frames_key(frames) for frames in segments]
-        # The newest run that fits: stop at the first that does not, so the kept ones are a
-        # contiguous, most recent run.
-        start, used = len(segments), 0
-        while start and used + segments[start - 1][0].shape[0] <= budget:
-            start -= 1
-            used += segments[start][0].shape[0]
-        held = keys.index(keep_from) if keep_from in keys else None
-        if held is not None and held >= start:
-            start = held
-        elif cut_back and start > 0:
-            target = REFILL_FRACTION * budget
-            while start < len(segments) - 1 and used > target:
-                used -= segments[start][0].shape[0]
+        # Newest first, while they fit: the kept ones are a contiguous, most recent run, and
+        # older segments are never tokenized (nor their audio encoded).
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        used = 0
+        for segment in reversed(context):
+            frames = self.tokenize_segment(segment)
+            if used + frames[0].shape[0] > budget:
+                break
+            used += frames[0].shape[0]
+            kept.append(frames)
+        kept.reverse()
+        fits_all = len(kept) == len(context)
+        keys = [_frames_key(frames) for frames in kept]
+        if keep_from in keys:
+            start = keys.index(keep_from)  # the oldest copy: where the held reading starts
+        elif cut_back and (not fits_all or keep_from is not None):
+            # The held start no longer fits, or has left the dialogue: this reading is
+            # afresh anyway, so keep only the newest segments that fill REFILL_FRACTION of
+            # what is there, and the next turns fit after them without another.
+            start, target = 0, REFILL_FRACTION * used
+            while start < len(kept) - 1 and used > target:
+                used -= kept[start][0].shape[0]
                 start += 1
-        kept = segments[start:]
+        else:
+            start = 0
+        kept, keys = kept[start:], keys[start:]
         parts = fixed + kept + [(gen_tokens, gen_mask)]
         return ContextPlan(
             tokens=torch.cat([t for t, _ in parts]),
@@ -240,7 +259,7 @@ class MisoGenerator:
             kept_segments=len(kept),
             dropped_segments=len(context) - len(kept),
             max_frames=max_frames,
-            first_segment=keys[start] if kept else None,
+            first_segment=keys[0] if kept else None,
         )
 
     # -- generating ----------------------------------------------------------------------
@@ -312,14 +331,8 @@ class MisoGenerator:
 
     def _sampling(self, temperature: float, topk: int, num_codebooks: int | None,
                   seed: int | None) -> Sampling:
-        """Validated sampling options."""
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
+        """The sampling options (the frame batcher checks them)."""
         wanted = self.num_codebooks if num_codebooks is None else num_codebooks
-        if not 1 <= wanted <= self.num_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {wanted}")
         return Sampling(temperature=temperature, topk=topk, num_codebooks=wanted, seed=seed)
 
     def _start(self, text, speaker, context, session, max_audio_secs, sampling, on_plan):

@@ -91,6 +91,26 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor, input_pos: torch.Tensor) ->
     return rotated.flatten(3).type_as(x)
 
 
+# Rows up to which a CPU linear layer multiplies weight-first (see Linear).
+_WEIGHT_FIRST_MAX_ROWS = 16
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict names) that, on the CPU and for a few
+    rows, computes ``weight @ x.T``: a frame step of a few callers is a few rows, and MKL's
+    small-row product against a transposed weight runs 2-5x slower than reading the weight
+    once, weight-first (measured here: 4 rows x 2048->8192 26 ms vs 7 ms; 1 row 6 ms)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or rows > _WEIGHT_FIRST_MAX_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        out = (self.weight @ x.reshape(rows, -1).T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], -1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -136,10 +156,10 @@ class Attention(nn.Module):
         self.num_heads = sizes.num_heads
         self.num_kv_heads = sizes.num_kv_heads
         self.head_dim = sizes.head_dim
-        self.q_proj = nn.Linear(sizes.embed_dim, sizes.num_heads * sizes.head_dim, bias=False)
-        self.k_proj = nn.Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
-        self.v_proj = nn.Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
-        self.output_proj = nn.Linear(sizes.num_heads * sizes.head_dim, sizes.embed_dim,
+        self.q_proj = Linear(sizes.embed_dim, sizes.num_heads * sizes.head_dim, bias=False)
+        self.k_proj = Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
+        self.v_proj = Linear(sizes.embed_dim, sizes.num_kv_heads * sizes.head_dim, bias=False)
+        self.output_proj = Linear(sizes.num_heads * sizes.head_dim, sizes.embed_dim,
                                      bias=False)
         self.kv_cache: KVCache | None = None
 
@@ -152,21 +172,23 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(rows, input_pos, k, v)
-        if self.num_kv_heads != self.num_heads:
-            # Query head h reads key/value head h // (num_heads / num_kv_heads).
-            group = self.num_heads // self.num_kv_heads
-            k = k.unsqueeze(2).expand(b, self.num_kv_heads, group, -1, self.head_dim).flatten(1, 2)
-            v = v.unsqueeze(2).expand(b, self.num_kv_heads, group, -1, self.head_dim).flatten(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :, :])
+        # Query head h reads key/value head h // group. The group's query heads are laid
+        # along the query axis of their key/value head, (b, kv_heads, group * s, head_dim),
+        # so the cache is read as it is, never copied out per query head.
+        group = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, self.num_kv_heads, group * s, self.head_dim)
+        mask = mask[:, None, None, :, :].expand(-1, -1, group, -1, -1).flatten(2, 3)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.view(b, self.num_heads, s, self.head_dim)
         return self.output_proj(out.transpose(1, 2).contiguous().view(b, s, -1))
 
 
 class FeedForward(nn.Module):
     def __init__(self, sizes: TransformerSizes):
         super().__init__()
-        self.w1 = nn.Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
-        self.w2 = nn.Linear(sizes.intermediate_dim, sizes.embed_dim, bias=False)
-        self.w3 = nn.Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
+        self.w1 = Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
+        self.w2 = Linear(sizes.intermediate_dim, sizes.embed_dim, bias=False)
+        self.w3 = Linear(sizes.embed_dim, sizes.intermediate_dim, bias=False)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -261,8 +283,8 @@ class MisoModel(nn.Module):
         self.audio_embeddings = nn.Embedding(
             config.audio_vocab_size * config.audio_num_codebooks, backbone_dim
         )
-        self.projection = nn.Linear(backbone_dim, decoder_dim, bias=False)
-        self.codebook0_head = nn.Linear(backbone_dim, config.audio_vocab_size, bias=False)
+        self.projection = Linear(backbone_dim, decoder_dim, bias=False)
+        self.codebook0_head = Linear(backbone_dim, config.audio_vocab_size, bias=False)
         self.audio_head = nn.Parameter(
             torch.empty(config.audio_num_codebooks - 1, decoder_dim, config.audio_vocab_size)
         )
