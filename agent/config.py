@@ -167,7 +167,7 @@ class MisoVoiceConfig(_Section):
     # A directory with config.json + model.safetensors (release format), or a Hugging Face
     # repo id (fetched only when online).
     checkpoint: str
-    codec: str = "kyutai/mimi"  # transformers-format Mimi: a directory or a repo id
+    codec: str = "kyutai/mimi"  # Mimi: a transformers directory, a moshi .safetensors, a repo id
     tokenizer: str | None = None  # None: the llama-models package's Llama-3 tokenizer
     # How a segment's text is written for the model: MisoTTS "[0] text", Sesame CSM "[0]text".
     text_format: Literal["miso", "csm"] = "miso"
