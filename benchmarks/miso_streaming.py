@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import write_report
+from benchmarks.miso_gpu import TimedDecoders
+from benchmarks.report import percentile, write_report
 from tts.miso import KNOWN_FLAVORS, MisoConfig, load_model, write_random_checkpoint
 from tts.miso.codec import MimiCodec
 from tts.miso.generator import MisoGenerator, Segment
@@ -51,77 +52,24 @@ def current_rss_mib() -> float:
 
 
 class StageClock:
-    """Wall time spent in each stage per frame: wraps the model's and decoder's calls."""
+    """Time per frame in each stage: the frame batcher's timing of each step's backbone and
+    depth-decoder halves, and every Mimi decode."""
 
-    def __init__(self, model, codec):
-        self.times: dict[str, list[float]] = {"backbone": [], "decoder": [], "mimi": []}
-        self._frame_decoder = 0.0
-        self._wrap(model, "backbone_step", "backbone")
-        self._wrap_decoder(model)
-        self._wrap_codec(codec)
-
-    def _timed(self, fn, record):
-        def call(*args, **kwargs):
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            record(time.perf_counter() - start)
-            return out
-
-        return call
-
-    def _wrap(self, obj, name, stage):
-        setattr(obj, name, self._timed(getattr(obj, name), self.times[stage].append))
-
-    def _wrap_decoder(self, model):
-        # Sum the decoder steps of one frame; a frame ends when the backbone runs again.
-        def add(secs):
-            self._frame_decoder += secs
-
-        model._decoder_step = self._timed(model._decoder_step, add)
-        backbone = model.backbone_step
-
-        def backbone_step(*args, **kwargs):
-            if self._frame_decoder:
-                self.times["decoder"].append(self._frame_decoder)
-                self._frame_decoder = 0.0
-            return backbone(*args, **kwargs)
-
-        model.backbone_step = backbone_step
-
-    def _wrap_codec(self, codec):
-        make = codec.streaming_decoder
-
-        def streaming_decoder():
-            decoder = make()
-            decode = decoder.decode
-
-            def timed_decode(codes):
-                start = time.perf_counter()
-                out = decode(codes)
-                self.times["mimi"].append((time.perf_counter() - start) / codes.shape[1])
-                return out
-
-            decoder.decode = timed_decode
-            return decoder
-
-        codec.streaming_decoder = streaming_decoder
-
-    def flush(self):
-        if self._frame_decoder:
-            self.times["decoder"].append(self._frame_decoder)
-            self._frame_decoder = 0.0
+    def __init__(self, generator: MisoGenerator, codec: MimiCodec):
+        self.steps: list = []
+        generator.frames.on_step = self.steps.append
+        self.decoders = TimedDecoders(codec)
 
     def summary(self) -> dict:
-        self.flush()
-        out = {}
-        for stage, values in self.times.items():
-            ms = np.array(values) * 1000
-            out[stage] = {
-                "p50_ms": round(float(np.percentile(ms, 50)), 1),
-                "p95_ms": round(float(np.percentile(ms, 95)), 1),
-                "n": len(values),
-            }
-        return out
+        stages = {
+            "backbone": [s.backbone_ms for s in self.steps],
+            "decoder": [s.decoder_ms for s in self.steps],
+            "mimi": self.decoders.ms_per_frame,
+        }
+        return {
+            stage: {"p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "n": len(ms)}
+            for stage, ms in stages.items()
+        }
 
 
 def user_turn(codec) -> Segment:
@@ -184,7 +132,7 @@ def main():
     whole = generator.generate(text, 1, context, **options)
     one_shot_secs = time.perf_counter() - start
 
-    clock = StageClock(model, codec)
+    clock = StageClock(generator, codec)
     frame_times = []
     start = time.perf_counter()
     last = start

@@ -31,3 +31,15 @@ SMALL_MIMI = {
     "codebook_dim": 32,
     "vector_quantization_hidden_dimension": 32,
 }
+
+
+def tiny_parts(directory, model_seed: int, codec_seed: int):
+    """A tiny random model (from a release-format checkpoint written to ``directory``), the
+    real Llama-3 tokenizer and a small random Mimi."""
+    from tts.miso import load_model, write_random_checkpoint
+    from tts.miso.codec import MimiCodec
+    from tts.miso.text import TextTokenizer
+
+    checkpoint = write_random_checkpoint(directory / "ckpt", TINY_MISO, seed=model_seed)
+    codec = MimiCodec.random(SMALL_MIMI, seed=codec_seed)
+    return load_model(checkpoint), TextTokenizer.load(), codec

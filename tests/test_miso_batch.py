@@ -11,9 +11,7 @@ import threading
 import pytest
 import torch
 
-from tests.miso_setup import SMALL_MIMI, TINY_MISO
-from tts.miso import load_model, write_random_checkpoint
-from tts.miso.codec import MimiCodec
+from tests.miso_setup import TINY_MISO, tiny_parts
 from tts.miso.generator import MisoGenerator, Segment
 from tts.miso.text import TextTokenizer
 
@@ -24,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("batch") / "ckpt", TINY_MISO,
-                                         seed=7)
-    return load_model(checkpoint), TextTokenizer.load(), MimiCodec.random(SMALL_MIMI, seed=2)
+    return tiny_parts(tmp_path_factory.mktemp("batch"), model_seed=7, codec_seed=2)
 
 
 def make_generator(parts, sessions):
@@ -221,13 +217,15 @@ def text_prompt(length: int, seed: int = 0):
 def finishes(work, secs: float = 10.0) -> bool:
     """Whether ``work()`` returns (or raises) within ``secs``."""
     done = threading.Event()
+    raised = []
 
     def run():
         try:
             work()
-        except Exception:  # noqa: BLE001 - only whether it returns matters here
-            pass
-        done.set()
+        except Exception as exc:  # noqa: BLE001 - returning or raising, it did not hang
+            raised.append(exc)
+        finally:
+            done.set()
 
     threading.Thread(target=run, daemon=True).start()
     return done.wait(secs)

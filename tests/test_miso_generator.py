@@ -9,11 +9,8 @@ import time
 import pytest
 import torch
 
-from tests.miso_setup import SMALL_MIMI, TINY_MISO
-from tts.miso import load_model, write_random_checkpoint
-from tts.miso.codec import MimiCodec
+from tests.miso_setup import tiny_parts
 from tts.miso.generator import ContextTooLongError, MisoGenerator, Segment
-from tts.miso.text import TextTokenizer
 
 FRAME = 1920  # samples per Mimi frame at 24 kHz
 
@@ -24,9 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("gen") / "ckpt", TINY_MISO,
-                                         seed=4)
-    return load_model(checkpoint), TextTokenizer.load(), MimiCodec.random(SMALL_MIMI, seed=1)
+    return tiny_parts(tmp_path_factory.mktemp("gen"), model_seed=4, codec_seed=1)
 
 
 @pytest.fixture()
