@@ -422,7 +422,7 @@ class _StreamingTransformer:
         positions = torch.arange(self._steps_seen, self._steps_seen + steps, device=x.device)
         output = self._module(
             x.transpose(1, 2),
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
             position_ids=positions[None],
         )
