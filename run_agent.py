@@ -14,6 +14,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--transport", choices=["webrtc", "local", "file"], default="webrtc")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load every model of the config, ask one spoken question through the pipeline, "
+        "print each stage's time, and exit 0 if it all worked (1 if not)",
+    )
+    parser.add_argument(
         "--config", default="default", help="a config name in configs/ or a YAML path"
     )
     parser.add_argument(
@@ -147,7 +153,7 @@ def main(argv=None) -> int:
             if args.max_sessions < 1:
                 raise ConfigError("--max-sessions must be 1 or more")
             config.server.max_sessions = args.max_sessions
-        if args.transport == "webrtc":
+        if args.transport == "webrtc" and not args.check:
             check_exposure(args, args.host or config.server.host)
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
@@ -169,11 +175,21 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.check:
+        return asyncio.run(_run_check(stack))
     if args.transport == "file":
         return asyncio.run(_run_file(stack, args))
     if args.transport == "local":
         return asyncio.run(_run_local(stack, args))
     return _run_webrtc(stack, args)
+
+
+async def _run_check(stack) -> int:
+    from pipelines.install_check import report, run_check
+
+    result = await run_check(stack)
+    print(report(result, stack.load_secs))
+    return 0 if result.ok else 1
 
 
 async def _run_file(stack, args) -> int:

@@ -284,3 +284,34 @@ def test_ctrl_c_while_loading_is_a_line_not_a_traceback(tmp_path):
     server.send_signal(signal.SIGINT)
     _, err = server.communicate(timeout=60)
     assert "Traceback" not in err, err[-2000:]
+
+
+def _check(config: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run_agent.py", "--check", "--config", config],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_check_asks_one_question_through_the_pipeline_and_passes():
+    run = _check("tiny")
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "check passed"
+    heard = next(line for line in lines if line.startswith("heard:"))
+    assert "capital" in heard.lower() and "france" in heard.lower()
+    assert "voice_to_voice" in next(line for line in lines if line.startswith("latency:"))
+    assert lines[0].startswith("models loaded: ") and "llm" in lines[0]
+
+
+def test_check_fails_and_says_which_part_when_the_llm_server_is_down(tmp_path):
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    # A port nothing listens on: every reply fails and the caller hears the apology.
+    data["llm"] = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                   "model_name": "absent", "request_timeout_secs": 2}
+    config = tmp_path / "down.yaml"
+    config.write_text(yaml.safe_dump(data))
+    run = _check(str(config))
+    assert run.returncode == 1, run.stdout + run.stderr[-2000:]
+    assert "check FAILED" in run.stdout
+    assert any(line.startswith("problem: the LLM did not answer") for line in run.stdout.splitlines())
