@@ -136,6 +136,28 @@ def check_exposure(args, host: str):
         )
 
 
+def load_while_ctrl_c_counts(load):
+    """``load()``, with Ctrl-C honoured even when it lands inside a library's callback
+    (llama.cpp logs through one while loading), where Python prints the interrupt and
+    drops it: it is remembered and acted on as soon as loading returns."""
+    import signal
+
+    pressed = []
+
+    def on_ctrl_c(signum, frame):
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        stack = load()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+    return stack
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from agent.config import ConfigError, load_config
@@ -166,7 +188,7 @@ def main(argv=None) -> int:
                     )
         from pipelines.stack import load_stack
 
-        stack = load_stack(config)
+        stack = load_while_ctrl_c_counts(lambda: load_stack(config))
     except (ConfigError, ModelNotFoundError, WavInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -256,7 +278,11 @@ def _run_webrtc(stack, args) -> int:
     from pipelines.webrtc_server import create_app
 
     host = args.host or stack.config.server.host
-    port = args.port or stack.config.server.port
+    port = stack.config.server.port if args.port is None else args.port
+    if port == 0:  # any free port, chosen now so the address printed is the real one
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
     token = args.token or os.environ.get("VOICE_AGENT_TOKEN")
     if not token and not is_loopback(host) and not args.no_auth:
         token = secrets.token_urlsafe(16)

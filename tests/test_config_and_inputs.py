@@ -280,9 +280,13 @@ def test_ctrl_c_while_loading_is_a_line_not_a_traceback(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4)  # importing and loading models
-    server.send_signal(signal.SIGINT)
-    _, err = server.communicate(timeout=60)
+    try:
+        time.sleep(4)  # importing and loading models
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()  # not left holding a port for the tests after it
     assert "Traceback" not in err, err[-2000:]
 
 

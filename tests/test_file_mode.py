@@ -138,7 +138,8 @@ def test_an_interrupted_run_keeps_the_turns_it_answered(question_wavs, tmp_path)
     import wave
 
     out, log = tmp_path / "replies.wav", tmp_path / "replies.json"
-    inputs = [str(path) for path, _ in question_wavs[:3]]
+    # Five turns: under a loaded machine the interrupt may land a turn or two late.
+    inputs = [str(path) for path, _ in question_wavs[:5]]
     run = subprocess.Popen(
         [sys.executable, "run_agent.py", "--config", "tiny", "--transport", "file"]
         + [arg for path in inputs for arg in ("--input", path)]
@@ -150,7 +151,7 @@ def test_an_interrupted_run_keeps_the_turns_it_answered(question_wavs, tmp_path)
     )
     try:
         for line in run.stderr:  # progress: one line per answered turn
-            if "turn 1/3 done" in line:
+            if "turn 1/5 done" in line:
                 break
         run.send_signal(signal.SIGINT)
         run.wait(timeout=60)
@@ -158,7 +159,7 @@ def test_an_interrupted_run_keeps_the_turns_it_answered(question_wavs, tmp_path)
         if run.poll() is None:
             run.kill()
     turns = json.loads(log.read_text())["turns"]
-    assert 1 <= len(turns) < 3 and turns[0]["reply"], turns
+    assert 1 <= len(turns) < 5 and turns[0]["reply"], turns
     with wave.open(str(out)) as replies:  # a whole WAV, holding the answered replies
         secs = replies.getnframes() / replies.getframerate()
     answered = sum(t["reply_audio"]["duration_secs"] for t in turns)
