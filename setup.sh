@@ -44,9 +44,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 step "updating pip" "${PIP[@]}" install --quiet --upgrade pip
-# llama-cpp-python is built from source (about 12 minutes on 2 cores, once; pip caches
-# the wheel). A portable build runs on any x86-64 CPU; GPU users set CMAKE_ARGS themselves.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 # The Llama-3 tokenizer.model for MisoTTS; the package's own dependencies are not needed.
 LLAMA_TOKENIZER="llama-models==0.3.0"
 # What .venv-moshi must hold for setup.sh --test to leave it as it is.

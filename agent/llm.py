@@ -91,7 +91,7 @@ class LocalLLM:
         warm-up and tools). ``chat_template``: (Jinja text, BOS, EOS) for a model whose
         file has none; else the file's own, else ChatML. ``one_at_a_time``: see
         BatchedEngine."""
-        from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
+        from agent.chat_template import CHATML, ChatTemplate
 
         self.model_path = Path(model_path)
         self.context_tokens = context_tokens
@@ -108,18 +108,12 @@ class LocalLLM:
         if chat_template is None:
 
             def text(token: int) -> str:
-                return model.token_get_text(token) if token != -1 else ""
+                return model.token_text(token) if token != -1 else ""
 
-            template = self.metadata.get("tokenizer.chat_template", CHATML_CHAT_TEMPLATE)
-            chat_template = (template, text(model.token_bos()), text(model.token_eos()))
+            template = self.metadata.get("tokenizer.chat_template", CHATML)
+            chat_template = (template, text(model.bos()), text(model.eos()))
         template, bos, eos = chat_template
-        # One rendering a prompt that ends where the reply begins, one that does not.
-        self._formatters = {
-            reply: Jinja2ChatFormatter(
-                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=reply
-            )
-            for reply in (True, False)
-        }
+        self._template = ChatTemplate(template, bos_token=bos, eos_token=eos)
 
     @classmethod
     def from_config(
@@ -157,10 +151,9 @@ class LocalLLM:
 
     def tokens(self, messages: list[dict], *, reply: bool = True) -> list[int]:
         """The prompt for ``messages``; with ``reply`` it ends where the reply begins."""
-        formatted = self._formatters[reply](messages=messages)
-        return self.engine.model.tokenize(
-            formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
-        )
+        prompt = self._template.render(messages, add_generation_prompt=reply)
+        # The template writes the special tokens itself, BOS included.
+        return self.engine.model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def stream_chat(
         self,

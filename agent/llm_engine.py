@@ -22,7 +22,6 @@ Knows tokens only; agent/llm.py turns chat messages into tokens and tokens into 
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 import time
@@ -100,7 +99,7 @@ class _Job:
     tokens: list[int]  # the prompt
     max_tokens: int  # 0: only read the prompt
     background: bool
-    sampler: object | None
+    sampler: _Sampler | None
     out: Generation
     seq: _Sequence | None = None
     produced: int = 0
@@ -135,27 +134,21 @@ class BatchedEngine:
     ):
         """``one_at_a_time``: jobs run whole, in arrival order, as a single-stream
         llama.cpp would run them (benchmarks/llm_batch.py compares)."""
-        import llama_cpp
-        from llama_cpp._internals import LlamaContext, LlamaModel
-        from llama_cpp._logger import set_verbose
+        from agent import llama_lib
 
-        set_verbose(False)
-        llama_cpp.llama_backend_init()
-        self._lib = llama_cpp
-        self.model = LlamaModel(
-            path_model=str(model_path), params=llama_cpp.llama_model_default_params(), verbose=False
-        )
-        params = llama_cpp.llama_context_default_params()
+        self._lib = lib = llama_lib.load()
+        self.model = llama_lib.Model(model_path)
+        params = lib.llama_context_default_params()
         params.n_ctx = context_tokens * sequences
         params.n_batch = params.n_ubatch = BATCH_TOKENS
         params.n_seq_max = sequences
         params.kv_unified = True  # sequences share cells: a common prefix is stored once
         params.n_threads = params.n_threads_batch = threads
-        # As llama-cpp-python's Llama has it: on a CPU, llama.cpp's automatic choice (flash
+        # Off, as llama-cpp-python's Llama had it: on a CPU, llama.cpp's automatic choice (flash
         # attention on) wrote tokens ~30 % slower for this small a model.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._context = LlamaContext(model=self.model, params=params, verbose=False)
-        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        params.flash_attn_type = llama_lib.FLASH_ATTN_DISABLED
+        self._context = llama_lib.Context(self.model, params)
+        self._batch = lib.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._sequences = [_Sequence(i) for i in range(sequences)]
         self._owner: dict[Hashable, _Sequence] = {}
         self._cpu = cpu or CpuShare()
@@ -226,22 +219,23 @@ class BatchedEngine:
         with self._changed:
             self._changed.notify_all()
 
-    def _sampler(self, sampling: Sampling):
-        from llama_cpp._internals import LlamaSampler
+    def _sampler(self, sampling: Sampling) -> _Sampler:
+        from agent import llama_lib
 
-        sampler = LlamaSampler()
+        lib = self._lib
         if sampling.temperature <= 0:
-            sampler.add_greedy()
-            return sampler
-        # llama-cpp-python's create_chat_completion defaults, so replies read the same.
-        sampler.add_top_k(40)
-        sampler.add_typical(1.0, 1)
-        sampler.add_top_p(0.95, 1)
-        sampler.add_min_p(0.05, 1)
-        sampler.add_temp(sampling.temperature)
-        seed = self._lib.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
-        sampler.add_dist(seed)
-        return sampler
+            return _Sampler(lib, llama_lib.sampler_chain(lib.llama_sampler_init_greedy()))
+        # The usual llama.cpp chat defaults (as llama-cpp-python's chat completion had them,
+        # so replies read as they did): top-k 40, top-p 0.95, min-p 0.05, then temperature.
+        seed = llama_lib.DEFAULT_SEED if sampling.seed is None else sampling.seed
+        return _Sampler(lib, llama_lib.sampler_chain(
+            lib.llama_sampler_init_top_k(40),
+            lib.llama_sampler_init_typical(1.0, 1),
+            lib.llama_sampler_init_top_p(0.95, 1),
+            lib.llama_sampler_init_min_p(0.05, 1),
+            lib.llama_sampler_init_temp(sampling.temperature),
+            lib.llama_sampler_init_dist(seed),
+        ))
 
     # -- the engine's thread -----------------------------------------------------------
 
@@ -376,7 +370,7 @@ class BatchedEngine:
             parts.append((job, tokens))
             n += len(tokens)
         batch.n_tokens = n
-        status = lib.llama_decode(self._context.ctx, batch)
+        status = lib.llama_decode(self._context.handle, batch)
         if status != 0:
             for job, _ in parts:  # nothing of a failed batch stays in the cache
                 lib.llama_memory_seq_rm(
@@ -406,8 +400,8 @@ class BatchedEngine:
                 continue
             if job.unread > 0:
                 continue
-            token = lib.llama_sampler_sample(job.sampler.sampler, self._context.ctx, at - 1)
-            if lib.llama_vocab_is_eog(self.model.vocab, token):
+            token = lib.llama_sampler_sample(job.sampler.chain, self._context.handle, at - 1)
+            if self.model.is_end(token):
                 self._end(job, "stop")
                 continue
             job.produced += 1
@@ -432,13 +426,18 @@ class BatchedEngine:
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (part of a UTF-8 character, possibly)."""
-        size = 32
-        while True:
-            buffer = ctypes.create_string_buffer(size)
-            n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, size, 0, False)
-            if n >= 0:
-                return buffer.raw[:n]
-            size = -n
+        return self.model.piece(token)
+
+
+class _Sampler:
+    """A llama.cpp sampler chain, freed with its job."""
+
+    def __init__(self, lib, chain):
+        self.chain = chain
+        self._free = lib.llama_sampler_free
+
+    def __del__(self):
+        self._free(self.chain)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

