@@ -61,8 +61,8 @@ if [ "$MODE" = "--test" ]; then
   # it pins aiohttp<3.12, which pipecat outgrew. Only its model code runs, so --no-deps.
   MOSHI_PY=.venv-moshi/bin/python
   if ! { [ -x "$MOSHI_PY" ] && "$MOSHI_PY" -c "$MOSHI_CHECK" 2>/dev/null; }; then
-    step "creating .venv-moshi (kyutai's moshi, the reference Mimi)" "$PYTHON" -m venv .venv-moshi
-    step "installing torch 2.13 and moshi's needs in .venv-moshi" \
+    step "creating .venv-moshi (moshi, the reference Mimi)" "$PYTHON" -m venv .venv-moshi
+    step "installing torch 2.13 and the rest in .venv-moshi" \
       "$MOSHI_PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 numpy einops \
       safetensors sentencepiece huggingface_hub
     step "installing moshi 0.2.13 in .venv-moshi" \
