@@ -215,6 +215,8 @@ async def _run_check(stack) -> int:
 
 
 async def _run_file(stack, args) -> int:
+    import signal
+
     from pipelines.file_mode import FileTurn, run_files
 
     output, log = Path(args.output), Path(args.log)
@@ -226,14 +228,29 @@ async def _run_file(stack, args) -> int:
         print(f"turn {index + 1}/{count} done", file=sys.stderr)
         print(json.dumps({k: turn[k] for k in ("input", "transcript", "reply", "latency_secs")}))
 
-    await run_files(
+    # Ctrl-C ends the run after the turn being answered, keeping what was answered; a
+    # second one stops at once.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_ctrl_c():
+        loop.remove_signal_handler(signal.SIGINT)
+        print("stopping after this turn (Ctrl-C again to stop now)", file=sys.stderr)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_ctrl_c)
+    result = await run_files(
         stack,
         [FileTurn(Path(p)) for p in args.input],
         output_path=output,
         log_path=log,
         on_turn=on_turn,
+        should_stop=stop.is_set,
     )
     print(f"bot audio: {output}\nlog: {log}")
+    if stop.is_set():
+        print(f"interrupted: {len(result.turns)} of {count} turn(s) answered", file=sys.stderr)
+        return 130
     return 0
 
 

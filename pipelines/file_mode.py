@@ -74,9 +74,11 @@ async def run_files(
     reply_timeout_secs: float = 90.0,
     pause_between_turns_secs: float = 1.0,
     on_turn: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FileRunResult:
     """Play ``turns`` through a session; the output WAV and the log (when given) are
-    rewritten after each turn. ``on_turn(index, log_entry)``: called as each is done."""
+    rewritten after each turn. ``on_turn(index, log_entry)``: called as each is done.
+    ``should_stop()``: asked before each turn; True ends the run there (Ctrl-C)."""
     config = stack.config
     in_rate = config.audio_in_sample_rate
     out_rate = config.audio_out_sample_rate
@@ -116,6 +118,8 @@ async def run_files(
     try:
         await mic.play_silence(0.5)
         for index, (turn, samples) in enumerate(zip(turns, inputs)):
+            if should_stop is not None and should_stop():
+                break
             before = len(session.timeline.turns)
             end = speech_end_offset(samples, in_rate)
             await mic.play(samples, on_offset=(end, session.timeline.mark_speech_end))
