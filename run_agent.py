@@ -136,30 +136,33 @@ def check_exposure(args, host: str):
         )
 
 
-def load_while_ctrl_c_counts(load):
-    """``load()``, with Ctrl-C honoured even when it lands inside a library's callback
-    (llama.cpp logs through one while loading), where Python prints the interrupt and
-    drops it: it is remembered and acted on as soon as loading returns."""
-    import signal
+class CtrlCWhileStarting:
+    """Ctrl-C while the agent starts (imports, config, loading models) is remembered and
+    acted on once it has started (a few seconds), instead of being raised where it lands:
+    inside a library's callback (llama.cpp logs through one while loading) or a library's
+    import-time try/except, Python prints a traceback and drops it, and the agent would
+    start anyway."""
 
-    pressed = []
+    def __init__(self):
+        import signal
 
-    def on_ctrl_c(signum, frame):
-        pressed.append(signum)
-        raise KeyboardInterrupt
+        self._signal = signal
+        self.pressed = False
+        self._previous = signal.signal(signal.SIGINT, self._on_ctrl_c)
 
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        stack = load()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-    return stack
+    def _on_ctrl_c(self, signum, frame):
+        self.pressed = True
+
+    def started(self) -> None:
+        """Back to the usual Ctrl-C; raise KeyboardInterrupt if it was pressed meanwhile."""
+        self._signal.signal(self._signal.SIGINT, self._previous)
+        if self.pressed:
+            raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    starting = CtrlCWhileStarting()
     from agent.config import ConfigError, load_config
     from agent.models import ModelNotFoundError
     from pipelines.file_transport import WavInputError, load_input_wav
@@ -188,22 +191,26 @@ def main(argv=None) -> int:
                     )
         from pipelines.stack import load_stack
 
-        stack = load_while_ctrl_c_counts(lambda: load_stack(config))
+        stack = load_stack(config)
     except (ConfigError, ModelNotFoundError, WavInputError) as e:
+        starting.started()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except EngineUnavailableError as e:
         # No CUDA, a checkpoint that does not load, a codec or tokenizer not found.
+        starting.started()
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.transport == "webrtc" and not args.check:
+        return _run_webrtc(stack, args, starting)
+    # Each run below takes Ctrl-C from here on (asyncio's handler, or file mode's own).
+    starting.started()
     if args.check:
         return asyncio.run(_run_check(stack))
     if args.transport == "file":
         return asyncio.run(_run_file(stack, args))
-    if args.transport == "local":
-        return asyncio.run(_run_local(stack, args))
-    return _run_webrtc(stack, args)
+    return asyncio.run(_run_local(stack, args))
 
 
 async def _run_check(stack) -> int:
@@ -283,7 +290,7 @@ async def _run_local(stack, args) -> int:
     return 0
 
 
-def _run_webrtc(stack, args) -> int:
+def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
     import os
     import secrets
     import socket
@@ -315,8 +322,11 @@ def _run_webrtc(stack, args) -> int:
     if not is_loopback(host) and not token:
         print("warning: --no-auth: anyone who can reach this address can talk to the bot")
     print(f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README).")
+    app = create_app(stack, access_token=token)
+    # uvicorn takes Ctrl-C from here on (a shutdown that lets calls finish).
+    starting.started()
     uvicorn.run(
-        create_app(stack, access_token=token),
+        app,
         host=host,
         port=port,
         log_level="warning",
