@@ -126,12 +126,11 @@ class _Row:
 
 
 class _Utterance:
-    def __init__(self, session, tokens, mask, max_frames, sampling, wanted, generator):
+    def __init__(self, session, tokens, mask, max_frames, sampling: Sampling, generator):
         self.session = session
         self.tokens, self.mask = tokens, mask  # (L, N+1) on the CPU
         self.max_frames = max_frames
-        self.sampling = sampling
-        self.wanted = wanted
+        self.sampling = sampling  # num_codebooks resolved (never None)
         self.generator = generator
         self.frames: queue.SimpleQueue = queue.SimpleQueue()
         self.started = threading.Event()
@@ -147,6 +146,11 @@ class _Utterance:
     @property
     def ready(self) -> bool:
         return self.next_tokens is not None
+
+    @property
+    def wanted(self) -> int:
+        """Codebooks this utterance generates."""
+        return self.sampling.num_codebooks
 
 
 class FrameBatcher:
@@ -208,31 +212,18 @@ class FrameBatcher:
         """Frames continuing the prompt ``tokens``/``mask`` (L, N+1), at most ``max_frames``.
         ``session`` keeps its row (and so its prompt's reading) for its next utterance;
         None is a one-off."""
-        if (
-            tokens.dim() != 2
-            or tokens.shape != mask.shape
-            or tokens.shape[1] != (self.num_codebooks + 1)
-            or tokens.shape[0] == 0
-        ):
-            raise ValueError(
-                f"prompt must be (positions, {self.num_codebooks + 1}) tokens "
-                f"and mask, got {tuple(tokens.shape)} and {tuple(mask.shape)}"
-            )
-        if tokens.shape[0] + max_frames > self.model.parking_position:
-            raise ValueError(
-                f"{tokens.shape[0]} prompt positions + {max_frames} frames exceed "
-                f"{self.model.parking_position}"
-            )
         self._check_request(tokens, mask, max_frames, sampling)
-        wanted = sampling.num_codebooks or self.num_codebooks
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         sampling = Sampling(
-            sampling.temperature, min(sampling.topk, self.audio_vocab_size), wanted, sampling.seed
+            sampling.temperature,
+            min(sampling.topk, self.audio_vocab_size),
+            sampling.num_codebooks or self.num_codebooks,
+            sampling.seed,
         )
         utterance = _Utterance(
-            session, tokens.cpu().long(), mask.cpu().bool(), max_frames, sampling, wanted, generator
+            session, tokens.cpu().long(), mask.cpu().bool(), max_frames, sampling, generator
         )
         with self._cond:
             if self._closed or not self._thread.is_alive():
@@ -251,6 +242,21 @@ class FrameBatcher:
         so fail every other session's utterance with it."""
         if not isinstance(max_frames, int) or max_frames < 1:
             raise ValueError(f"max_frames must be a positive integer, got {max_frames!r}")
+        if (
+            tokens.dim() != 2
+            or tokens.shape != mask.shape
+            or tokens.shape[1] != (self.num_codebooks + 1)
+            or tokens.shape[0] == 0
+        ):
+            raise ValueError(
+                f"prompt must be (positions, {self.num_codebooks + 1}) tokens "
+                f"and mask, got {tuple(tokens.shape)} and {tuple(mask.shape)}"
+            )
+        if tokens.shape[0] + max_frames > self.model.parking_position:
+            raise ValueError(
+                f"{tokens.shape[0]} prompt positions + {max_frames} frames exceed "
+                f"{self.model.parking_position}"
+            )
         wanted = sampling.num_codebooks or self.num_codebooks
         if not 1 <= wanted <= self.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {wanted}")
@@ -457,8 +463,6 @@ class FrameBatcher:
                 logger.exception("FrameBatcher.on_step failed")
         with self._cond:
             for u in ready:
-                if u not in self._running:
-                    continue  # failed or closed while the step ran
                 u.row.append(u.next_tokens, u.next_mask)
                 frame = frames[u.row.index].clone()
                 frame[u.wanted :] = 0
