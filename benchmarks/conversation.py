@@ -15,78 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import jiwer
-import numpy as np
-import soxr
-
 from agent.config import load_config
-from benchmarks.report import percentile, write_report
-from pipelines.file_mode import FileTurn, run_files
-from pipelines.file_transport import write_wav
+from benchmarks.report import write_report
+from pipelines.callers.answer_set import CONVERSATION_QUESTIONS as QUESTIONS
+from pipelines.callers.answer_set import OPEN_QUESTIONS
+from pipelines.callers.scoring import corpus_wer, percentile, transcribe
+from pipelines.local.file_mode import FileTurn, run_files
+from pipelines.local.file_transport import write_wav
 from pipelines.stack import load_stack
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many days are there in a week?",
-    "What color is the sky on a clear day?",
-    "Can you name a fruit that is yellow?",
-    "What do bees make?",
-    "How many legs does a dog have?",
-    "What is the opposite of hot?",
-    "Which animal is known as the king of the jungle?",
-    "What do you call frozen water?",
-    "How many hours are in a day?",
-    "What is the largest planet in our solar system?",
-    "What language do people speak in Spain?",
-]
-
-
-# Questions that get answers of more than a few words, where clause streaming can matter.
-OPEN_QUESTIONS = [
-    "Tell me about the city of Paris.",
-    "Why do leaves change color in autumn?",
-    "How does a bicycle stay upright?",
-    "What should I pack for a beach trip?",
-    "Why is the ocean salty?",
-    "How do bees make honey?",
-    "What is a good way to start learning to cook?",
-    "Why do we need sleep?",
-    "How do airplanes fly?",
-    "What makes a good friend?",
-    "Why is exercise good for you?",
-    "How do plants grow?",
-]
-
-
-def clean(text: str) -> str:
-    """Lower case, no punctuation, numbers as words ("7" and "seven" are the same word)."""
-    from num2words import num2words
-
-    text = re.sub(r"\d+", lambda m: f" {num2words(int(m.group()))} ", text.lower())
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split())
-
-
-def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
-    pairs = [(clean(r), clean(h)) for r, h in zip(references, hypotheses) if clean(r)]
-    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
-
-
-def transcribe(whisper, samples: np.ndarray, rate: int) -> str:
-    """Whisper's words for int16 ``samples`` at ``rate`` (full window, greedy)."""
-    if not len(samples):
-        return ""
-    audio = samples.astype(np.float32) / 32768
-    if rate != 16000:
-        audio = soxr.resample(audio, rate, 16000)
-    segments, _ = whisper.transcribe(audio, beam_size=1, language="en")
-    return " ".join(s.text.strip() for s in segments)
 
 
 def speak_questions(

@@ -4,7 +4,7 @@
 
 K callers ask at once (0.3 s apart, as turns overlap on a busy server), each with its own
 conversation whose opening (system prompt, examples) was read when its session started, through the agent's LocalLLM, two ways: the engine as the agent runs it
-(every reply's first phrase first, the rest decoded together: agent/llm_engine.py), and
+(every reply's first phrase first, the rest decoded together: agent/llm/engine.py), and
 one reply at a time in arrival order (what a single-stream llama.cpp does). Reported per
 K: time to each caller's first token and to its first phrase (12 tokens) p50/max, the
 time until every reply is written, and tokens per second over all callers.
@@ -18,9 +18,9 @@ import threading
 import time
 
 from agent.config import load_config
-from agent.llm import LocalLLM
-from benchmarks.report import percentile
-from pipelines.services import with_examples
+from agent.llm.local import LocalLLM
+from agent.llm.prompt import with_examples
+from pipelines.callers.scoring import percentile
 
 QUESTIONS = [
     "What should I cook for dinner tonight?",

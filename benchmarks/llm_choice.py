@@ -5,10 +5,10 @@
         [--out out/benchmarks/llm_choice.json]
 
 Every model runs in a fresh subprocess (so its RSS and load time are its own), through
-agent.llm.LocalLLM with 2 threads, a 2048-token context, temperature 0.3, seed 0 and 80
+agent.llm.local.LocalLLM with 2 threads, a 2048-token context, temperature 0.3, seed 0 and 80
 new tokens at most, the agent's settings. For each system prompt of ``PROMPTS``:
 
-1. Every turn of benchmarks/answer_set.py (QUESTIONS, STATEMENTS, COMMANDS) as a new
+1. Every turn of pipelines/callers/answer_set.py (QUESTIONS, STATEMENTS, COMMANDS) as a new
    conversation (system prompt + the turn): question accuracy (keywords), meta rate
    (talks about "the user", notes, instructions, the message), echo rate on statements,
    mean reply words, share of replies cut at max_tokens.
@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.answer_set import (
+from pipelines.callers.answer_set import (
     COMMANDS,
     CONVERSATION,
     QUESTIONS,
@@ -393,7 +393,7 @@ def _vm_hwm_mb() -> float:
 def worker(name: str, prompts: list[str], limit: int | None, note: str | None) -> dict:
     import psutil
 
-    from agent.llm import LocalLLM
+    from agent.llm.local import LocalLLM
 
     proc = psutil.Process()
     path = locate(name)

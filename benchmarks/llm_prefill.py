@@ -15,9 +15,9 @@ import json
 import time
 
 from agent.config import load_config
-from agent.llm import LocalLLM
-from benchmarks.report import percentile
-from pipelines.services import with_examples
+from agent.llm.local import LocalLLM
+from agent.llm.prompt import with_examples
+from pipelines.callers.scoring import percentile
 
 SAID = [
     "What is the capital of France?",

@@ -4,9 +4,9 @@
     python -m benchmarks.load --soak-minutes 30 [--callers 2]
 
 Starts ``run_agent.py`` once, in its own process, and for each K calls it with K scripted
-callers at once (staggered by 0.5-3 s; pipelines/webrtc_client.py or, with ``--transport
-phone``, pipelines/telephony_client.py), each playing the first M clips of the human set
-(benchmarks/human_speech.py) as turns, as benchmarks/call_latency.py does. Reported per K:
+callers at once (staggered by 0.5-3 s; pipelines/callers/webrtc.py or, with ``--transport
+phone``, pipelines/callers/phone.py), each playing the first M clips of the human set
+(pipelines/callers/human_speech.py) as turns, as benchmarks/call_latency.py does. Reported per K:
 voice-to-voice at the caller (end of speech sent → first reply audio heard) p50 / p95 /
 max over the finished turns, turns left unanswered, callers turned away, the server's CPU
 (cores) and peak RSS. The capacity is the largest K with p95 ≤ 2 s and nothing unanswered
@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.agent_process import agent_server
 from benchmarks.call_latency import load_set, run_caller
-from benchmarks.report import percentile, write_report
+from benchmarks.report import write_report
 from benchmarks.server_memory import mib
+from pipelines.callers.agent_process import agent_server
+from pipelines.callers.scoring import percentile
 
 TARGET_P95_SECS = 2.0
 

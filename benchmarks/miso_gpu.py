@@ -39,7 +39,8 @@ import time
 
 import torch
 
-from benchmarks.report import percentile, write_report
+from benchmarks.report import write_report
+from pipelines.callers.scoring import percentile
 from tts.miso import KNOWN_FLAVORS, MisoConfig, MisoModel
 from tts.miso.codec import MimiCodec
 from tts.miso.frame_step import StepTiming

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from benchmarks.miso_gpu import TimedDecoders
-from benchmarks.report import percentile, write_report
+from benchmarks.report import write_report
+from pipelines.callers.scoring import percentile
 from tts.miso import KNOWN_FLAVORS, MisoConfig, load_model, write_random_checkpoint
 from tts.miso.codec import MimiCodec
 from tts.miso.generator import MisoGenerator, Segment

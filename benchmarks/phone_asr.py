@@ -26,17 +26,16 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import soxr
 
 from agent.config import load_config
 from agent.models import cache_dir, resolve_model
-from benchmarks.answer_set import QUESTIONS, STATEMENTS
-from benchmarks.conversation import corpus_wer, transcribe
-from benchmarks.human_speech import asterisk_prompts, read_audio
 from benchmarks.report import write_report
+from pipelines.callers.answer_set import QUESTIONS, STATEMENTS
+from pipelines.callers.human_speech import asterisk_prompts, read_audio
+from pipelines.callers.phone import RATE, phone_line
+from pipelines.callers.scoring import corpus_wer, transcribe
 from pipelines.stack import load_speech_engine
-from pipelines.telephony_client import RATE, phone_line
 
 PIPELINE_RATE = 16000
 

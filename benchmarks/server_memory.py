@@ -4,7 +4,7 @@
 
 Starts `run_agent.py --transport webrtc` as a separate process, waits until its models
 are loaded, then opens sessions one at a time with real WebRTC callers over loopback
-(``--transport phone``: phone calls in Twilio's protocol, pipelines/telephony_client.py);
+(``--transport phone``: phone calls in Twilio's protocol, pipelines/callers/phone.py);
 each caller asks one spoken question and waits for the spoken answer, and stays
 connected. Reports the server's RSS after start-up, after each session, the mean growth
 per session, the CPU the server burns while the open sessions are silent, RSS after
@@ -23,11 +23,11 @@ import numpy as np
 import psutil
 
 from agent.config import load_config
-from benchmarks.agent_process import agent_server
 from benchmarks.report import write_report
+from pipelines.callers.agent_process import agent_server
+from pipelines.callers.phone import PhoneCall
+from pipelines.callers.webrtc import WebRTCCaller
 from pipelines.stack import load_speech_engine
-from pipelines.telephony_client import PhoneCall
-from pipelines.webrtc_client import WebRTCCaller
 
 
 def mib(process: psutil.Process) -> float:

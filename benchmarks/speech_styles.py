@@ -26,7 +26,7 @@ twice, level and pitch moved the same way (by resampling: their rate moves with 
 Every styled turn is checked: Whisper (the config's model) must still hear the words
 (WER <= 0.2; a question it mishears is spoken again, up to 5 times, and the table says how
 often), and the measured features must move as intended against a neutral rendering
-of the same question. Features come from agent.tone.analyze_tone when that module exists,
+of the same question. Features come from agent.tone.analysis.analyze_tone when that module exists,
 and always from the independent reference measurement below (Praat pitch via
 praat-parselmouth, active speech level, syllables of the text per second of speech).
 
@@ -52,13 +52,15 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks.conversation import QUESTIONS, clean, transcribe
+from agent.llm.echo import clean
+from pipelines.callers.answer_set import CONVERSATION_QUESTIONS as QUESTIONS
+from pipelines.callers.scoring import transcribe
 
 STYLES_DIR = Path("out/speech/styles")
 RATE = 16000
 DESIGN_VERSION = 5
 
-# The neutral active speech level; TYPICAL.loudness_dbfs of agent/tone_follow.py is -26 too.
+# The neutral active speech level; TYPICAL.loudness_dbfs of agent/tone/follow.py is -26 too.
 REFERENCE_DBFS = -26.0
 RATES = (1.45, 0.7)  # fast .. slow, speaking-rate factor vs the neutral rendering
 RATE_TOLERANCE = 0.03  # calibration stops within 3 % of the asked duration
@@ -455,7 +457,7 @@ def count_syllables(text: str) -> int:
 
 
 def reference_features(samples: np.ndarray, rate: int, text: str) -> dict:
-    """ToneFeatures' fields, measured independently of agent.tone: Praat's F0 (median and
+    """ToneFeatures' fields, measured independently of agent.tone.analysis: Praat's F0 (median and
     10-90 % range of voiced frames), the active speech level, syllables of ``text`` per
     second of active speech, the share of pauses between the first and last speech."""
     import parselmouth
@@ -485,11 +487,11 @@ def reference_features(samples: np.ndarray, rate: int, text: str) -> dict:
 
 
 def agent_analyzer():
-    """agent.tone.analyze_tone, or None while that module does not exist."""
+    """agent.tone.analysis.analyze_tone, or None while that module does not exist."""
     try:
-        from agent.tone import analyze_tone
+        from agent.tone.analysis import analyze_tone
     except ModuleNotFoundError as e:
-        if e.name in ("agent.tone",):
+        if e.name in ("agent.tone.analysis",):
             return None
         raise
     return analyze_tone

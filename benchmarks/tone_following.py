@@ -18,7 +18,7 @@ Reported per follow mode and set:
      question WER of the agent's own transcripts);
   2. speaker similarity (resemblyzer's GE2E embeddings): cosine of each reply to the mean
      of all replies, to the first reply and to the voice's neutral delivery; mean and min;
-  3. tone following: user and reply features per turn (agent.tone.analyze_tone, and the
+  3. tone following: user and reply features per turn (agent.tone.analysis.analyze_tone, and the
      reference measurement of speech_styles), and the Spearman rank correlation user ->
      reply across turns for rate (syllables/s), loudness (dBFS) and pitch (median F0).
      Across turns this is confounded by the words: the user and the bot speak with the
@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import load_config
-from benchmarks.conversation import corpus_wer, percentile, transcribe
 from benchmarks.report import write_report
 from benchmarks.speech_styles import (
     StyledTurn,
@@ -62,7 +61,8 @@ from benchmarks.speech_styles import (
     ranks,
     styled_turns,
 )
-from pipelines.file_mode import FileTurn, run_files, write_replies_wav
+from pipelines.callers.scoring import corpus_wer, percentile, transcribe
+from pipelines.local.file_mode import FileTurn, run_files, write_replies_wav
 from pipelines.stack import load_stack
 
 FEATURES = {  # report name -> ToneFeatures field
@@ -214,7 +214,7 @@ def phone_copy(turn: StyledTurn, folder: Path) -> StyledTurn:
     """The turn as the bot hears it over a phone call: 8 kHz μ-law, back at its rate."""
     import soundfile as sf
 
-    from pipelines.telephony_client import phone_line
+    from pipelines.callers.phone import phone_line
 
     samples, rate = sf.read(str(turn.path), dtype="int16")
     folder.mkdir(parents=True, exist_ok=True)
@@ -584,7 +584,7 @@ async def run(args) -> dict:
         "turns": args.turns,
         "sets": args.sets,
         "features_from": {
-            "agent": "agent.tone.analyze_tone" if agent_analyzer() else "absent (no agent.tone)",
+            "agent": "agent.tone.analysis.analyze_tone" if agent_analyzer() else "absent (no agent.tone.analysis)",
             "reference": "benchmarks.speech_styles.reference_features",
         },
         "speaker_embedder": "resemblyzer GE2E" if embedder.available else embedder.error,

@@ -1,9 +1,9 @@
 """Turn-end detection on human speech: how long finished turns wait, how often paused ones
-are cut into, for each setting of the policy in pipelines/turn_end.py.
+are cut into, for each setting of the policy in pipelines/turns/turn_end.py.
 
     python -m benchmarks.turn_end [--config default] [--out out/benchmarks/turn_end.json]
 
-Each clip of the human set (``python -m benchmarks.human_speech``) goes through the
+Each clip of the human set (``python -m pipelines.callers.human_speech``) goes through the
 pipeline's own parts, 20 ms at a time: Silero VAD with the config's parameters, Smart
 Turn v3 at every VAD stop, and Whisper on each speech segment exactly as Pipecat's
 segmented STT cuts it (1 s before the VAD start to the VAD stop, plus 0.5 s of silence).
@@ -33,18 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.asr import ShortUtteranceWhisper
+from agent.asr.whisper import ShortUtteranceWhisper
 from agent.config import load_config
-from benchmarks.report import percentile, write_report
+from benchmarks.report import write_report
 from pipelines.build import vad_params
-from pipelines.file_transport import load_input_wav
-from pipelines.shared_analyzers import (
+from pipelines.callers.scoring import percentile
+from pipelines.local.file_transport import load_input_wav
+from pipelines.services.analyzers import (
     SharedSileroVADAnalyzer,
     SharedSmartTurnAnalyzer,
     load_silero_session,
     load_smart_turn_session,
 )
-from pipelines.turn_end import TurnEndPolicy
+from pipelines.turns.turn_end import TurnEndPolicy
 
 RATE = 16000
 FRAME = RATE // 50
@@ -155,7 +156,7 @@ def outcome(
 ) -> dict:
     """Apply a policy (pause -> wait after speech end) to every clip. Where the policy
     asks Smart Turn, the turn cannot end before it has answered (it runs once the words
-    are in, as in pipelines/turn_end.py)."""
+    are in, as in pipelines/turns/turn_end.py)."""
 
     def decided_at(pause: Pause) -> float:
         ready = words_ready(pause, asr, stop_secs)

@@ -35,30 +35,25 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from agent.config import AgentConfig
 from agent.session import SessionState
-from pipelines.first_clause import FirstClauseAggregator
-from pipelines.half_duplex import (
+from pipelines.services.analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
+from pipelines.services.llm import LocalLLMService, ServerLLMService
+from pipelines.services.stt import SharedWhisperSTTService
+from pipelines.services.tts import EngineTTSService, MisoTTSService
+from pipelines.stack import ModelStack
+from pipelines.turns.first_clause import FirstClauseAggregator
+from pipelines.turns.half_duplex import (
     HalfDuplexGate,
     MarkProtocol,
     PlayoutMarks,
     ReplyPlayedWatcher,
 )
-from pipelines.services import (
-    EngineTTSService,
-    LocalLLMService,
-    MisoTTSService,
-    ServerLLMService,
-    SharedWhisperSTTService,
-)
-from pipelines.shared_analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
-from pipelines.stack import ModelStack
-from pipelines.turn_end import (
+from pipelines.turns.timeline import TurnTimeline
+from pipelines.turns.turn_end import (
     KeypadUserTurnStartStrategy,
     TranscriptAwareTurnStopStrategy,
     TurnEndPolicy,
 )
-from pipelines.turn_timeline import TurnTimeline
-from pipelines.user_turn import UserTurnProcessor
-
+from pipelines.turns.user_turn import UserTurnProcessor
 
 KEYPAD_PREFIX = "I pressed "
 KEYPAD_TIMEOUT_SECS = 2.0

@@ -11,7 +11,7 @@ from loguru import logger
 
 from agent.config import AgentConfig, ConfigError
 from agent.cpu_share import CpuShare
-from agent.llm import LocalLLM
+from agent.llm.local import LocalLLM
 from agent.models import resolve_model
 from tts.base import SpeechEngine
 
@@ -22,7 +22,7 @@ class ModelStack:
     whisper: object
     llm: LocalLLM | None  # None when the LLM is an OpenAI-compatible server
     speech: SpeechEngine
-    # Shared ONNX sessions of the per-session analyzers (pipelines/shared_analyzers.py);
+    # Shared ONNX sessions of the per-session analyzers (pipelines/services/analyzers.py);
     # smart_turn is None unless turn.end_detection is smart-turn.
     # Lets a reply's first phrase be synthesised without the LLM competing (agent/cpu_share.py).
     cpu: CpuShare = field(default_factory=CpuShare)
@@ -66,7 +66,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         llm = LocalLLM.from_config(config.llm, cpu=cpu, sessions=config.server.max_sessions)
         times["llm"] = time.perf_counter() - start
 
-    from pipelines.shared_analyzers import load_silero_session, load_smart_turn_session
+    from pipelines.services.analyzers import load_silero_session, load_smart_turn_session
 
     silero = load_silero_session()
     smart_turn = load_smart_turn_session() if config.turn.end_detection == "smart-turn" else None
@@ -78,7 +78,7 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
             llm.warm_up()
         speech.warm_up()
         # The pitch tracker's first call pays for its own set-up (~0.1 s): not in a turn.
-        from agent.tone import analyze_tone
+        from agent.tone.analysis import analyze_tone
 
         tone = np.sin(np.arange(16000) * 2 * np.pi * 150 / 16000) * 0.3
         analyze_tone((tone * 32767).astype(np.int16), 16000, "ah")
@@ -125,7 +125,7 @@ def load_miso_engine(config: AgentConfig) -> SpeechEngine:
             "(https://pytorch.org), then ./setup.sh --miso"
         ) from None
 
-    from pipelines.file_transport import load_input_wav
+    from pipelines.local.file_transport import load_input_wav
     from tts.base import SpokenAudio
     from tts.miso_voice import MisoEngine, MisoOptions
 

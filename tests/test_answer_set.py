@@ -1,4 +1,4 @@
-"""Scoring of benchmarks/answer_set.py on hand-written replies (no models needed)."""
+"""Scoring of pipelines/callers/answer_set.py on hand-written replies (no models needed)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import doctest
 
 import pytest
 
-from benchmarks import answer_set
-from benchmarks.answer_set import (
+from pipelines.callers import answer_set
+from pipelines.callers.answer_set import (
     COMMANDS,
     QUESTIONS,
     STATEMENTS,

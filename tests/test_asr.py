@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.asr import ShortUtteranceWhisper, repeats_itself
+from agent.asr.whisper import ShortUtteranceWhisper, repeats_itself
 from tests.conftest import QUESTIONS, speak, wer
 
 
@@ -91,7 +91,7 @@ def test_the_speech_end_watch_keeps_the_segment_pipecat_keeps_whatever_the_frame
     """An early transcription is used only for the very audio Pipecat's segmented STT sends:
     the last second before the VAD start, to the sample, then the speech (a phone line's
     frames, resampled from 8 kHz, are not all 320 samples long)."""
-    from pipelines.speech_end import SpeechEndWatch
+    from agent.asr.speech_end import SpeechEndWatch
 
     rng = np.random.default_rng(0)
     watch = SpeechEndWatch()
@@ -120,7 +120,7 @@ def test_the_speech_end_watch_keeps_the_segment_pipecat_keeps_whatever_the_frame
     ],
 )
 def test_words_no_person_says_to_the_bot_are_not_answered(text, secs, answered):
-    from agent.asr import meaningless
+    from agent.asr.whisper import meaningless
 
     assert (meaningless(text, secs) is None) == answered
 

@@ -11,7 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from pipelines.webrtc_client import free_loopback_port
+from pipelines.callers.webrtc import free_loopback_port
 from tests.conftest import wer, write_wav
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,8 +48,8 @@ async def test_the_page_holds_a_spoken_conversation_in_chromium(server, question
 async def test_the_page_calls_a_server_with_a_token_over_https(stack, question_wavs, tmp_path):
     """As a server bound beyond loopback serves it: the page's URL carries the access token,
     which the page passes on; HTTPS with the self-signed certificate."""
-    from pipelines.access import self_signed_certificate
-    from pipelines.webrtc_server import create_app
+    from pipelines.serve.access import self_signed_certificate
+    from pipelines.serve.server import create_app
     from tests.conftest import serving
 
     cert, key = self_signed_certificate(tmp_path / "tls", "127.0.0.1")

@@ -13,7 +13,7 @@ import yaml
 
 from agent.config import CONFIG_DIR, ConfigError, load_config, parse_config
 from agent.models import ModelNotFoundError, ModelRef, resolve_model
-from pipelines.file_transport import WavInputError, load_input_wav
+from pipelines.local.file_transport import WavInputError, load_input_wav
 from tests.conftest import write_wav
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 from pipecat.services.tts_service import TextAggregationMode
 
-from pipelines.first_clause import FirstClauseAggregator
+from pipelines.turns.first_clause import FirstClauseAggregator
 
 
 async def _speak_reply(aggregator, tokens: list[str]) -> list[str]:

@@ -21,8 +21,8 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.tests.utils import SleepFrame, run_test
 
 from agent.session import SessionState
-from pipelines.half_duplex import HalfDuplexGate, MarkProtocol, PlayoutMarks
-from pipelines.user_turn import UserTurnProcessor
+from pipelines.turns.half_duplex import HalfDuplexGate, MarkProtocol, PlayoutMarks
+from pipelines.turns.user_turn import UserTurnProcessor
 
 RATE = 16000
 
@@ -195,8 +195,8 @@ async def test_a_reply_opens_with_its_first_sound_and_later_sentences_keep_their
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 
-    from pipelines.first_clause import FirstClauseAggregator
-    from pipelines.services import EngineTTSService
+    from pipelines.services.tts import EngineTTSService
+    from pipelines.turns.first_clause import FirstClauseAggregator
 
     session = SessionState(session_id="t")
     tts = EngineTTSService(engine=stack.speech, session=session)
@@ -253,7 +253,7 @@ async def test_the_vad_cuts_a_stretch_of_speech_with_no_pause_at_its_limit(stack
     from pipecat.audio.vad.vad_analyzer import VADState
 
     from pipelines.build import vad_params
-    from pipelines.shared_analyzers import SharedSileroVADAnalyzer
+    from pipelines.services.analyzers import SharedSileroVADAnalyzer
     from tests.conftest import speak
 
     text = "I went to the market this morning and bought apples, bread and cheese for the week."

@@ -1,6 +1,6 @@
 """The LLM prompt stays bounded, and its prefix stays put so llama.cpp can reuse its cache."""
 
-from pipelines.services import trim_history
+from agent.llm.prompt import trim_history
 
 
 def _conversation(exchanges: int) -> list[dict]:
@@ -52,7 +52,7 @@ def test_notes_between_exchanges_stay_in_place_and_go_with_their_exchange():
 
 
 def test_example_exchanges_follow_the_system_prompt_and_do_not_count_as_history():
-    from pipelines.services import with_examples
+    from agent.llm.prompt import with_examples
 
     examples = [("What is the capital of Spain?", "Madrid.")]
     messages = with_examples(trim_history(_conversation(9), 4), examples)
@@ -67,7 +67,7 @@ def test_example_exchanges_follow_the_system_prompt_and_do_not_count_as_history(
 
 
 def test_exchanges_whose_reply_echoed_the_user_are_left_out():
-    from pipelines.services import without_echoes
+    from agent.llm.prompt import without_echoes
 
     messages = [
         {"role": "system", "content": "be brief"},

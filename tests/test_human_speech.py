@@ -1,4 +1,4 @@
-"""benchmarks/human_speech.py without downloads: TextGrids, trimming, paused turns, level."""
+"""pipelines/callers/human_speech.py without downloads: TextGrids, trimming, paused turns, level."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.human_speech import (
+from pipelines.callers.human_speech import (
     JOIN,
     MINIMUM,
     PAD,

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from agent.config import CONFIG_DIR, parse_config
+from pipelines.callers.phone import RATE, PhoneCall
+from pipelines.callers.webrtc import free_loopback_port
+from pipelines.serve.server import create_app
 from pipelines.stack import load_stack
-from pipelines.telephony_client import RATE, PhoneCall
-from pipelines.webrtc_client import free_loopback_port
-from pipelines.webrtc_server import create_app
 from tests.conftest import replies, serving, speak, wer
 
 APOLOGY = "Sorry, I lost my train of thought. Could you say that again?"

@@ -1,4 +1,4 @@
-"""The shared in-process LLM (agent/llm.py, agent/llm_engine.py): every session keeps its
+"""The shared in-process LLM (agent/llm/local.py, agent/llm/engine.py): every session keeps its
 conversation read in its own sequence of one KV cache, a new caller's first words come
 before the rest of anyone else's reply, the rest of concurrent replies is decoded
 together, and reading ahead waits for every reply.
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from agent.llm_engine import FIRST_PHRASE_TOKENS
+from agent.llm.engine import FIRST_PHRASE_TOKENS
 
 SYSTEM = {"role": "system", "content": "You are a friendly voice assistant. Answer briefly."}
 LONG = {
@@ -185,7 +185,7 @@ def test_reading_ahead_waits_for_every_reply(llm):
 
 
 def test_more_sessions_than_sequences_are_all_answered(stack):
-    from agent.llm import LocalLLM
+    from agent.llm.local import LocalLLM
 
     llm = LocalLLM(stack.llm.model_path, context_tokens=1024, threads=2, sessions=1)
     try:
@@ -200,7 +200,7 @@ def test_more_sessions_than_sequences_are_all_answered(stack):
 
 
 def test_a_full_cache_drops_the_conversation_idle_longest_and_the_reply_goes_on(stack):
-    from agent.llm import LocalLLM
+    from agent.llm.local import LocalLLM
 
     # Two sequences sharing 512 cells: two long conversations and a reply do not fit.
     llm = LocalLLM(stack.llm.model_path, context_tokens=256, threads=2, sessions=1)

@@ -17,7 +17,7 @@ from pipecat.frames.frames import EndFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-import pipelines.sounddevice_transport as sdt
+import pipelines.local.sounddevice_transport as sdt
 from pipelines.build import build_session
 from tests.conftest import speak, wer
 

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from agent.config import load_config
-from pipelines.file_mode import FileTurn, run_files
-from pipelines.file_transport import write_wav
+from pipelines.local.file_mode import FileTurn, run_files
+from pipelines.local.file_transport import write_wav
 from pipelines.stack import load_miso_engine
 from tests.conftest import BARGE_IN, speak, wer
 from tests.miso_setup import SMALL_MIMI, TINY_MISO

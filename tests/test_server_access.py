@@ -15,9 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
-from pipelines.access import certificate_fingerprint, self_signed_certificate
-from pipelines.webrtc_client import WebRTCCaller
-from pipelines.webrtc_server import create_app
+from pipelines.callers.webrtc import WebRTCCaller
+from pipelines.serve.access import certificate_fingerprint, self_signed_certificate
+from pipelines.serve.server import create_app
 from tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 
-from benchmarks.agent_process import agent_server
-from pipelines.webrtc_client import WebRTCCaller
+from pipelines.callers.agent_process import agent_server
+from pipelines.callers.webrtc import WebRTCCaller
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,9 +278,9 @@ async def test_on_sigterm_a_reply_being_spoken_finishes_then_the_server_exits(qu
 async def test_hostile_requests_at_every_endpoint_get_no_500_and_the_server_stays_up(
     server, monkeypatch
 ):
-    """benchmarks/fuzz.py, a short round: malformed bodies, deep JSON, mutated offers, bad
+    """pipelines/callers/fuzz.py, a short round: malformed bodies, deep JSON, mutated offers, bad
     candidates, webhook junk, made-up and abused stream tokens."""
-    from benchmarks.fuzz import fuzz
+    from pipelines.callers.fuzz import fuzz
 
     app, url = server
     # Every request is read (the per-client offer limit would answer most of them 429).
@@ -302,7 +302,7 @@ async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(
     from pipecat.pipeline.worker import PipelineWorker
 
     from agent.session import SessionState
-    from pipelines.services import LocalLLMService
+    from pipelines.services.llm import LocalLLMService
 
     app, url = server
     # The offers earlier tests sent this minute do not count against these calls.

@@ -1,5 +1,5 @@
 """The phone entry: TwiML webhook, one-time stream tokens, and a call over a real websocket in
-the Twilio Media Streams protocol (pipelines/telephony_client.py plays Twilio's part)."""
+the Twilio Media Streams protocol (pipelines/callers/phone.py plays Twilio's part)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from agent.models import cache_dir
-from benchmarks.human_speech import asterisk_prompts
-from pipelines.telephony import StreamTokens, twilio_signature, twiml
-from pipelines.telephony_client import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
-from pipelines.webrtc_client import WebRTCCaller
+from pipelines.callers.human_speech import asterisk_prompts
+from pipelines.callers.phone import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
+from pipelines.callers.webrtc import WebRTCCaller
+from pipelines.serve.telephony.routes import StreamTokens, twilio_signature, twiml
 from tests.conftest import BARGE_IN, replies, speak, wer
 
 
@@ -36,7 +36,7 @@ def test_ulaw_is_g711_as_audioop_writes_it():
 def test_tone_is_read_alike_from_telephone_audio(stack):
     """What tone following measures survives the phone line: the same speech at 16 kHz and
     after 8 kHz μ-law (back at the pipeline's 16 kHz) reads alike."""
-    from agent.tone import analyze_tone
+    from agent.tone.analysis import analyze_tone
 
     for text in ("What is the capital of France?", "I just got back from a long run."):
         wide = speak(stack, text)

@@ -1,4 +1,4 @@
-"""agent/tone.py: how a turn sounded, on signals with known answers and on the Piper voice."""
+"""agent/tone/analysis.py: how a turn sounded, on signals with known answers and on the Piper voice."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from agent.tone import ToneFeatures, analyze_tone, count_syllables
+from agent.tone.analysis import ToneFeatures, analyze_tone
+from agent.tone.syllables import count_syllables
 
 SR = 16000
 LEAD_SECS = 0.3  # captures start this long before speech

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.tone_follow import TYPICAL, FollowBounds, ToneFollower
+from agent.tone.follow import TYPICAL, FollowBounds, ToneFollower
 
 
 def turn(rate=None, loudness=None, f0=None, f0_range=None):

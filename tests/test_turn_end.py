@@ -21,7 +21,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from pipelines.turn_end import (
+from pipelines.turns.turn_end import (
     TranscriptAwareTurnStopStrategy,
     TurnEndPolicy,
     reads_finished,
@@ -229,7 +229,7 @@ def _as_built() -> LLMContextAggregatorPair:
     """The user aggregator with the turn strategies build_session gives it."""
     from pipecat.turns.user_start import VADUserTurnStartStrategy
 
-    from pipelines.turn_end import KeypadUserTurnStartStrategy
+    from pipelines.turns.turn_end import KeypadUserTurnStartStrategy
 
     strategy = TranscriptAwareTurnStopStrategy(
         turn_analyzer=ScriptedTurnAnalyzer(False),

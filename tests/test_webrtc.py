@@ -9,7 +9,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from pipelines.webrtc_client import WebRTCCaller
+from pipelines.callers.webrtc import WebRTCCaller
 from tests.conftest import replies, wer
 
 
@@ -87,7 +87,7 @@ async def test_after_bad_offers_a_real_call_still_connects(server):
 
 
 async def test_the_caller_times_a_clip_at_its_own_rate_whatever_the_microphone_rate():
-    from pipelines.webrtc_client import ScriptedMicrophone
+    from pipelines.callers.webrtc import ScriptedMicrophone
 
     mic = ScriptedMicrophone(sample_rate=48000)
     await mic.recv()  # 20 ms of silence first

@@ -84,7 +84,7 @@ class SpeechContext:
     # Which conversation this is: an engine may keep what it has read of it (MisoTTS keeps
     # it in its model's cache) until ``SpeechEngine.forget``. None: a one-off.
     session_id: str | None = None
-    # How the reply should sound, following how the user sounded (agent.tone_follow).
+    # How the reply should sound, following how the user sounded (agent.tone.follow).
     style: SpeakingStyle = NEUTRAL_STYLE
 
     @property

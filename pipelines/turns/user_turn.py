@@ -36,8 +36,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agent.session import SessionState
-from agent.tone import analyze_tone
-from agent.tone_follow import as_log
+from agent.tone.analysis import analyze_tone
+from agent.tone.follow import as_log
 from tts.base import SpokenAudio
 
 # A user turn longer than this keeps only its first part; nobody speaks one turn for minutes.

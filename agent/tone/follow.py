@@ -1,7 +1,7 @@
 """Following the user's tone: how this turn sounded against how this speaker usually sounds,
 and the delivery and words the reply should take from it.
 
-Each turn's ToneFeatures (agent.tone) are compared with a per-session baseline: a typical
+Each turn's ToneFeatures (agent.tone.analysis) are compared with a per-session baseline: a typical
 speaker to begin with, shifting toward this speaker's own average as turns accumulate, so
 a naturally fast talker is not "hurried" every turn. The deviations become
 - a SpeakingStyle for the voice: a fraction of the user's deviation, within bounds that keep
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from agent.tone import ToneFeatures
+from agent.tone.analysis import ToneFeatures
 from tts.base import NEUTRAL_STYLE, SpeakingStyle
 
 

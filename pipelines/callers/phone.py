@@ -9,7 +9,7 @@ recording, answers each ``mark`` when the audio sent before it has played, and d
 unplayed audio on ``clear``. For tests, benchmarks, and trying the phone entry without a
 phone number:
 
-    python -m pipelines.telephony_client http://127.0.0.1:7860 question.wav [--provider plivo]
+    python -m pipelines.callers.phone http://127.0.0.1:7860 question.wav [--provider plivo]
 """
 
 from __future__ import annotations

@@ -305,9 +305,43 @@ def question(text: str) -> Question:
     raise KeyError(text)
 
 
+# Everyday questions spoken in the conversation benchmark and the tests (plain text).
+CONVERSATION_QUESTIONS = [
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What color is the sky on a clear day?",
+    "Can you name a fruit that is yellow?",
+    "What do bees make?",
+    "How many legs does a dog have?",
+    "What is the opposite of hot?",
+    "Which animal is known as the king of the jungle?",
+    "What do you call frozen water?",
+    "How many hours are in a day?",
+    "What is the largest planet in our solar system?",
+    "What language do people speak in Spain?",
+]
+
+
+# Questions that get answers of more than a few words, where clause streaming can matter.
+OPEN_QUESTIONS = [
+    "Tell me about the city of Paris.",
+    "Why do leaves change color in autumn?",
+    "How does a bicycle stay upright?",
+    "What should I pack for a beach trip?",
+    "Why is the ocean salty?",
+    "How do bees make honey?",
+    "What is a good way to start learning to cook?",
+    "Why do we need sleep?",
+    "How do airplanes fly?",
+    "What makes a good friend?",
+    "Why is exercise good for you?",
+    "How do plants grow?",
+]
+
+
 # ----------------------------------------------------------------------------- text
 
-from agent.echo import STOPWORDS, clean, content_words, is_echo, is_repeat, sentences  # noqa: F401
+from agent.llm.echo import STOPWORDS, clean, content_words, is_echo, is_repeat, sentences  # noqa: F401
 
 
 def _keyword_pattern(keyword: str) -> re.Pattern:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from loguru import logger
-
 import onnxruntime as ort
+from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer

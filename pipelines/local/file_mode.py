@@ -25,7 +25,12 @@ from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
 from pipelines.build import Session, build_session
-from pipelines.file_transport import FileTransport, load_input_wav, speech_end_offset, write_wav
+from pipelines.local.file_transport import (
+    FileTransport,
+    load_input_wav,
+    speech_end_offset,
+    write_wav,
+)
 from pipelines.stack import ModelStack
 
 GAP_BETWEEN_REPLIES_SECS = 0.5

@@ -3,7 +3,7 @@
 ``GET /`` serves a page that calls the bot from the browser's microphone; ``POST
 /api/offer`` takes the page's SDP offer and answers it, starting one pipeline session per
 peer connection. Phone calls come in on the same server (``POST /`` and ``/ws/{token}``,
-pipelines/telephony.py). The models are the process's shared ModelStack; sessions only add
+pipelines/serve/telephony/routes.py). The models are the process's shared ModelStack; sessions only add
 their own small state.
 
 A session belongs to whoever created it: the answer to a new offer carries a
@@ -45,11 +45,11 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pipelines.access import token_matches, turn_credentials
 from pipelines.build import Session, build_session
-from pipelines.metrics import ServerMetrics
+from pipelines.serve.access import token_matches, turn_credentials
+from pipelines.serve.metrics import ServerMetrics
+from pipelines.serve.telephony.routes import add_phone_routes
 from pipelines.stack import ModelStack
-from pipelines.telephony import add_phone_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # /metrics labels for refused requests, by HTTP status.
@@ -285,7 +285,7 @@ class WebRTCServer:
 
 def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI:
     """The server's app. ``access_token``: every request but the health check and the
-    phone provider's (signed or one-time) ones must carry it (pipelines/access.py)."""
+    phone provider's (signed or one-time) ones must carry it (pipelines/serve/access.py)."""
     server = WebRTCServer(stack)
     app = FastAPI(title="Local voice agent")
     app.state.server = server

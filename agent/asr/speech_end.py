@@ -1,7 +1,7 @@
 """When the voice falls silent: a few quiet frames after speech, before the VAD is sure.
 
 The VAD reports the end of speech only after ``stop_secs`` (0.2 s) of silence. Whisper's
-transcription (pipelines/services.py) starts a fifth of a second earlier, at the first
+transcription (pipelines/services/stt.py) starts a fifth of a second earlier, at the first
 quiet frames; if the voice comes back, that work is for nothing.
 
 Smart Turn was tried here too (it judged finished turns from 40 ms of silence as well as

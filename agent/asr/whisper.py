@@ -68,7 +68,7 @@ class ShortUtteranceWhisper:
         self._beam_size = beam_size
         # Text Whisper takes as what came before. Written with fillers ("um", "uh"), it
         # makes Whisper keep the user's fillers instead of tidying them away, and a turn
-        # that pauses on "um" reads as unfinished (pipelines/turn_end.py).
+        # that pauses on "um" reads as unfinished (pipelines/turns/turn_end.py).
         self._filler_prompt = filler_prompt
         self._max_short_secs = max_short_secs if utterance_window else 0.0
         self._early: tuple[np.ndarray, str | None, Future] | None = None

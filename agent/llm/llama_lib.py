@@ -172,7 +172,7 @@ def load():
     installed = importlib.metadata.version("xllamacpp")
     if installed != XLLAMACPP_VERSION:
         raise LlamaLibraryError(
-            f"xllamacpp {installed} is installed, but agent/llama_lib.py describes the structs "
+            f"xllamacpp {installed} is installed, but agent/llm/llama_lib.py describes the structs "
             f"of {XLLAMACPP_VERSION}: pip install xllamacpp=={XLLAMACPP_VERSION}"
         )
     try:

@@ -1,7 +1,7 @@
 """The in-process LLM: a GGUF model run by llama.cpp, shared by every session.
 
 Chat messages become tokens with the model's own chat template, and sampled tokens
-become OpenAI-style chunks. The work is agent/llm_engine.py's: every session keeps its
+become OpenAI-style chunks. The work is agent/llm/engine.py's: every session keeps its
 conversation read in its own sequence of one KV cache, concurrent replies are decoded
 together, and each reply's first words come before the rest of anyone's reply.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from agent.cpu_share import CpuShare
-from agent.llm_engine import BatchedEngine, Generation, Sampling
+from agent.llm.engine import BatchedEngine, Generation, Sampling
 
 if TYPE_CHECKING:
     from agent.config import LLMConfig
@@ -91,7 +91,7 @@ class LocalLLM:
         warm-up and tools). ``chat_template``: (Jinja text, BOS, EOS) for a model whose
         file has none; else the file's own, else ChatML. ``one_at_a_time``: see
         BatchedEngine."""
-        from agent.chat_template import CHATML, ChatTemplate
+        from agent.llm.chat_template import CHATML, ChatTemplate
 
         self.model_path = Path(model_path)
         self.context_tokens = context_tokens
@@ -121,7 +121,7 @@ class LocalLLM:
     ) -> LocalLLM:
         """The model an ``llm`` config section names (backend llama-cpp), with its sizes."""
         from agent.config import ConfigError
-        from agent.gguf import NotGGUFError, trained_context
+        from agent.llm.gguf import NotGGUFError, trained_context
         from agent.models import resolve_model
 
         assert config.model is not None

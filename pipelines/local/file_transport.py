@@ -8,8 +8,8 @@ real-time pace too (as a sound card would consume it) and kept in memory.
 from __future__ import annotations
 
 import asyncio
-import time
 import os
+import time
 import wave
 from pathlib import Path
 

@@ -48,7 +48,7 @@ from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
 from pipelines.build import build_session
-from pipelines.half_duplex import MarkProtocol
+from pipelines.turns.half_duplex import MarkProtocol
 
 # A stream URL handed to Twilio is used within seconds; an unused one expires.
 TOKEN_TTL_SECS = 60
@@ -118,7 +118,7 @@ class StrictStream:
       socket stays open;
     * ``mark`` events (the provider's report that the audio sent before a mark has
       played), which Pipecat's serializers drop, become InputTransportMessageFrames for
-      PlayoutMarks (pipelines/half_duplex.py).
+      PlayoutMarks (pipelines/turns/half_duplex.py).
     Events it does not know are ignored, as providers add new ones over time.
     """
 

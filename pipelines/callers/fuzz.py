@@ -1,6 +1,6 @@
 """Hostile requests at every endpoint: does anything answer 500, hang, or take the server down?
 
-    python -m benchmarks.fuzz [--requests 200] [--url http://127.0.0.1:7860]
+    python -m pipelines.callers.fuzz [--requests 200] [--url http://127.0.0.1:7860]
 
 Without ``--url`` it starts ``run_agent.py --config tiny`` in its own process. For each
 endpoint it sends ``--requests`` malformed requests (random bytes, deep or huge JSON, wrong
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 import random
 import string
 from collections import Counter
@@ -159,7 +160,7 @@ async def fuzz(url: str, n: int, seed: int = 0) -> dict:
 async def run(args) -> dict:
     if args.url:
         return await fuzz(args.url, args.requests)
-    from benchmarks.agent_process import agent_server
+    from pipelines.callers.agent_process import agent_server
 
     async with agent_server(args.config, timeout=300) as (url, _):
         return await fuzz(url, args.requests)
@@ -174,10 +175,10 @@ def main():
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--out", default="out/benchmarks/fuzz.json")
     args = parser.parse_args()
-    from benchmarks.report import write_report
-
     report = asyncio.run(run(args))
-    write_report(report, args.out)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiohttp
 
-from pipelines.webrtc_client import free_loopback_port
+from pipelines.callers.webrtc import free_loopback_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 300) -> dict:

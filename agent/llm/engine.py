@@ -17,7 +17,7 @@ A new prompt reuses the longest prefix already read, its own sequence's or (copi
 within the cache, no compute) another's: the system prompt and examples every session
 shares are read once.
 
-Knows tokens only; agent/llm.py turns chat messages into tokens and tokens into text.
+Knows tokens only; agent/llm/local.py turns chat messages into tokens and tokens into text.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from loguru import logger
 from agent.cpu_share import CpuShare
 
 # A reply is urgent until it has this many tokens: about the first phrase the TTS speaks
-# on its own (pipelines/first_clause.py) and a few words beyond.
+# on its own (pipelines/turns/first_clause.py) and a few words beyond.
 FIRST_PHRASE_TOKENS = 12
 # The most prompt tokens one job reads in one step, so a long prompt does not hold up
 # every other caller's first words for seconds.
@@ -134,7 +134,7 @@ class BatchedEngine:
     ):
         """``one_at_a_time``: jobs run whole, in arrival order, as a single-stream
         llama.cpp would run them (benchmarks/llm_batch.py compares)."""
-        from agent import llama_lib
+        from agent.llm import llama_lib
 
         self._lib = lib = llama_lib.load()
         self.model = llama_lib.Model(model_path)
@@ -220,7 +220,7 @@ class BatchedEngine:
             self._changed.notify_all()
 
     def _sampler(self, sampling: Sampling) -> _Sampler:
-        from agent import llama_lib
+        from agent.llm import llama_lib
 
         lib = self._lib
         if sampling.temperature <= 0:

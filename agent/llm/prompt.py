@@ -1,0 +1,76 @@
+"""The prompt a local or server LLM reads: example exchanges, history trimmed in blocks,
+and past exchanges that only echoed the question left out."""
+
+from __future__ import annotations
+
+from agent.llm.echo import is_echo, is_repeat
+
+
+def without_echoes(messages: list[dict]) -> list[dict]:
+    """The messages without past exchanges whose reply only repeated what was said, or
+    said again what an earlier reply said: a small model that sees itself do either once
+    goes on doing it every turn (agent/llm/echo.py)."""
+    kept: list[dict] = []
+    replies: list[str] = []
+    for message in messages:
+        previous = kept[-1] if kept else None
+        content = message.get("content")
+        if (
+            message.get("role") == "assistant"
+            and previous is not None
+            and previous.get("role") == "user"
+            and isinstance(content, str)
+            and isinstance(previous.get("content"), str)
+        ):
+            if is_echo(content, previous["content"]) or is_repeat(content, replies):
+                kept.pop()
+                continue
+            replies.append(content)
+        kept.append(message)
+    return kept
+
+
+def _leading_system_messages(messages: list[dict]) -> int:
+    """How many system messages open the prompt."""
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    return lead
+
+
+def with_examples(messages: list[dict], examples: list[tuple[str, str]]) -> list[dict]:
+    """The messages with example exchanges (user, assistant) right after the leading
+    system messages: a small model learns how to answer a person from two examples far
+    better than from instructions. They are a fixed prefix, so llama.cpp's prompt cache
+    keeps them."""
+    lead = _leading_system_messages(messages)
+    shots = [
+        message
+        for user, assistant in examples
+        for message in (
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        )
+    ]
+    return messages[:lead] + shots + messages[lead:]
+
+
+def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
+    """Keep the leading system messages and at most ``max_turns`` recent exchanges plus the
+    new question (with any notes, e.g. tone hints, in their places between them).
+
+    Old exchanges are dropped in blocks of half the limit, not one per turn: llama.cpp
+    reuses its cache for an unchanged prompt prefix, and dropping one exchange every turn
+    would change the prefix, and re-read the whole history, on every turn.
+    """
+    lead = _leading_system_messages(messages)
+    system, rest = messages[:lead], messages[lead:]
+    user_at = [i for i, m in enumerate(rest) if m.get("role") == "user"]
+    exchanges = len(user_at) - 1  # complete exchanges before the new question
+    if exchanges <= max_turns:
+        return system + rest
+    block = max(1, max_turns // 2)
+    drop = -(-(exchanges - max_turns) // block) * block
+    return system + rest[user_at[drop] :]
+
+
