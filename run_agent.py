@@ -163,9 +163,9 @@ class CtrlCWhileStarting:
 def main(argv=None) -> int:
     args = parse_args(argv)
     starting = CtrlCWhileStarting()
+    from agent.audio import WavInputError, load_input_wav
     from agent.config import ConfigError, load_config
     from agent.models import ModelNotFoundError
-    from pipelines.local.file_transport import WavInputError, load_input_wav
     from tts.base import EngineUnavailableError
 
     try:
@@ -180,6 +180,9 @@ def main(argv=None) -> int:
             config.server.max_sessions = args.max_sessions
         if args.transport == "webrtc" and not args.check:
             check_exposure(args, args.host or config.server.host)
+            from pipelines.serve.telephony import check_phone_providers
+
+            check_phone_providers(config.server.phone_providers)
         if args.transport == "file":
             for path in args.input:  # fail on a bad input before loading any model
                 samples, _ = load_input_wav(path, config.audio_in_sample_rate)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.models import ModelRef
+from tts import ENGINES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -64,7 +65,8 @@ class TurnConfig(_Section):
     # smart-turn: after each pause Pipecat's bundled Smart Turn v3 model and the
     # transcript's words decide whether the user is done (pipelines/turns/turn_end.py);
     # silence: the turn ends after a fixed silence.
-    end_detection: Literal["smart-turn", "silence"] = "smart-turn"
+    # A name in pipelines.turns.TURN_END_POLICIES.
+    end_detection: str = "smart-turn"
     silence_timeout_secs: float = Field(0.6, ge=0.1, le=5)
     # smart-turn: words that read as a finished sentence (Whisper's end punctuation, no
     # trailing "and"/"the"/"um") end the turn at once; words that trail off wait
@@ -93,7 +95,8 @@ class TurnConfig(_Section):
 
 
 class LLMConfig(_Section):
-    backend: Literal["llama-cpp", "openai"] = "llama-cpp"
+    # A name in pipelines.services.llm.BACKENDS: llama-cpp (in process) or openai (a server).
+    backend: str = "llama-cpp"
     # llama-cpp: a GGUF file. openai: unused.
     model: ModelRef | None = None
     # openai: any OpenAI-compatible server (Ollama, vLLM, llama.cpp server).
@@ -195,7 +198,8 @@ class MisoVoiceConfig(_Section):
 
 
 class TTSConfig(_Section):
-    engine: Literal["piper", "miso"] = "piper"
+    # A name in tts.ENGINES; an engine with settings reads them from its section below.
+    engine: str = "piper"
     # A reply's first phrase (up to a comma, semicolon or colon, or up to a word that
     # opens a new phrase: "and", "because", "with", ...) is spoken on its own once it has
     # this many words, so the voice starts before the first sentence is written
@@ -206,7 +210,9 @@ class TTSConfig(_Section):
 
     @model_validator(mode="after")
     def _engine_needs(self):
-        if getattr(self, self.engine) is None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown tts.engine '{self.engine}' (known: {', '.join(ENGINES)})")
+        if self.engine in type(self).model_fields and getattr(self, self.engine) is None:
             raise ValueError(f"tts.engine '{self.engine}' needs a tts.{self.engine} section")
         return self
 
@@ -258,7 +264,7 @@ class ServerConfig(_Section):
     # The providers whose calls are taken. Twilio's webhook is signed (checked when
     # TWILIO_AUTH_TOKEN is set); the others' webhooks hand a stream URL to anyone who asks,
     # so they are off until listed here.
-    phone_providers: list[Literal["twilio", "telnyx", "plivo", "exotel"]] = ["twilio"]
+    phone_providers: list[str] = ["twilio"]
 
 
 class AgentConfig(_Section):

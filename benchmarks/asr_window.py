@@ -27,7 +27,7 @@ from agent.asr.whisper import ShortUtteranceWhisper
 from agent.config import load_config
 from agent.llm.echo import clean
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS as QUESTIONS
-from pipelines.stack import load_speech_engine
+from tts import load_engine
 
 SPEECH_DIR = Path("out/speech")
 
@@ -66,7 +66,7 @@ def human_recordings() -> list[tuple[str, np.ndarray]]:
 
 
 def piper_questions(config) -> list[tuple[str, np.ndarray]]:
-    engine = load_speech_engine(config)
+    engine = load_engine(config)
     clips = []
     for question in QUESTIONS:
         clips.append((question, engine.synthesize_all(question, 16000).astype(np.float32) / 32768))

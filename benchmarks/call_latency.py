@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from agent.audio import load_input_wav, speech_end_offset
 from benchmarks.report import write_report
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.answer_set import (
@@ -50,7 +51,6 @@ from pipelines.callers.answer_set import (
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.scoring import corpus_wer, percentile
 from pipelines.callers.webrtc import WebRTCCaller
-from pipelines.local.file_transport import load_input_wav, speech_end_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 SET_DIR = ROOT / "out" / "human_speech"

@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.audio import write_wav
 from agent.config import load_config
 from benchmarks.report import write_report
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS as QUESTIONS
 from pipelines.callers.answer_set import OPEN_QUESTIONS
 from pipelines.callers.scoring import corpus_wer, percentile, transcribe
 from pipelines.local.file_mode import FileTurn, run_files
-from pipelines.local.file_transport import write_wav
 from pipelines.stack import load_stack
 
 

@@ -35,7 +35,7 @@ from pipelines.callers.answer_set import QUESTIONS, STATEMENTS
 from pipelines.callers.human_speech import asterisk_prompts, read_audio
 from pipelines.callers.phone import RATE, phone_line
 from pipelines.callers.scoring import corpus_wer, transcribe
-from pipelines.stack import load_speech_engine
+from tts import load_engine
 
 PIPELINE_RATE = 16000
 
@@ -110,7 +110,7 @@ def run(args) -> dict:
         }
 
     # Bot → caller: the reply voice at the pipeline's output rate, through the line.
-    engine = load_speech_engine(config)
+    engine = load_engine(config)
     model = whisper_model("tiny.en", config)
     sentences = [item.text for item in (*QUESTIONS, *STATEMENTS)][: args.limit]
     wide, narrow = [], []

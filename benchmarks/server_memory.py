@@ -27,7 +27,7 @@ from benchmarks.report import write_report
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.webrtc import WebRTCCaller
-from pipelines.stack import load_speech_engine
+from tts import load_engine
 
 
 def mib(process: psutil.Process) -> float:
@@ -51,7 +51,7 @@ async def hang_up(caller: WebRTCCaller | PhoneCall):
 
 async def run(args) -> dict:
     config = load_config(args.config)
-    engine = load_speech_engine(config)
+    engine = load_engine(config)
     question = engine.synthesize_all("What is the capital of France?", 16000)
 
     callers: list[WebRTCCaller | PhoneCall] = []

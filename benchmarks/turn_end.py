@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from agent.asr.whisper import ShortUtteranceWhisper
+from agent.audio import load_input_wav
 from agent.config import load_config
 from benchmarks.report import write_report
 from pipelines.build import vad_params
 from pipelines.callers.scoring import percentile
-from pipelines.local.file_transport import load_input_wav
 from pipelines.services.analyzers import (
     SharedSileroVADAnalyzer,
     SharedSmartTurnAnalyzer,

@@ -26,20 +26,19 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
-from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.empty_user_turn import EmptyUserTurnConfig
 from pipecat.turns.user_start import VADUserTurnStartStrategy
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from agent.config import AgentConfig
 from agent.session import SessionState
-from pipelines.services.analyzers import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
-from pipelines.services.llm import LocalLLMService, ServerLLMService
+from pipelines.services.analyzers import SharedSileroVADAnalyzer
+from pipelines.services.llm import backend, llm_settings
 from pipelines.services.stt import SharedWhisperSTTService
-from pipelines.services.tts import EngineTTSService, MisoTTSService
+from pipelines.services.tts import EngineTTSService
 from pipelines.stack import ModelStack
+from pipelines.turns import turn_end_policy
 from pipelines.turns.first_clause import FirstClauseAggregator
 from pipelines.turns.half_duplex import (
     HalfDuplexGate,
@@ -48,11 +47,7 @@ from pipelines.turns.half_duplex import (
     ReplyPlayedWatcher,
 )
 from pipelines.turns.timeline import TurnTimeline
-from pipelines.turns.turn_end import (
-    KeypadUserTurnStartStrategy,
-    TranscriptAwareTurnStopStrategy,
-    TurnEndPolicy,
-)
+from pipelines.turns.turn_end import KeypadUserTurnStartStrategy
 from pipelines.turns.user_turn import UserTurnProcessor
 
 KEYPAD_PREFIX = "I pressed "
@@ -82,54 +77,17 @@ def vad_params(config: AgentConfig) -> VADParams:
 
 def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
     config = stack.config
-    start = [VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()]
-    if config.turn.end_detection == "smart-turn":
-        analyzer = SharedSmartTurnAnalyzer(session=stack.smart_turn, cpu=stack.cpu)
-        policy = TurnEndPolicy(
-            finished_wait_secs=config.turn.finished_wait_secs,
-            fallback_secs=config.turn.fallback_secs,
-            words_decide=config.turn.words_decide,
-            max_turn_secs=config.turn.max_user_turn_secs,
-        )
-        stop = [
-            TranscriptAwareTurnStopStrategy(
-                turn_analyzer=analyzer, policy=policy, speculate=config.turn.speculative_llm
-            )
-        ]
-    else:
-        stop = [
-            SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.turn.silence_timeout_secs)
-        ]
-    return UserTurnStrategies(start=start, stop=stop)
+    policy = turn_end_policy(config.turn.end_detection)
+    return UserTurnStrategies(
+        start=[VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()],
+        stop=policy.stop_strategies(config, stack.turn_end, stack.cpu),
+    )
 
 
 def _llm_service(stack: ModelStack, session_id: str):
-    llm = stack.config.llm
-    settings = OpenAILLMService.Settings(
-        model=llm.model_name or (stack.llm.name if stack.llm else None),
-        system_instruction=llm.system_prompt,
-        temperature=llm.temperature,
-        max_tokens=llm.max_tokens,
-        seed=llm.seed,
-    )
-    examples = [tuple(pair) for pair in llm.examples]
-    if stack.llm is not None:
-        return LocalLLMService(
-            llm=stack.llm,
-            max_history_turns=llm.max_history_turns,
-            examples=examples,
-            session_id=session_id,
-            apology=llm.apology,
-            settings=settings,
-        )
-    return ServerLLMService(
-        api_key=llm.api_key,
-        base_url=llm.base_url,
-        examples=examples,
-        timeout_secs=llm.request_timeout_secs,
-        apology=llm.apology,
-        settings=settings,
-    )
+    shared = stack.llm
+    settings = llm_settings(stack.config, shared)
+    return backend(stack.config.llm.backend).service(shared, stack.config, session_id, settings)
 
 
 def build_session(
@@ -169,9 +127,7 @@ def build_session(
         ),
     )
     llm = _llm_service(stack, state.session_id)
-    # MisoTTS hears the conversation it answers; other engines speak the text alone.
-    tts_class = MisoTTSService if config.tts.engine == "miso" else EngineTTSService
-    tts = tts_class(engine=stack.speech, session=state, cpu=stack.cpu)
+    tts = EngineTTSService(engine=stack.speech, session=state, cpu=stack.cpu)
     # What the TTS speaks at once: the reply's first phrase alone, then whole sentences.
     text_to_speech = LLMTextProcessor(
         text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)

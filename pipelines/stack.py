@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from loguru import logger
 
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig
 from agent.cpu_share import CpuShare
 from agent.llm.local import LocalLLM
 from agent.models import resolve_model
+from pipelines.services.llm import backend
+from pipelines.turns import turn_end_policy
+from tts import load_engine
 from tts.base import SpeechEngine
 
 
@@ -20,14 +23,16 @@ from tts.base import SpeechEngine
 class ModelStack:
     config: AgentConfig
     whisper: object
-    llm: LocalLLM | None  # None when the LLM is an OpenAI-compatible server
+    # What the LLM backend shares between sessions: the in-process engine (llama-cpp), or
+    # None (a server holds the model).
+    llm: LocalLLM | None
     speech: SpeechEngine
-    # Shared ONNX sessions of the per-session analyzers (pipelines/services/analyzers.py);
-    # smart_turn is None unless turn.end_detection is smart-turn.
     # Lets a reply's first phrase be synthesised without the LLM competing (agent/cpu_share.py).
     cpu: CpuShare = field(default_factory=CpuShare)
+    # Silero's ONNX session, shared by the per-session analyzers (pipelines/services/analyzers.py).
     silero: object | None = None
-    smart_turn: object | None = None
+    # What the turn-end policy shares (Smart Turn's session), or None (pipelines/turns).
+    turn_end: object | None = None
     load_secs: dict[str, float] = field(default_factory=dict)
 
 
@@ -41,13 +46,16 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from faster_whisper import WhisperModel
 
+    # Every name the config gives a registry is known before anything loads.
+    llm_backend = backend(config.llm.backend)
+    turn_end = turn_end_policy(config.turn.end_detection)
     times: dict[str, float] = {}
     cpu = CpuShare()
 
     # The voice first: it is the part most likely to be missing or not fit this machine
     # (a GPU voice without a GPU fails now, not after the other models have loaded).
     start = time.perf_counter()
-    speech = load_speech_engine(config)
+    speech = load_engine(config)
     times["tts"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -60,16 +68,15 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     )
     times["asr"] = time.perf_counter() - start
 
-    llm = None
-    if config.llm.backend == "llama-cpp":
-        start = time.perf_counter()
-        llm = LocalLLM.from_config(config.llm, cpu=cpu, sessions=config.server.max_sessions)
+    start = time.perf_counter()
+    llm = llm_backend.load(config, cpu)
+    if llm is not None:
         times["llm"] = time.perf_counter() - start
 
-    from pipelines.services.analyzers import load_silero_session, load_smart_turn_session
+    from pipelines.services.analyzers import load_silero_session
 
     silero = load_silero_session()
-    smart_turn = load_smart_turn_session() if config.turn.end_detection == "smart-turn" else None
+    turn_end_shared = turn_end.load()
 
     if warm_up:
         start = time.perf_counter()
@@ -91,70 +98,6 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
         speech=speech,
         cpu=cpu,
         silero=silero,
-        smart_turn=smart_turn,
+        turn_end=turn_end_shared,
         load_secs=times,
-    )
-
-
-def load_speech_engine(config: AgentConfig) -> SpeechEngine:
-    if config.tts.engine == "piper":
-        from tts.piper_voice import PiperEngine, PiperStyle
-
-        piper = config.tts.piper
-        assert piper is not None
-        return PiperEngine(
-            resolve_model(piper.model, "tts"),
-            PiperStyle(
-                length_scale=piper.length_scale,
-                noise_scale=piper.noise_scale,
-                noise_w_scale=piper.noise_w_scale,
-                volume=piper.volume,
-            ),
-        )
-    if config.tts.engine == "miso":
-        return load_miso_engine(config)
-    raise ValueError(f"unknown tts.engine '{config.tts.engine}'")
-
-
-def load_miso_engine(config: AgentConfig) -> SpeechEngine:
-    try:
-        import torch
-    except ImportError:
-        raise ConfigError(
-            "tts.engine 'miso' needs PyTorch and transformers: install torch for your GPU "
-            "(https://pytorch.org), then ./setup.sh --miso"
-        ) from None
-
-    from pipelines.local.file_transport import load_input_wav
-    from tts.base import SpokenAudio
-    from tts.miso_voice import MisoEngine, MisoOptions
-
-    miso = config.tts.miso
-    assert miso is not None
-    prompt = None
-    if miso.voice_prompt is not None:
-        samples, _ = load_input_wav(miso.voice_prompt.audio, 24_000)
-        prompt = SpokenAudio(samples, 24_000, miso.voice_prompt.text)
-    return MisoEngine.load(
-        miso.checkpoint,
-        codec=miso.codec,
-        tokenizer=miso.tokenizer,
-        text_format=miso.text_format,
-        device=miso.device,
-        dtype=getattr(torch, miso.dtype),
-        allow_cpu=miso.allow_cpu,
-        voice_prompt=prompt,
-        compile_decoder=miso.compile_decoder,
-        sessions=config.server.max_sessions,
-        options=MisoOptions(
-            user_speaker=miso.user_speaker,
-            bot_speaker=miso.bot_speaker,
-            temperature=miso.temperature,
-            topk=miso.topk,
-            max_audio_secs=miso.max_audio_secs,
-            num_codebooks=miso.num_codebooks,
-            first_chunk_frames=miso.first_chunk_frames,
-            chunk_frames=miso.chunk_frames,
-            seed=miso.seed,
-        ),
     )

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import uvicorn
 
+from agent.audio import write_wav
 from agent.config import load_config
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS
 from pipelines.callers.scoring import transcribe as transcribe_reply
 from pipelines.callers.scoring import wer  # noqa: F401 (the tests' one WER)
 from pipelines.callers.webrtc import free_loopback_port
-from pipelines.local.file_transport import write_wav
 from pipelines.serve.server import create_app
 from pipelines.stack import ModelStack, load_stack
 

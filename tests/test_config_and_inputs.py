@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.audio import WavInputError, load_input_wav
 from agent.config import CONFIG_DIR, ConfigError, load_config, parse_config
 from agent.models import ModelNotFoundError, ModelRef, resolve_model
-from pipelines.local.file_transport import WavInputError, load_input_wav
 from tests.conftest import write_wav
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.audio import write_wav
 from pipelines.local.file_mode import FileTurn, run_files
-from pipelines.local.file_transport import write_wav
 from tests.conftest import BARGE_IN, speak, wer
 
 

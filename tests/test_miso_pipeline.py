@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
+from agent.audio import write_wav
 from agent.config import load_config
 from pipelines.local.file_mode import FileTurn, run_files
-from pipelines.local.file_transport import write_wav
-from pipelines.stack import load_miso_engine
 from tests.conftest import BARGE_IN, speak, wer
 from tests.miso_setup import SMALL_MIMI, TINY_MISO
+from tts import load_engine
 from tts.base import EngineUnavailableError
 from tts.miso import write_random_checkpoint
 from tts.miso.codec import MimiCodec
@@ -60,7 +60,7 @@ def miso_stack(stack, tmp_path_factory):
     config = load_config(str(miso_config_file(
         folder, voice_prompt={"audio": str(prompt_wav), "text": VOICE_PROMPT_TEXT}
     )))
-    engine = load_miso_engine(config)
+    engine = load_engine(config)
     engine.warm_up()
     return dataclasses.replace(stack, config=config, speech=engine)
 
@@ -147,10 +147,10 @@ def test_gpu_config_refuses_to_start_without_cuda(tmp_path):
         pytest.skip("this machine has CUDA")
     config = load_config(str(miso_config_file(tmp_path, device="cuda")))
     with pytest.raises(EngineUnavailableError, match="no CUDA GPU"):
-        load_miso_engine(config)
+        load_engine(config)
     config.tts.miso.allow_cpu = True
     config.tts.miso.text_format = "csm"
-    engine = load_miso_engine(config)
+    engine = load_engine(config)
     assert engine.generator.device.type == "cpu"
     # CSM-1B's framing: "[1]Hello", no space after the speaker tag.
     assert engine.generator.text_tokenizer.segment_format.render("Hello", 1) == "[1]Hello"

@@ -15,7 +15,8 @@ from agent.models import cache_dir
 from pipelines.callers.human_speech import asterisk_prompts
 from pipelines.callers.phone import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
 from pipelines.callers.webrtc import WebRTCCaller
-from pipelines.serve.telephony.routes import StreamTokens, twilio_signature, twiml
+from pipelines.serve.telephony.routes import StreamTokens
+from pipelines.serve.telephony.twilio import twilio_signature, twiml
 from tests.conftest import BARGE_IN, replies, speak, wer
 
 

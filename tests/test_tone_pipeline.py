@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from agent.audio import write_wav
 from agent.tone.analysis import analyze_tone
 from pipelines.local.file_mode import FileTurn, run_files
-from pipelines.local.file_transport import write_wav
 from tts.base import SpeakingStyle, SpeechContext
 
 QUESTION = "What is the capital of France?"

@@ -210,3 +210,37 @@ class MisoEngine(SpeechEngine):
                                        num_codebooks=opts.num_codebooks):
             pass
 
+
+def load(config) -> MisoEngine:
+    """The MisoTTS (or CSM) voice of ``config.tts.miso`` (an AgentConfig), one cache row
+    per session the server may hold."""
+    from agent.audio import load_input_wav
+
+    miso = config.tts.miso
+    prompt = None
+    if miso.voice_prompt is not None:
+        samples, _ = load_input_wav(miso.voice_prompt.audio, 24_000)
+        prompt = SpokenAudio(samples, 24_000, miso.voice_prompt.text)
+    return MisoEngine.load(
+        miso.checkpoint,
+        codec=miso.codec,
+        tokenizer=miso.tokenizer,
+        text_format=miso.text_format,
+        device=miso.device,
+        dtype=getattr(torch, miso.dtype),
+        allow_cpu=miso.allow_cpu,
+        voice_prompt=prompt,
+        compile_decoder=miso.compile_decoder,
+        sessions=config.server.max_sessions,
+        options=MisoOptions(
+            user_speaker=miso.user_speaker,
+            bot_speaker=miso.bot_speaker,
+            temperature=miso.temperature,
+            topk=miso.topk,
+            max_audio_secs=miso.max_audio_secs,
+            num_codebooks=miso.num_codebooks,
+            first_chunk_frames=miso.first_chunk_frames,
+            chunk_frames=miso.chunk_frames,
+            seed=miso.seed,
+        ),
+    )

@@ -89,3 +89,19 @@ def _restyle(audio: np.ndarray, rate: int, pitch_factor: float, gain: float) -> 
             0.9 + 0.1 * np.tanh((np.abs(samples[over]) - 0.9) / 0.1)
         )
     return (samples * 32767).astype(np.int16)
+
+
+def load(config) -> PiperEngine:
+    """The Piper voice of ``config.tts.piper`` (an AgentConfig)."""
+    from agent.models import resolve_model
+
+    piper = config.tts.piper
+    return PiperEngine(
+        resolve_model(piper.model, "tts"),
+        PiperStyle(
+            length_scale=piper.length_scale,
+            noise_scale=piper.noise_scale,
+            noise_w_scale=piper.noise_w_scale,
+            volume=piper.volume,
+        ),
+    )

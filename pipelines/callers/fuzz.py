@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 import random
 import string
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 

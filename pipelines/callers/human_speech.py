@@ -658,10 +658,10 @@ def render_answer_set(out: Path) -> list[dict]:
     from agent.config import load_config
     from agent.models import resolve_model
     from pipelines.callers.answer_set import QUESTIONS
-    from pipelines.stack import load_speech_engine
+    from tts import load_engine
 
     config = load_config("default")
-    engine = load_speech_engine(config)
+    engine = load_engine(config)
     voices = {"piper": f"piper:{resolve_model(config.tts.piper.model, 'tts').name}",
               "espeak": "espeak-ng:en-us"}  # fmt: skip
     manifest = []

@@ -24,13 +24,9 @@ from pipecat.frames.frames import EndFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
+from agent.audio import load_input_wav, speech_end_offset, write_wav
 from pipelines.build import Session, build_session
-from pipelines.local.file_transport import (
-    FileTransport,
-    load_input_wav,
-    speech_end_offset,
-    write_wav,
-)
+from pipelines.local.file_transport import FileTransport
 from pipelines.stack import ModelStack
 
 GAP_BETWEEN_REPLIES_SECS = 0.5

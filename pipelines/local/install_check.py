@@ -46,8 +46,8 @@ def question_audio(sample_rate: int) -> np.ndarray:
 
 async def run_check(stack) -> CheckResult:
     """Ask the question through a file-mode session of ``stack``; what went wrong, if any."""
+    from agent.audio import write_wav
     from pipelines.local.file_mode import FileTurn, run_files
-    from pipelines.local.file_transport import write_wav
 
     rate = stack.config.audio_in_sample_rate
     result = CheckResult()

@@ -99,23 +99,3 @@ class EngineTTSService(TTSService):
             self._session.add_bot_reply(
                 SpokenAudio(np.concatenate(spoken), engine.sample_rate, text.strip())
             )
-
-
-class MisoTTSService(EngineTTSService):
-    """Pipecat's TTS stage speaking with MisoTTS (or CSM-1B).
-
-    Every sentence is generated after the session's conversation so far: the user's
-    captured turns (their audio and transcripts, as the user's speaker) and the bot's own
-    earlier speech, including the sentences of the current reply (as the bot's speaker),
-    behind the optional voice prompt. The session's turn recorder sits behind the
-    half-duplex gate, so nothing heard while the bot spoke is ever in that context.
-    """
-
-    def __init__(self, *, engine: SpeechEngine, session: SessionState, **kwargs):
-        from tts.miso_voice import MisoEngine
-
-        if not isinstance(engine, MisoEngine):
-            raise TypeError(f"MisoTTSService needs a MisoEngine, got {type(engine).__name__}")
-        super().__init__(engine=engine, session=session, **kwargs)
-
-

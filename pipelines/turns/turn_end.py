@@ -319,3 +319,29 @@ class KeypadUserTurnStartStrategy(BaseUserTurnStartStrategy):
             await self.trigger_user_turn_started()
             return ProcessFrameResult.STOP
         return ProcessFrameResult.CONTINUE
+
+
+def load():
+    """Smart Turn's ONNX session, shared by every session's analyzer."""
+    from pipelines.services.analyzers import load_smart_turn_session
+
+    return load_smart_turn_session()
+
+
+def stop_strategies(config, shared, cpu) -> list:
+    """The words first, Smart Turn when they do not decide (``shared``: its session)."""
+    from pipelines.services.analyzers import SharedSmartTurnAnalyzer
+
+    turn = config.turn
+    policy = TurnEndPolicy(
+        finished_wait_secs=turn.finished_wait_secs,
+        fallback_secs=turn.fallback_secs,
+        words_decide=turn.words_decide,
+        max_turn_secs=turn.max_user_turn_secs,
+    )
+    analyzer = SharedSmartTurnAnalyzer(session=shared, cpu=cpu)
+    return [
+        TranscriptAwareTurnStopStrategy(
+            turn_analyzer=analyzer, policy=policy, speculate=turn.speculative_llm
+        )
+    ]
