@@ -77,6 +77,13 @@ def parse_args(argv=None):
     parser.add_argument("--input-device", help="local: sounddevice input device (name or index)")
     parser.add_argument("--output-device", help="local: sounddevice output device (name or index)")
     parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log DEBUG lines too (by default INFO and above: a line per session and per turn, "
+        "warnings and errors; --check only warnings, then its report)",
+    )
+    parser.add_argument(
         "--allow-cpu",
         action="store_true",
         help="let a GPU voice (e.g. configs/miso-8b.yaml) run on the CPU when there is no CUDA",
@@ -160,9 +167,23 @@ class CtrlCWhileStarting:
             raise KeyboardInterrupt
 
 
+def configure_logging(args) -> None:
+    """Quiet by default: INFO and above, one short line each; -v gives DEBUG with where
+    each line comes from. --check prints its own report, so only warnings before it."""
+    from loguru import logger
+
+    logger.remove()
+    if args.verbose:
+        logger.add(sys.stderr, level="DEBUG")
+    else:
+        level = "WARNING" if args.check else "INFO"
+        logger.add(sys.stderr, level=level, format="{time:HH:mm:ss} {level: <7} {message}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     starting = CtrlCWhileStarting()
+    configure_logging(args)
     from agent.audio import WavInputError, load_input_wav
     from agent.config import ConfigError, load_config
     from agent.models import ModelNotFoundError
