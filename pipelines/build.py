@@ -1,11 +1,13 @@
 """Assembles one session's Pipecat pipeline around any transport.
 
     transport.input → half-duplex gate → Whisper STT → keypad (DTMF) entries
-      → user aggregator (Silero VAD, turn-end detection) → user turn (audio, text, tone)
-      → LLM → TTS → transport.output → reply-played watcher → assistant aggregator
+      → user aggregator (Silero VAD, turn end) → user turn (the turn's record)
+      → LLM → first phrase, then sentences → TTS → [phone marks] → transport.output
+      → reply-played watcher → assistant aggregator
 
-The models come from a ModelStack loaded once per process; everything built here is
-per session and cheap.
+A user turn is one record (pipelines/turns/record.py) sent downstream in a frame; "the
+reply has played" comes back upstream to the gate as a frame. The models come from a
+ModelStack loaded once per process; everything built here is per session and cheap.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from agent.config import AgentConfig
-from agent.session import SessionState
 from pipelines.services.analyzers import SharedSileroVADAnalyzer
 from pipelines.services.llm import backend, llm_settings
 from pipelines.services.stt import SharedWhisperSTTService
@@ -46,9 +47,11 @@ from pipelines.turns.half_duplex import (
     PlayoutMarks,
     ReplyPlayedWatcher,
 )
+from pipelines.turns.record import NoWordsFrame
 from pipelines.turns.timeline import TurnTimeline
 from pipelines.turns.turn_end import KeypadUserTurnStartStrategy
 from pipelines.turns.user_turn import UserTurnProcessor
+from tts.base import SpokenAudio, Utterance
 
 KEYPAD_PREFIX = "I pressed "
 KEYPAD_TIMEOUT_SECS = 2.0
@@ -58,11 +61,26 @@ KEYPAD_TIMEOUT_SECS = 2.0
 class Session:
     """One conversation: its pipeline worker and the pieces tests and runners look at."""
 
+    session_id: str
     worker: PipelineWorker
-    state: SessionState
     context: LLMContext
     gate: HalfDuplexGate
     timeline: TurnTimeline
+    tts: EngineTTSService
+
+    @property
+    def user_turns(self) -> list[SpokenAudio]:
+        """What the user said in each turn with words, as captured."""
+        return [t.user.audio for t in self.timeline.turns if t.user.audio is not None]
+
+    @property
+    def bot_replies(self) -> list[SpokenAudio]:
+        """The bot's sentences as spoken (as many as the voice keeps)."""
+        return [u.audio for u in self.tts.dialogue if u.speaker == "bot"]
+
+    @property
+    def dialogue(self) -> list[Utterance]:
+        return list(self.tts.dialogue)
 
 
 def vad_params(config: AgentConfig) -> VADParams:
@@ -73,21 +91,6 @@ def vad_params(config: AgentConfig) -> VADParams:
         stop_secs=vad.stop_secs,
         min_volume=vad.min_volume,
     )
-
-
-def _turn_strategies(stack: ModelStack) -> UserTurnStrategies:
-    config = stack.config
-    policy = turn_end_policy(config.turn.end_detection)
-    return UserTurnStrategies(
-        start=[VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()],
-        stop=policy.stop_strategies(config, stack.turn_end, stack.cpu),
-    )
-
-
-def _llm_service(stack: ModelStack, session_id: str):
-    shared = stack.llm
-    settings = llm_settings(stack.config, shared)
-    return backend(stack.config.llm.backend).service(shared, stack.config, session_id, settings)
 
 
 def build_session(
@@ -106,41 +109,67 @@ def build_session(
     bot listens again on that report rather than when the audio has been sent.
     ``on_turn(stages)``: called with each answered turn's stage latencies (metrics)."""
     config = stack.config
-    state = SessionState(session_id=session_id or uuid.uuid4().hex[:12])
-
+    session_id = session_id or uuid.uuid4().hex[:12]
+    context = LLMContext()
+    aggregators = _aggregators(stack, context)
     gate = HalfDuplexGate(
         echo_tail_secs=config.turn.echo_tail_secs,
         max_reply_wait_secs=config.turn.max_reply_wait_secs,
     )
     user_turn = UserTurnProcessor(
-        session=state, pre_roll_secs=config.turn.pre_roll_secs, vad_start_secs=config.vad.start_secs
+        pre_roll_secs=config.turn.pre_roll_secs,
+        vad_start_secs=config.vad.start_secs,
+        follow_tone=config.tone.follow,
     )
-    stt = SharedWhisperSTTService(
-        model=stack.whisper,
-        beam_size=config.asr.beam_size,
-        utterance_window=config.asr.utterance_window,
-        ttfs_p99_latency=config.asr.ttfs_p99_secs,
-        early=config.asr.early_transcription,
-        filler_prompt=config.asr.filler_prompt or None,
-        settings=SharedWhisperSTTService.Settings(
-            language=config.asr.language, no_speech_prob=config.asr.no_speech_prob
+    llm = backend(config.llm.backend).service(
+        stack.llm, config, session_id, llm_settings(config, stack.llm)
+    )
+    tts = EngineTTSService(engine=stack.speech, session_id=session_id, cpu=stack.cpu)
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            gate,
+            _stt(stack),
+            # Keys a caller presses become a user turn of their own, "I pressed 42#": after
+            # "#" or two seconds without a key. The first key cuts a reply short (Pipecat's
+            # interruption): on a half-duplex line it is the caller's one way to do that.
+            DTMFAggregator(prefix=KEYPAD_PREFIX, timeout=KEYPAD_TIMEOUT_SECS),
+            aggregators.user(),
+            user_turn,
+            llm,
+            # What the TTS speaks at once: the reply's first phrase alone, then sentences.
+            LLMTextProcessor(
+                text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
+            ),
+            tts,
+            *([PlayoutMarks(protocol=playout_marks)] if playout_marks else []),
+            transport.output(),
+            ReplyPlayedWatcher(reports=playout_marks is None),
+            aggregators.assistant(),
+        ]
+    )
+    timeline = TurnTimeline(vad_stop_secs=config.vad.stop_secs, llm=llm)
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=config.audio_in_sample_rate,
+            audio_out_sample_rate=config.audio_out_sample_rate,
+            enable_metrics=True,
         ),
+        observers=[timeline],
+        idle_timeout_secs=None,
+        enable_rtvi=False,
     )
-    llm = _llm_service(stack, state.session_id)
-    tts = EngineTTSService(engine=stack.speech, session=state, cpu=stack.cpu)
-    # What the TTS speaks at once: the reply's first phrase alone, then whole sentences.
-    text_to_speech = LLMTextProcessor(
-        text_aggregator=FirstClauseAggregator(min_words=config.tts.first_clause_min_words)
-    )
-    watcher = ReplyPlayedWatcher(gate, reopens=playout_marks is None)
-    # Keys a caller presses become a user turn of their own, "I pressed 42#": after "#" or
-    # two seconds without a key. The first key cuts a reply short (Pipecat's interruption):
-    # on a half-duplex line it is the caller's one way to do that.
-    keypad = DTMFAggregator(prefix=KEYPAD_PREFIX, timeout=KEYPAD_TIMEOUT_SECS)
-    state.tone.enabled = config.tone.follow
+    session = Session(session_id, worker, context, gate, timeline, tts)
+    _connect_events(session, aggregators, user_turn, page=page, on_turn=on_turn)
+    return session
 
-    context = LLMContext()
-    aggregators = LLMContextAggregatorPair(
+
+def _aggregators(stack: ModelStack, context: LLMContext) -> LLMContextAggregatorPair:
+    """The user aggregator (Silero VAD, the turn-end policy) and the assistant's."""
+    config = stack.config
+    policy = turn_end_policy(config.turn.end_detection)
+    return LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=SharedSileroVADAnalyzer(
@@ -148,7 +177,10 @@ def build_session(
                 params=vad_params(config),
                 max_speech_secs=config.turn.max_user_turn_secs,
             ),
-            user_turn_strategies=_turn_strategies(stack),
+            user_turn_strategies=UserTurnStrategies(
+                start=[VADUserTurnStartStrategy(), KeypadUserTurnStartStrategy()],
+                stop=policy.stop_strategies(config, stack.turn_end, stack.cpu),
+            ),
             # A turn with no words goes unanswered. Pipecat's default asks the LLM to
             # recover from an "interrupted" empty turn with a note about "the user", which a
             # small model reads out; this bot is never interrupted (half-duplex).
@@ -156,25 +188,41 @@ def build_session(
         ),
     )
 
-    timeline = TurnTimeline(
-        vad_stop_secs=config.vad.stop_secs, llm=llm, tts=tts, reply_watcher=watcher
+
+def _stt(stack: ModelStack) -> SharedWhisperSTTService:
+    asr = stack.config.asr
+    return SharedWhisperSTTService(
+        model=stack.whisper,
+        beam_size=asr.beam_size,
+        utterance_window=asr.utterance_window,
+        ttfs_p99_latency=asr.ttfs_p99_secs,
+        early=asr.early_transcription,
+        filler_prompt=asr.filler_prompt or None,
+        settings=SharedWhisperSTTService.Settings(
+            language=asr.language, no_speech_prob=asr.no_speech_prob
+        ),
     )
 
+
+def _connect_events(session: Session, aggregators, user_turn, *, page: bool, on_turn):
+    """Pipecat's events, turned into what the session's clients see: the browser page's
+    messages (state, conversation, tone, latency), the per-turn log line and metrics; and
+    the aggregator's word that a turn had no words, into a frame for the turn's record."""
+    worker, timeline = session.worker, session.timeline
+
     async def tell_client(message: dict):
-        # Reaches the browser page over the WebRTC data channel; transports without a
-        # page drop it.
+        # Reaches the browser page over the WebRTC data channel; a phone call has none.
         if page:
             await worker.queue_frame(OutputTransportMessageUrgentFrame(message=message))
 
-    @gate.event_handler("on_listening_changed")
+    @session.gate.event_handler("on_listening_changed")
     async def _on_listening_changed(_gate, listening: bool):
         await tell_client({"type": "state", "state": "listening" if listening else "replying"})
 
     @aggregators.user().event_handler("on_user_turn_stopped")
     async def _on_user_turn_stopped(_aggregator, _strategy, message):
         if not message.content:
-            gate.nothing_to_reply()
-            timeline.no_reply()
+            await user_turn.queue_frame(NoWordsFrame())
         else:
             await tell_client({"type": "conversation", "role": "user", "text": message.content})
 
@@ -183,15 +231,17 @@ def build_session(
         if message.content:
             await tell_client({"type": "conversation", "role": "bot", "text": message.content})
 
-    async def on_tone(tone: dict):
-        timeline.set_tone(tone)
+    @user_turn.event_handler("on_tone")
+    async def _on_tone(_processor, tone: dict):
         await tell_client({"type": "tone", **tone})
 
-    user_turn.on_tone = on_tone
+    @session.tts.event_handler("on_synthesis_started")
+    async def _on_synthesis_started(_tts, _text):
+        timeline.mark_tts_start()
 
     async def on_turn_done(turn):
         # Every transport gets the same per-turn latency line; the page shows the figures.
-        logger.info(f"session {state.session_id} {turn.summary()}")
+        logger.info(f"session {session.session_id} {turn.summary()}")
         if on_turn is not None:
             on_turn(turn.stages())
         # The two instants are on the server's monotonic clock: a benchmark caller on the
@@ -207,38 +257,3 @@ def build_session(
         )
 
     timeline.on_turn_done = on_turn_done
-
-    @tts.event_handler("on_synthesis_started")
-    async def _on_synthesis_started(_tts, _text):
-        timeline.mark_tts_start()
-
-    marks = [PlayoutMarks(gate, protocol=playout_marks)] if playout_marks else []
-    pipeline = Pipeline(
-        [
-            transport.input(),
-            gate,
-            stt,
-            keypad,
-            aggregators.user(),
-            user_turn,
-            llm,
-            text_to_speech,
-            tts,
-            *marks,
-            transport.output(),
-            watcher,
-            aggregators.assistant(),
-        ]
-    )
-    worker = PipelineWorker(
-        pipeline,
-        params=PipelineParams(
-            audio_in_sample_rate=config.audio_in_sample_rate,
-            audio_out_sample_rate=config.audio_out_sample_rate,
-            enable_metrics=True,
-        ),
-        observers=[timeline],
-        idle_timeout_secs=None,
-        enable_rtvi=False,
-    )
-    return Session(worker=worker, state=state, context=context, gate=gate, timeline=timeline)

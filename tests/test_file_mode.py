@@ -51,7 +51,7 @@ async def test_spoken_questions_get_spoken_answers(stack, question_wavs, transcr
 async def test_each_user_turn_is_captured_with_its_transcript(stack, question_wavs, tmp_path):
     path, question = question_wavs[0]
     result = await run_files(stack, [FileTurn(path)])
-    turns = list(result.session.state.user_turns)
+    turns = list(result.session.user_turns)
     assert len(turns) == 1
     captured = turns[0]
     assert captured.sample_rate == 16000
@@ -65,7 +65,7 @@ async def test_each_user_turn_is_captured_with_its_transcript(stack, question_wa
         speech_secs,
     )
     # The bot's reply is kept too, for engines that condition on it.
-    assert len(result.session.state.bot_replies) >= 1
+    assert len(result.session.bot_replies) >= 1
 
 
 async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, question_wavs, tmp_path):
@@ -85,7 +85,7 @@ async def test_speech_while_the_bot_thinks_or_speaks_is_never_heard(stack, quest
         user_messages
     )
     assert not any("banana" in m.lower() for m in user_messages)
-    assert not any("banana" in t.text.lower() for t in result.session.state.user_turns)
+    assert not any("banana" in t.text.lower() for t in result.session.user_turns)
     # All of the barge-in audio was dropped at the gate, before speech recognition.
     barge_in_secs = 2 * len(barge_in) / 16000
     assert result.dropped_input_secs >= barge_in_secs - 0.1

@@ -20,8 +20,13 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.tests.utils import SleepFrame, run_test
 
-from agent.session import SessionState
-from pipelines.turns.half_duplex import HalfDuplexGate, MarkProtocol, PlayoutMarks
+from pipelines.turns.half_duplex import (
+    HalfDuplexGate,
+    MarkProtocol,
+    PlayoutMarks,
+    ReplyPlayedWatcher,
+)
+from pipelines.turns.record import NoWordsFrame, ReplyPlayedFrame, UserTurn, UserTurnFrame
 from pipelines.turns.user_turn import UserTurnProcessor
 
 RATE = 16000
@@ -60,10 +65,32 @@ async def test_gate_drops_the_users_audio_from_turn_end_until_it_reopens():
     assert gate.listening
 
 
+async def test_the_gate_listens_again_when_the_reply_played_comes_back_up():
+    gate = HalfDuplexGate(echo_tail_secs=0.1, max_reply_wait_secs=60)
+    watcher = ReplyPlayedWatcher()  # stands after the output transport
+    frames = [
+        UserStoppedSpeakingFrame(),
+        pause(),
+        UserTurnFrame(turn=UserTurn(id=7, text="Hi.")),
+        pause(),
+        *audio(0.1, 200),  # dropped: the reply is being made
+        pause(),
+        LLMFullResponseEndFrame(),  # the reply's audio has all been written out
+        pause(0.02),
+        *audio(0.04, 200),  # dropped: the echo tail
+        pause(0.2),
+        *audio(0.1, 200),  # heard
+    ]
+    down, up = await run_test(Pipeline([gate, watcher]), frames_to_send=frames)
+    assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
+    assert abs(gate.dropped_audio_secs - 0.14) < 1e-6 and gate.listening
+    # The report names the turn and ends at the gate.
+    assert not any(isinstance(f, ReplyPlayedFrame) for f in up)
+
+
 async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_played():
     gate = HalfDuplexGate(echo_tail_secs=0.0, max_reply_wait_secs=60)
     marks = PlayoutMarks(
-        gate,
         protocol=MarkProtocol(
             mark_message=lambda name: {"ask": name},
             echoed_mark=lambda message: message.get("played"),
@@ -71,6 +98,8 @@ async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_pla
     )
     frames = [
         UserStoppedSpeakingFrame(),
+        pause(),
+        UserTurnFrame(turn=UserTurn(id=3, text="Hello.")),
         pause(),
         LLMFullResponseEndFrame(),  # the reply's audio has been written, not yet heard
         pause(),
@@ -80,14 +109,14 @@ async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_pla
         pause(),
         *audio(0.1, 200),  # still dropped
         pause(),
-        InputTransportMessageFrame(message={"played": "reply-1"}),
+        InputTransportMessageFrame(message={"played": "turn-3"}),
         pause(0.1),
         *audio(0.1, 200),  # heard
     ]
     pipeline = Pipeline([gate, marks])
     down, _ = await run_test(pipeline, frames_to_send=frames)
     asked = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
-    assert asked == [{"ask": "reply-1"}]
+    assert asked == [{"ask": "turn-3"}]  # the mark is named after the turn it answers
     kinds = [type(f) for f in down]
     # The mark is asked for right after the reply's last audio, before the response ends.
     assert kinds.index(OutputTransportMessageFrame) < kinds.index(LLMFullResponseEndFrame)
@@ -113,44 +142,54 @@ def _turn_frames(text: str, speech_secs: float = 1.0, hz: float = 180) -> list:
     ]
 
 
+def _sent_turn(down: list) -> UserTurn:
+    (frame,) = [f for f in down if isinstance(f, UserTurnFrame)]
+    return frame.turn
+
+
 async def test_user_turn_holds_the_spoken_audio_its_text_and_its_tone():
-    session = SessionState(session_id="t")
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
     reported: list[dict] = []
 
-    async def on_tone(tone):
+    @processor.event_handler("on_tone")
+    async def on_tone(_processor, tone):
         reported.append(tone)
 
-    processor = UserTurnProcessor(
-        session=session, pre_roll_secs=0.3, vad_start_secs=0.2, on_tone=on_tone
-    )
     frames = _turn_frames(" Hello there, how are you? ")
-    down, _ = await run_test(processor, frames_to_send=frames)
-    # Every frame goes on, untouched, but the caller's audio: nothing after it needs that.
-    assert down == [f for f in frames if not isinstance(f, (SleepFrame, InputAudioRawFrame))]
-    (turn,) = session.user_turns
-    assert turn.text == "Hello there, how are you?"
+    down, up = await run_test(processor, frames_to_send=frames)
+    # Every frame goes on, untouched, but the caller's audio (nothing after it needs that);
+    # the turn's record follows its text.
+    passed = [f for f in down if not isinstance(f, UserTurnFrame)]
+    assert passed == [f for f in frames if not isinstance(f, (SleepFrame, InputAudioRawFrame))]
+    assert isinstance(down[-1], UserTurnFrame)
+    turn = _sent_turn(down)
+    assert turn.id == 1 and turn.text == "Hello there, how are you?"
+    assert turn.audio.text == turn.text
     # Pre-roll (0.3 s) + the VAD's start delay (0.2 s) + the speech; the silence after the
     # VAD stop is not the user's.
-    assert abs(turn.duration_secs - 1.5) < 0.021, turn.duration_secs
-    loud = np.abs(turn.samples[int(0.5 * RATE) :]).mean()
-    assert loud > 1000 and np.abs(turn.samples[: int(0.45 * RATE)]).max() == 0
-    # The tone was read from that audio: a 180 Hz voice.
+    assert abs(turn.audio.duration_secs - 1.5) < 0.021, turn.audio.duration_secs
+    samples = turn.audio.samples
+    assert np.abs(samples[int(0.5 * RATE) :]).mean() > 1000
+    assert np.abs(samples[: int(0.45 * RATE)]).max() == 0
+    assert turn.vad_stop is not None and turn.turn_end >= turn.vad_stop
+    # The tone was read from that audio: a 180 Hz voice, reported and in the record.
     (tone,) = reported
     assert abs(tone["features"]["f0_median_hz"] - 180) < 5, tone
-    assert [u.speaker for u in session.speech_context().conversation] == ["user"]
+    assert (await turn.tone_result(0)).log == tone
+    assert not up  # a turn with words: the reply will say when it has played
 
 
-async def test_a_turn_with_no_words_is_not_kept():
-    session = SessionState(session_id="t")
-    processor = UserTurnProcessor(session=session, pre_roll_secs=0.3, vad_start_secs=0.2)
-    await run_test(processor, frames_to_send=_turn_frames(""))
-    assert not session.user_turns
+async def test_a_turn_with_no_words_is_a_record_and_lets_the_user_speak_again():
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
+    frames = [f for f in _turn_frames("") if not isinstance(f, LLMContextUserTurnFrame)]
+    down, up = await run_test(processor, frames_to_send=[*frames, NoWordsFrame(), pause()])
+    turn = _sent_turn(down)
+    assert turn.text == "" and turn.audio is None and turn.tone is None
+    assert [(type(f), f.turn_id, f.spoken) for f in up] == [(ReplyPlayedFrame, 1, False)]
 
 
 async def test_a_loud_turn_moves_the_reply_style_louder():
-    session = SessionState(session_id="t")
-    processor = UserTurnProcessor(session=session, pre_roll_secs=0.3, vad_start_secs=0.2)
-    before = session.tone.style
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
     frames = [*_turn_frames("Tell me now!", hz=220)]
     frames = [*audio(0.1)] + [  # the same turn, spoken at nearly full scale
         f
@@ -160,29 +199,30 @@ async def test_a_loud_turn_moves_the_reply_style_louder():
         )
         for f in frames
     ]
-    await run_test(processor, frames_to_send=frames)
-    assert session.tone.style.loudness_db > before.loudness_db
+    down, _ = await run_test(processor, frames_to_send=frames)
+    assert (await _sent_turn(down).tone_result(1.0)).style.loudness_db > 0
 
 
-async def test_the_reply_context_waits_for_the_tone_analysis_in_flight():
+async def test_the_reply_style_waits_for_the_tone_analysis_in_flight():
     import asyncio
 
+    from pipelines.turns.record import ToneResult
     from tts.base import SpeakingStyle
 
-    session = SessionState(session_id="t")
-    louder = SpeakingStyle(loudness_db=3.0)
+    louder = ToneResult(style=SpeakingStyle(loudness_db=3.0), log={})
 
     async def analysis():
         await asyncio.sleep(0.1)
-        session.tone.style = louder
+        return louder
 
-    session.style_pending(asyncio.create_task(analysis()))
-    assert (await session.reply_context()).style == louder
-    # A stuck analysis delays the voice by max_wait_secs at most.
-    session.style_pending(asyncio.create_task(asyncio.sleep(10)))
+    turn = UserTurn(id=1, text="Hi.", tone=asyncio.create_task(analysis()))
+    assert await turn.tone_result(0.5) == louder
+    # A stuck analysis delays the voice by the wait given at most, and gives nothing.
+    stuck = UserTurn(id=2, text="Hi.", tone=asyncio.create_task(asyncio.sleep(10)))
     started = asyncio.get_running_loop().time()
-    await session.reply_context(max_wait_secs=0.1)
+    assert await stuck.tone_result(0.1) is None
     assert asyncio.get_running_loop().time() - started < 1.0
+    stuck.tone.cancel()
 
 
 async def test_a_reply_opens_with_its_first_sound_and_later_sentences_keep_their_pauses(stack):
@@ -198,8 +238,7 @@ async def test_a_reply_opens_with_its_first_sound_and_later_sentences_keep_their
     from pipelines.services.tts import EngineTTSService
     from pipelines.turns.first_clause import FirstClauseAggregator
 
-    session = SessionState(session_id="t")
-    tts = EngineTTSService(engine=stack.speech, session=session)
+    tts = EngineTTSService(engine=stack.speech, session_id="t")
     reply = Pipeline([LLMTextProcessor(text_aggregator=FirstClauseAggregator(min_words=3)), tts])
     frames = [
         LLMFullResponseStartFrame(),
@@ -219,7 +258,7 @@ async def test_a_reply_opens_with_its_first_sound_and_later_sentences_keep_their
     assert (
         sound_starts_ms(np.frombuffer(first_audio.audio, np.int16), first_audio.sample_rate) <= 15
     )
-    first, second = session.bot_replies
+    first, second = [u.audio for u in tts.dialogue]
     assert first.text == "Mary rolled the barrel." and second.text == "Then she rolled it back."
     assert sound_starts_ms(first.samples, first.sample_rate) <= 15
     assert sound_starts_ms(second.samples, second.sample_rate) >= 30

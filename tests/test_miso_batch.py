@@ -345,7 +345,7 @@ def test_a_sliding_dialogue_window_does_not_move_the_start_every_turn(parts):
 
     history, held, moved = [said(i) for i in range(64)], None, 0
     for _ in range(6):
-        # All 64 fit; the window drops the oldest each turn (agent/session.py's deque).
+        # All 64 fit; the window drops the oldest each turn (the TTS service's dialogue deque).
         plan = generator.plan("Sure.", 1, history[-64:], 15.0, keep_from=held, cut_back=True)
         moved += held is not None and plan.first_segment != held
         held = plan.first_segment

@@ -95,7 +95,7 @@ async def test_replies_condition_on_the_users_turn_and_earlier_sentences(
     finally:
         engine.context_observers.remove(log.record)
 
-    captured = list(result.session.state.user_turns)
+    captured = list(result.session.user_turns)
     assert len(captured) == 2
     assert wer(text1, captured[0].text) <= 0.2 and wer(text2, captured[1].text) <= 0.2
     assert log.entries, "the engine was never asked to speak"

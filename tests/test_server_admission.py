@@ -301,14 +301,14 @@ async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(
     import soundfile as sf
     from pipecat.pipeline.worker import PipelineWorker
 
-    from agent.session import SessionState
-    from pipelines.services.llm import LocalLLMService
+    from pipelines.services.llm_local import LocalLLMService
+    from pipelines.turns.user_turn import UserTurnProcessor
 
     app, url = server
     # The offers earlier tests sent this minute do not count against these calls.
     monkeypatch.setattr(app.state.server.config.server, "offers_per_minute", 1000)
     await _no_sessions(app)
-    kinds = (PipelineWorker, SessionState, LocalLLMService, RTCPeerConnection)
+    kinds = (PipelineWorker, UserTurnProcessor, LocalLLMService, RTCPeerConnection)
 
     def alive() -> list[object]:
         gc.collect()

@@ -138,7 +138,7 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
         assert assistants, messages
         # The turn's own audio (what a voice like MisoTTS listens to) was captured from the
         # phone line, at the pipeline's rate.
-        (turn,) = session.state.user_turns
+        (turn,) = session.user_turns
         assert turn.sample_rate == 16000 and 1.0 < turn.duration_secs < 5.0, turn.duration_secs
         # What the caller heard, decoded from μ-law at 8 kHz, says the reply's words
         # (telephone-band Piper through Whisper tiny: a slip or two in a short reply).
@@ -151,7 +151,7 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
             if call.marks_answered and session.gate.listening:
                 break
             await asyncio.sleep(0.1)
-        assert call.marks_answered == ["reply-1"] and session.gate.listening
+        assert call.marks_answered == ["turn-1"] and session.gate.listening
     finally:
         await call.hang_up()
     await _no_sessions(app)  # hanging up ends the session
@@ -184,7 +184,7 @@ async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcrip
             await asyncio.sleep(0.1)
         users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
         assert len(users) == 1 and wer(question, users[0]) <= 0.25, users
-        assert not any("banana" in t.text.lower() for t in session.state.user_turns)
+        assert not any("banana" in t.text.lower() for t in session.user_turns)
         assert session.gate.dropped_audio_secs >= 2 * len(barge_in) / 16000 - 0.2
     finally:
         await call.hang_up()
@@ -432,7 +432,7 @@ async def test_keys_pressed_on_the_keypad_are_a_turn_of_their_own(server):
         await call.wait_for_reply(pressed, timeout=90)
         users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
         assert users == ["I pressed 42#", "I pressed 7"], users
-        assert not any(t.text for t in session.state.user_turns), "no audio was a turn"
+        assert not any(t.text for t in session.user_turns), "no audio was a turn"
     finally:
         await call.hang_up()
 

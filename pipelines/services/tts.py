@@ -1,23 +1,45 @@
-"""Pipecat's TTS stage over a SpeechEngine shared by every session (tts/)."""
+"""Pipecat's TTS stage over a SpeechEngine shared by every session (tts/).
+
+It keeps what the voice may hear of the conversation: the user's turns as they arrive in
+UserTurnFrames (their captured audio and words) and the bot's own spoken sentences, in
+the order they were said, and the reply style the latest turn's tone calls for."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, ErrorFrame, Frame
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from agent.cpu_share import CpuShare
-from agent.session import SessionState
 from pipelines.services.threads import ThreadFedIterator, start_thread, while_urgent
-from tts.base import SpeechEngine, SpokenAudio, without_leading_silence
+from pipelines.turns.record import UserTurn, UserTurnFrame
+from tts.base import (
+    NEUTRAL_STYLE,
+    SpeechContext,
+    SpeechEngine,
+    SpokenAudio,
+    Utterance,
+    without_leading_silence,
+)
+
+# The dialogue a voice may hear, in utterances. More than MisoTTS's 2048 positions hold
+# (~2.5 minutes of speech), so its own budget decides what it drops, in large steps, and
+# not this window sliding by one utterance per turn, which would make it read the whole
+# conversation again at every turn.
+MAX_KEPT_UTTERANCES = 64
+# The longest a reply's first sentence waits for its turn's tone reading (or its turn).
+MAX_STYLE_WAIT_SECS = 0.5
 
 
 class EngineTTSService(TTSService):
-    """Speaks LLM sentences with a shared SpeechEngine, conditioned on the session's audio.
+    """Speaks LLM sentences with a shared SpeechEngine, conditioned on the conversation.
 
     The text arrives already cut into what is spoken at once (AggregatedTextFrames from
     an LLMTextProcessor in front of it, see pipelines/turns/first_clause.py).
@@ -27,7 +49,7 @@ class EngineTTSService(TTSService):
         self,
         *,
         engine: SpeechEngine,
-        session: SessionState,
+        session_id: str,
         cpu: CpuShare | None = None,
         **kwargs,
     ):
@@ -38,7 +60,11 @@ class EngineTTSService(TTSService):
             **kwargs,
         )
         self._engine = engine
-        self._session = session
+        self._session_id = session_id
+        self.dialogue: deque[Utterance] = deque(maxlen=MAX_KEPT_UTTERANCES)
+        self._style = NEUTRAL_STYLE
+        self._turn: UserTurn | None = None  # the latest turn, until its reply starts
+        self._turn_arrived = asyncio.Event()
         # A reply's first phrase is synthesised with the LLM held back (agent/cpu_share.py).
         self._cpu = cpu or CpuShare()
         self._reply_spoken: str | None = None  # context id of the reply being spoken
@@ -50,19 +76,44 @@ class EngineTTSService(TTSService):
 
     async def stop(self, frame: EndFrame):
         await super().stop(frame)
-        self._engine.forget(self._session.session_id)
+        self._engine.forget(self._session_id)
 
     async def cancel(self, frame: CancelFrame):
         await super().cancel(frame)
-        self._engine.forget(self._session.session_id)
+        self._engine.forget(self._session_id)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, UserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._turn = frame.turn
+            self._turn_arrived.set()
+            if frame.turn.audio is not None:
+                self.dialogue.append(Utterance("user", frame.turn.audio))
+        await super().process_frame(frame, direction)
+
+    async def _reply_style(self):
+        """The style for a new reply: its turn's tone reading, once ready (a system frame,
+        the turn may still be on its way past the LLM; neither is waited for long)."""
+        if not self._turn_arrived.is_set():
+            try:
+                await asyncio.wait_for(self._turn_arrived.wait(), MAX_STYLE_WAIT_SECS)
+            except TimeoutError:
+                return
+        self._turn_arrived.clear()
+        turn, self._turn = self._turn, None
+        tone = await turn.tone_result(MAX_STYLE_WAIT_SECS) if turn else None
+        if tone is not None:
+            self._style = tone.style
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         engine = self._engine
-        speech_context = await self._session.reply_context()
-        spoken: list[np.ndarray] = []
-
         first_phrase = context_id != self._reply_spoken
         self._reply_spoken = context_id
+        if first_phrase:
+            await self._reply_style()
+        speech_context = SpeechContext(
+            conversation=tuple(self.dialogue), session_id=self._session_id, style=self._style
+        )
+        spoken: list[np.ndarray] = []
 
         async def chunks(audio) -> AsyncIterator[bytes]:
             async for item in audio:
@@ -96,6 +147,5 @@ class EngineTTSService(TTSService):
             audio.stop()
             await self.stop_ttfb_metrics()
         if spoken:
-            self._session.add_bot_reply(
-                SpokenAudio(np.concatenate(spoken), engine.sample_rate, text.strip())
-            )
+            said = SpokenAudio(np.concatenate(spoken), engine.sample_rate, text.strip())
+            self.dialogue.append(Utterance("bot", said))

@@ -3,15 +3,16 @@
 The gate sits right after the transport's input, before speech recognition, so audio it
 drops is never buffered, transcribed or taken for an interruption. It closes when the
 user's turn ends (the aggregator's UserStoppedSpeakingFrame travels upstream to it) and
-opens again once the reply has been played out: the ReplyPlayedWatcher, placed after the
-output transport, sees the end of the LLM response only after the transport has written
-all audio queued before it. Pipecat's AlwaysUserMuteStrategy only covers the time the
-bot is audibly speaking, not the gap while the LLM and TTS are still working.
+opens again when a ReplyPlayedFrame comes back up (pipelines/turns/record.py): the
+ReplyPlayedWatcher, placed after the output transport, sees the end of the LLM response
+only after the transport has written all audio queued before it, and sends one naming
+the turn. Pipecat's AlwaysUserMuteStrategy only covers the time the bot is audibly
+speaking, not the gap while the LLM and TTS are still working.
 
 Over a phone line the provider buffers the bot's audio before playing it, so "written by
 the transport" is not "heard by the caller". There PlayoutMarks asks the provider to
-report when the reply has played (a ``mark`` after its audio, echoed back at playback)
-and the gate opens on that report instead.
+report when the reply has played (a ``mark`` named after the turn, sent after its audio
+and echoed back at playback) and sends the ReplyPlayedFrame on that report instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from pipelines.turns.record import ReplyPlayedFrame, UserTurnFrame
 
 
 class HalfDuplexGate(FrameProcessor):
@@ -62,6 +65,11 @@ class HalfDuplexGate(FrameProcessor):
             self._close()
             if was_listening:
                 await self._call_event_handler("on_listening_changed", False)
+        elif isinstance(frame, ReplyPlayedFrame):
+            # After a spoken reply the echo tail; with nothing said, at once.
+            if self._closed:
+                self._schedule_reopen(self._echo_tail_secs if frame.spoken else 0.0)
+            return  # the end of its way up
         await self.push_frame(frame, direction)
 
     def _close(self):
@@ -70,15 +78,6 @@ class HalfDuplexGate(FrameProcessor):
         self._closed = True
         # If no reply ever plays (an LLM that hangs), listen again after a while.
         self._schedule_reopen(self._max_reply_wait_secs)
-
-    def reply_finished(self, tail_secs: float | None = None):
-        """Open again once ``tail_secs`` (the echo tail by default) have passed."""
-        if self._closed:
-            self._schedule_reopen(self._echo_tail_secs if tail_secs is None else tail_secs)
-
-    def nothing_to_reply(self):
-        """The turn produced no text, so no reply will come: listen again now."""
-        self.reply_finished(tail_secs=0.0)
 
     def _schedule_reopen(self, delay: float):
         if self._reopen_task and not self._reopen_task.done():
@@ -98,23 +97,26 @@ class HalfDuplexGate(FrameProcessor):
 
 
 class ReplyPlayedWatcher(FrameProcessor):
-    """After the output transport: tells the gate when a reply has been played out (unless
-    ``reopens`` is off: PlayoutMarks does it from the far end's report)."""
+    """After the output transport: once a reply has been written out, tells the gate
+    upstream (a ReplyPlayedFrame naming the turn), unless ``reports`` is off (PlayoutMarks
+    reports from the far end)."""
 
-    def __init__(self, gate: HalfDuplexGate, *, reopens: bool = True, **kwargs):
+    def __init__(self, *, reports: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self._gate = gate
-        self._reopens = reopens
+        self._reports = reports
+        self._turn_id = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if (
-            self._reopens
-            and isinstance(frame, LLMFullResponseEndFrame)
-            and direction == FrameDirection.DOWNSTREAM
-        ):
-            self._gate.reply_finished()
         await self.push_frame(frame, direction)
+        if direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, UserTurnFrame):
+            self._turn_id = frame.turn.id
+        elif self._reports and isinstance(frame, LLMFullResponseEndFrame):
+            await self.push_frame(
+                ReplyPlayedFrame(turn_id=self._turn_id), FrameDirection.UPSTREAM
+            )
 
 
 class MarkProtocol(NamedTuple):
@@ -128,31 +130,31 @@ class MarkProtocol(NamedTuple):
 
 class PlayoutMarks(FrameProcessor):
     """Before the output transport of a phone call: after each reply's audio, a mark
-    message in the provider's protocol; when the provider reports that mark played, the
-    caller has heard the reply and the gate may open (after the echo tail)."""
+    message in the provider's protocol, named after the turn it answers; when the provider
+    reports that mark played, the caller has heard the reply and a ReplyPlayedFrame goes
+    upstream to the gate."""
 
-    def __init__(self, gate: HalfDuplexGate, *, protocol: MarkProtocol, **kwargs):
+    def __init__(self, *, protocol: MarkProtocol, **kwargs):
         super().__init__(**kwargs)
-        self._gate = gate
         self._mark_message = protocol.mark_message
         self._echoed_mark = protocol.echoed_mark
-        self._replies = 0
-        self._waiting_for: str | None = None
+        self._turn_id = 0
+        self._waiting_for: dict[str, int] = {}  # mark name -> turn id
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._replies += 1
-            self._waiting_for = f"reply-{self._replies}"
+        if isinstance(frame, UserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._turn_id = frame.turn.id
+        elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+            name = f"turn-{self._turn_id}"
+            self._waiting_for = {name: self._turn_id}
             # Queued behind the reply's audio, so the provider plays that first.
-            await self.push_frame(
-                OutputTransportMessageFrame(message=self._mark_message(self._waiting_for))
-            )
+            await self.push_frame(OutputTransportMessageFrame(message=self._mark_message(name)))
         elif isinstance(frame, InputTransportMessageFrame):
             name = self._echoed_mark(frame.message)
-            if name is not None and name == self._waiting_for:
-                self._waiting_for = None
-                self._gate.reply_finished()
+            if name is not None and name in self._waiting_for:
+                turn_id = self._waiting_for.pop(name)
+                await self.push_frame(ReplyPlayedFrame(turn_id=turn_id), FrameDirection.UPSTREAM)
             if name is not None:
                 return  # ours: nothing further down needs it
         await self.push_frame(frame, direction)

@@ -5,6 +5,12 @@ latency is the time from the end of the user's speech to the first bot audio sam
 reaching the output transport; it splits into turn-end detection, LLM time to the first
 sentence and TTS time to the first audio (speech recognition runs alongside turn-end
 detection and is reported on its own).
+
+The user's side of a turn comes in its record (a UserTurnFrame: the words, the VAD's stop
+and the turn's end, the tone); the rest is read from the frames the stages push: the
+last transcript before the turn ends, the LLM's first text, the TTS's first audio, the
+transport's BotStartedSpeakingFrame and the ReplyPlayedFrame that ends the turn. Each is
+taken the first time it is pushed (by its source), so nothing needs to be matched twice.
 """
 
 from __future__ import annotations
@@ -16,35 +22,46 @@ from dataclasses import dataclass, field
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
-    LLMContextUserTurnFrame,
-    LLMFullResponseEndFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
-    VADUserStoppedSpeakingFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+
+from pipelines.turns.record import ReplyPlayedFrame, UserTurn, UserTurnFrame
 
 
 @dataclass
 class TurnRecord:
-    index: int
-    started: float
+    """A user turn (its record) and the instants of the reply to it."""
+
+    user: UserTurn
     speech_end: float | None = None  # known exactly in file mode, else estimated from the VAD
-    vad_stop: float | None = None
     transcript_at: float | None = None
-    turn_end: float | None = None
     first_llm_text: float | None = None
     tts_start: float | None = None
     first_tts_audio: float | None = None
     bot_started: float | None = None
     reply_played: float | None = None
-    transcript: str = ""
     reply: str = ""
     tone: dict | None = None  # how the user sounded and the style that followed
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def index(self) -> int:
+        return self.user.id - 1
+
+    @property
+    def transcript(self) -> str:
+        return self.user.text
+
+    @property
+    def vad_stop(self) -> float | None:
+        return self.user.vad_stop
+
+    @property
+    def turn_end(self) -> float | None:
+        return self.user.turn_end
 
     def stages(self) -> dict[str, float | None]:
         def span(a, b):
@@ -77,16 +94,15 @@ class TurnRecord:
 
 
 class TurnTimeline(BaseObserver):
-    """Watches frames between processors and fills one TurnRecord per user turn."""
+    """Watches frames between processors and fills one TurnRecord per user turn.
+    ``llm``: the LLM service, whose text frames are the reply's words."""
 
-    def __init__(self, *, vad_stop_secs: float, llm, tts, reply_watcher, **kwargs):
+    def __init__(self, *, vad_stop_secs: float, llm, **kwargs):
         super().__init__(**kwargs)
         self._vad_stop_secs = vad_stop_secs
         self._llm = llm
-        self._tts = tts
-        self._reply_watcher = reply_watcher
         self.turns: list[TurnRecord] = []
-        self._seen: set[int] = set()
+        self._transcript_at: float | None = None
         self._known_speech_end: float | None = None
         # Called with each turn once its reply has been played out.
         self.on_turn_done: Callable[[TurnRecord], Awaitable[None]] | None = None
@@ -98,75 +114,53 @@ class TurnTimeline(BaseObserver):
     def mark_speech_end(self, when: float | None = None):
         """The input knows exactly when the user's speech ended (file mode)."""
         self._known_speech_end = when if when is not None else time.monotonic()
-        turn = self.current
-        if turn is not None and turn.bot_started is None and turn.speech_end is None:
-            turn.speech_end = self._known_speech_end
-
-    def set_tone(self, tone: dict):
-        turn = self.current
-        if turn is not None:
-            turn.tone = tone
 
     def mark_tts_start(self):
         turn = self.current
         if turn is not None and turn.tts_start is None:
             turn.tts_start = time.monotonic()
 
-    def _open_turn(self, now: float) -> TurnRecord:
-        # Only the current turn's frames can come round again, so the set stays small.
-        self._seen.clear()
-        turn = TurnRecord(index=len(self.turns), started=now)
-        self.turns.append(turn)
-        self._known_speech_end = None
-        return turn
-
     async def on_push_frame(self, data: FramePushed):
         frame = data.frame
-        if frame.id in self._seen:
-            return
         now = time.monotonic()
+        if isinstance(frame, TranscriptionFrame):
+            self._transcript_at = now  # the last words before the turn ends are awaited
+            return
+        if isinstance(frame, UserTurnFrame):
+            if self.current is None or self.current.user is not frame.turn:
+                self._open(frame.turn)
+            return
         turn = self.current
-        if isinstance(frame, UserStartedSpeakingFrame):
-            if turn is None or turn.turn_end is not None:
-                self._open_turn(now)
-            self._seen.add(frame.id)
+        if turn is None or turn.done.is_set():
             return
-        if turn is None:
-            return
-        if isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._seen.add(frame.id)
-            turn.vad_stop = now
-            if self._known_speech_end is None:
-                turn.speech_end = now - self._vad_stop_secs
-        elif isinstance(frame, TranscriptionFrame):
-            self._seen.add(frame.id)
-            turn.transcript_at = now  # the last segment's words are the ones the turn waits for
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            self._seen.add(frame.id)
-            turn.turn_end = turn.turn_end or now
-            if self._known_speech_end is not None:
-                turn.speech_end = self._known_speech_end
-        elif isinstance(frame, LLMContextUserTurnFrame):
-            self._seen.add(frame.id)
-            turn.transcript = frame.text.strip()
-        # Frames matched on their source are pushed by it once: no need to remember them.
-        elif isinstance(frame, LLMTextFrame) and data.source is self._llm:
+        if isinstance(frame, LLMTextFrame) and data.source is self._llm:
             turn.first_llm_text = turn.first_llm_text or now
             turn.reply += frame.text
-        elif isinstance(frame, TTSAudioRawFrame) and data.source is self._tts:
+        elif isinstance(frame, TTSAudioRawFrame):
             turn.first_tts_audio = turn.first_tts_audio or now
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self._seen.add(frame.id)
             turn.bot_started = turn.bot_started or now
-        elif isinstance(frame, LLMFullResponseEndFrame) and data.source is self._reply_watcher:
-            turn.reply_played = now
-            turn.reply = turn.reply.strip()
-            turn.done.set()
-            if self.on_turn_done is not None:
-                await self.on_turn_done(turn)
+        elif isinstance(frame, ReplyPlayedFrame) and frame.turn_id == turn.user.id:
+            await self._close(turn, now, frame.spoken)
 
-    def no_reply(self):
-        """The user turn ended without text; nothing will be spoken."""
-        turn = self.current
-        if turn is not None:
+    def _open(self, user: UserTurn):
+        speech_end = self._known_speech_end
+        if speech_end is None and user.vad_stop is not None:
+            speech_end = user.vad_stop - self._vad_stop_secs
+        self.turns.append(
+            TurnRecord(user=user, speech_end=speech_end, transcript_at=self._transcript_at)
+        )
+        self._transcript_at = self._known_speech_end = None
+
+    async def _close(self, turn: TurnRecord, now: float, spoken: bool):
+        turn.reply = turn.reply.strip()
+        if turn.user.tone is not None and turn.user.tone.done():
+            result = await turn.user.tone_result(0)
+            turn.tone = result.log if result else None
+        if not spoken:  # a turn with no words: nothing was said
             turn.done.set()
+            return
+        turn.reply_played = now
+        turn.done.set()
+        if self.on_turn_done is not None:
+            await self.on_turn_done(turn)

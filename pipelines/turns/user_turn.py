@@ -1,4 +1,4 @@
-"""One user turn, read in one place: the audio the user spoke, its transcript, its tone.
+"""One user turn, read in one place: the audio the user spoke, its words, its tone.
 
 Sits right after the user aggregator, which runs the VAD and decides when the turn ends,
 and passes every frame on untouched but the caller's audio: nothing after it needs that,
@@ -8,12 +8,15 @@ and stop of speech, the end of the turn (UserStoppedSpeakingFrame), the turn's t
 written to the LLM context (LLMContextUserTurnFrame), then the context that runs the LLM.
 
 A turn's audio runs from a pre-roll before the first VAD start (the VAD fires only after
-``start_secs`` of speech) to the last VAD stop. When the text arrives the turn goes into
-the session (the voice hears it) and its tone is analysed on a thread while the LLM
-already runs: the reply's style only has to be ready when the first sentence is spoken
-(SessionState.reply_context waits for it), so tone following costs the LLM nothing.
-Nothing about the tone is written into the LLM's context: small models narrate such
-notes ("The user is asking ...") instead of answering.
+``start_secs`` of speech) to the last VAD stop. When the text arrives the turn is made
+into a UserTurn (pipelines/turns/record.py) and sent on in a UserTurnFrame, and its tone
+is analysed on a thread while the LLM already runs: the reply's style only has to be ready
+when the first sentence is spoken (the TTS waits for it, briefly), so tone following costs
+the LLM nothing. Nothing about the tone is written into the LLM's context: small models
+narrate such notes ("The user is asking ...") instead of answering.
+
+The speaker's usual tone, against which each turn is read, is kept here: it is this
+processor's to own, as the record of each turn is.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 from loguru import logger
@@ -35,9 +37,15 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from agent.session import SessionState
 from agent.tone.analysis import analyze_tone
-from agent.tone.follow import as_log
+from agent.tone.follow import ToneFollower, as_log
+from pipelines.turns.record import (
+    NoWordsFrame,
+    ReplyPlayedFrame,
+    ToneResult,
+    UserTurn,
+    UserTurnFrame,
+)
 from tts.base import SpokenAudio
 
 # A user turn longer than this keeps only its first part; nobody speaks one turn for minutes.
@@ -45,28 +53,28 @@ MAX_TURN_SECS = 120.0
 
 
 class UserTurnProcessor(FrameProcessor):
-    """Captures each user turn (audio + transcript), follows its tone, stores it."""
+    """Makes each user turn's record (audio, words, tone, instants) and sends it on.
+
+    ``follow_tone``: the reply's style moves toward how the user sounds (the reading is
+    made and reported either way). Event ``on_tone(processor, log: dict)``: a turn's tone
+    has been read (for clients that show it)."""
 
     def __init__(
-        self,
-        *,
-        session: SessionState,
-        pre_roll_secs: float,
-        vad_start_secs: float,
-        on_tone: Callable[[dict], Awaitable[None]] | None = None,
-        **kwargs,
+        self, *, pre_roll_secs: float, vad_start_secs: float, follow_tone: bool = True, **kwargs
     ):
         super().__init__(**kwargs)
-        self._session = session
         self._lead_secs = pre_roll_secs + vad_start_secs
-        self.on_tone = on_tone
+        self._follower = ToneFollower(enabled=follow_tone)
         self._sample_rate = 16000
         self._recent: deque[np.ndarray] = deque()  # outside a turn: the latest lead-in
         self._recent_samples = 0
-        self._turn: list[np.ndarray] | None = None  # inside a turn: its audio so far
-        self._turn_samples = 0
+        self._audio: list[np.ndarray] | None = None  # inside a turn: its audio so far
+        self._audio_samples = 0
         self._speech_end = 0  # samples into the turn where the VAD last heard speech end
-        self._ended_audio: np.ndarray | None = None  # the ended turn, awaiting its text
+        self._vad_stop: float | None = None
+        self._ended: tuple[np.ndarray | None, float] | None = None  # audio, end: awaiting text
+        self._turns = 0
+        self._register_event_handler("on_tone")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -77,11 +85,18 @@ class UserTurnProcessor(FrameProcessor):
             elif isinstance(frame, VADUserStartedSpeakingFrame):
                 self._speech_started()
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
-                self._speech_end = self._turn_samples
+                self._speech_end = self._audio_samples
+                self._vad_stop = time.monotonic()
             elif isinstance(frame, UserStoppedSpeakingFrame):
                 self._turn_ended()
             elif isinstance(frame, LLMContextUserTurnFrame):
-                self._text_written(frame.text.strip())
+                await self.push_frame(frame, direction)
+                await self._send_turn(frame.text.strip())
+                return
+            elif isinstance(frame, NoWordsFrame):
+                # Nothing will be said: the user may speak again at once.
+                await self._send_turn("")
+                return
         await self.push_frame(frame, direction)
 
     def _add_audio(self, frame: InputAudioRawFrame):
@@ -89,10 +104,10 @@ class UserTurnProcessor(FrameProcessor):
         if frame.num_channels > 1:
             samples = samples.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
         self._sample_rate = frame.sample_rate
-        if self._turn is not None:
-            if self._turn_samples < MAX_TURN_SECS * self._sample_rate:
-                self._turn.append(samples)
-                self._turn_samples += len(samples)
+        if self._audio is not None:
+            if self._audio_samples < MAX_TURN_SECS * self._sample_rate:
+                self._audio.append(samples)
+                self._audio_samples += len(samples)
             return
         self._recent.append(samples)
         self._recent_samples += len(samples)
@@ -101,44 +116,54 @@ class UserTurnProcessor(FrameProcessor):
             self._recent_samples -= len(self._recent.popleft())
 
     def _speech_started(self):
-        if self._turn is not None:
+        if self._audio is not None:
             return  # the user resumed within the same turn
         lead = np.concatenate(self._recent) if self._recent else np.zeros(0, np.int16)
         keep = int(self._lead_secs * self._sample_rate)
-        self._turn = [lead[max(0, len(lead) - keep) :] if keep else lead[:0]]
-        self._turn_samples = len(self._turn[0])
+        self._audio = [lead[max(0, len(lead) - keep) :] if keep else lead[:0]]
+        self._audio_samples = len(self._audio[0])
         self._speech_end = 0
         self._recent.clear()
         self._recent_samples = 0
 
     def _turn_ended(self):
-        if self._turn is None:
-            return
-        audio = np.concatenate(self._turn)
-        self._ended_audio = audio[: self._speech_end or len(audio)]
-        self._turn = None
-        self._turn_samples = 0
+        audio = None
+        if self._audio is not None:
+            audio = np.concatenate(self._audio)[: self._speech_end or self._audio_samples]
+        self._ended = (audio, time.monotonic())
+        self._audio = None
+        self._audio_samples = 0
 
-    def _text_written(self, text: str):
-        audio, self._ended_audio = self._ended_audio, None
-        if audio is None or not text:
-            return
-        turn = SpokenAudio(audio, self._sample_rate, text)
-        logger.debug(f"{self}: user turn of {turn.duration_secs:.2f} s: {text!r}")
-        self._session.add_user_turn(turn)
-        self._session.style_pending(self.create_task(self._follow_tone(turn)))
+    async def _send_turn(self, text: str):
+        """The ended turn's record, downstream; with no words, also "nothing to say"
+        upstream (the gate listens again)."""
+        audio, turn_end = self._ended or (None, time.monotonic())
+        self._ended = None
+        self._turns += 1
+        turn = UserTurn(id=self._turns, text=text, vad_stop=self._vad_stop, turn_end=turn_end)
+        self._vad_stop = None
+        if text and audio is not None and len(audio):
+            turn.audio = SpokenAudio(audio, self._sample_rate, text)
+            turn.tone = self.create_task(self._read_tone(turn.audio), name="tone")
+            logger.debug(f"{self}: turn {turn.id}, {turn.audio.duration_secs:.2f} s: {text!r}")
+        await self.push_frame(UserTurnFrame(turn=turn))
+        if not text:
+            await self.push_frame(
+                ReplyPlayedFrame(turn_id=turn.id, spoken=False), FrameDirection.UPSTREAM
+            )
 
-    async def _follow_tone(self, turn: SpokenAudio):
+    async def _read_tone(self, audio: SpokenAudio) -> ToneResult | None:
         start = time.perf_counter()
         try:
             features = await asyncio.to_thread(
-                analyze_tone, turn.samples, turn.sample_rate, turn.text
+                analyze_tone, audio.samples, audio.sample_rate, audio.text
             )
         except ValueError as e:  # e.g. nothing audible: follow nothing this turn
             logger.debug(f"{self}: no tone for this turn: {e}")
-            return
+            return None
         analysis_ms = (time.perf_counter() - start) * 1000
-        reading, style = self._session.tone.follow(features)
+        reading, style = self._follower.follow(features)
         logger.debug(f"{self}: tone {reading} -> {style} ({analysis_ms:.0f} ms)")
-        if self.on_tone is not None:
-            await self.on_tone(as_log(features, reading, style, reading.describe(), analysis_ms))
+        log = as_log(features, reading, style, reading.describe(), analysis_ms)
+        await self._call_event_handler("on_tone", log)
+        return ToneResult(style=style, log=log)
