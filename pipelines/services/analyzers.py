@@ -1,4 +1,6 @@
-"""Pipecat's Silero VAD and Smart Turn v3 analyzers with their ONNX sessions shared.
+"""Pipecat's Silero VAD and Smart Turn v3 analyzers with their ONNX sessions shared: the
+one module that reaches past Pipecat's public surface (checked against the pinned release by
+tests/test_pipecat_adapters.py).
 
 Each analyzer keeps per-conversation state (Silero's recurrent state, Smart Turn's audio),
 so each session needs its own instance, but the models are read-only: loading each once

@@ -84,7 +84,7 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
         adapter = self.get_llm_adapter()
         params = await adapter.get_llm_invocation_params(
             context,
-            system_instruction=self._settings.system_instruction,
+            system_instruction=self.settings.system_instruction,
             convert_developer_to_user=True,
         )
         return params["messages"]
@@ -120,9 +120,9 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
             self._llm,
             self._prompt(messages),
             on_complete=read_ahead,
-            max_tokens=self._settings.max_tokens,
-            temperature=self._settings.temperature,
-            seed=self._settings.seed,
+            max_tokens=self.settings.max_tokens,
+            temperature=self.settings.temperature,
+            seed=self.settings.seed,
             session=self._session_id,
         )
 

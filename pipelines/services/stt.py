@@ -1,16 +1,30 @@
-"""Pipecat's faster-whisper service over a WhisperModel loaded once per process."""
+"""Speech to text as a Pipecat segmented STT service, over one faster-whisper model
+shared by every session (agent/asr/whisper.py).
+
+Built on Pipecat's public SegmentedSTTService contract (``run_stt`` on raw PCM segments,
+``language_to_service_language``), the way its own WhisperSTTService is, so nothing of
+that service's internals (its model loading) is leaned on.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
+
 import numpy as np
 from pipecat.frames.frames import (
+    ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.whisper.stt import WhisperSTTSettings, language_to_whisper_language
+from pipecat.transcriptions.language import Language
+from pipecat.utils.time import time_now_iso8601
 
 from agent.asr.speech_end import SpeechEndWatch
 from agent.asr.whisper import ShortUtteranceWhisper
@@ -20,13 +34,16 @@ from agent.asr.whisper import ShortUtteranceWhisper
 TRAILING_SILENCE_SECS = 0.5
 
 
-class SharedWhisperSTTService(WhisperSTTService):
-    """Pipecat's faster-whisper service, reading a WhisperModel loaded once per process.
+class SharedWhisperSTTService(SegmentedSTTService):
+    """Whisper on each speech segment the VAD cuts, with the process's shared model.
 
     With ``early``, it starts transcribing when the user's voice drops to silence, a
     fifth of a second before the VAD (which waits ``stop_secs`` to be sure) reports the
     stop and Pipecat asks for the segment (agent/asr/whisper.py, ``transcribe_early``).
     """
+
+    Settings = WhisperSTTSettings
+    _settings: WhisperSTTSettings
 
     def __init__(
         self,
@@ -36,20 +53,32 @@ class SharedWhisperSTTService(WhisperSTTService):
         utterance_window: bool = True,
         early: bool = True,
         filler_prompt: str | None = None,
+        settings: WhisperSTTSettings,
         **kwargs,
     ):
-        # WhisperSTTService.__init__ calls _load(); the shared model must be in place first.
-        self._shared_model = ShortUtteranceWhisper(
+        # Pipecat's own Whisper defaults, with the given settings over them.
+        merged = WhisperSTTSettings(
+            model=None, language=Language.EN, no_speech_prob=0.4, hotwords=None, initial_prompt=None
+        )
+        merged.apply_update(settings)
+        super().__init__(trailing_silence_secs=TRAILING_SILENCE_SECS, settings=merged, **kwargs)
+        self._whisper = ShortUtteranceWhisper(
             model,
             beam_size=beam_size,
             utterance_window=utterance_window,
             filler_prompt=filler_prompt,
         )
-        super().__init__(trailing_silence_secs=TRAILING_SILENCE_SECS, **kwargs)
         self._onset = SpeechEndWatch() if early else None
 
-    def _load(self):
-        self._model = self._shared_model
+    @property
+    def wants_wav_segments(self) -> bool:
+        return False  # the model reads raw 16-bit PCM
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    def language_to_service_language(self, language: Language) -> str | None:
+        return language_to_whisper_language(language)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if self._onset is not None:
@@ -66,6 +95,31 @@ class SharedWhisperSTTService(WhisperSTTService):
             # VAD start), with the silence it pads segments with.
             speech = self._onset.segment().astype(np.float32) / 32768
             trailing = np.zeros(int(self.sample_rate * TRAILING_SILENCE_SECS), np.float32)
-            self._shared_model.transcribe_early(speech, trailing, self._settings.language)
+            self._whisper.transcribe_early(speech, trailing, self.settings.language)
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        """One segment's words (16-bit PCM), without those Whisper thinks are not speech."""
+        await self.start_processing_metrics()
+        samples = np.frombuffer(audio, dtype=np.int16).astype(np.float32) / 32768.0
+        language = self.settings.language
+        try:
+            segments, _ = await asyncio.to_thread(
+                lambda: _consumed(self._whisper.transcribe(samples, language=language))
+            )
+        except Exception as e:  # one failed segment is reported, the call goes on
+            await self.stop_processing_metrics()
+            yield ErrorFrame(error=f"speech recognition failed: {e}")
+            return
+        threshold = self.settings.no_speech_prob
+        text = "".join(
+            f"{s.text} " for s in segments if threshold is None or s.no_speech_prob < threshold
+        )
+        await self.stop_processing_metrics()
+        if text:
+            yield TranscriptionFrame(text, "", time_now_iso8601(), language)
 
 
+def _consumed(result):
+    """faster-whisper's segments are a lazy generator: decode them on this thread."""
+    segments, info = result
+    return list(segments), info

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
-from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator, _LookaheadState
+from pipecat.utils.text.base_text_aggregator import Aggregation, BaseTextAggregator, TextType
+from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
 _CLAUSE_END = re.compile(r"[,;:]\s$")
 # Words that open a new clause or phrase: speaking what comes before them alone sounds
@@ -25,55 +25,71 @@ PHRASE_STARTS = frozenset(
     unless until since after before with without for in on at from about during""".split()
 )
 _LAST_TWO_WORDS = re.compile(r"(\S+)\s+(\S+)\s$")
+_SENTENCE_END = re.compile(r"[.!?]")
 
 
-class FirstClauseAggregator(SimpleTextAggregator):
+class FirstClauseAggregator(BaseTextAggregator):
+    """Pipecat's sentence aggregator (SimpleTextAggregator, through its public methods),
+    with a reply's first phrase cut off on its own."""
+
     def __init__(self, *, min_words: int, **kwargs):
         super().__init__(**kwargs)
+        self._sentences = SimpleTextAggregator(**kwargs)
         self._min_words = min_words
         self._at_reply_start = True
 
+    @property
+    def text(self) -> Aggregation:
+        return self._sentences.text
+
+    def set_language(self, language: str | None) -> None:
+        super().set_language(language)
+        self._sentences.set_language(language)
+
     async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
         for char in text:
-            self._text += char
-            result = await self._check_sentence_with_lookahead(char)
-            if result:
+            sentence_out = False
+            async for sentence in self._sentences.aggregate(char):
+                sentence_out = True
                 self._at_reply_start = False
-                yield result
-                continue
-            phrase = self._first_phrase()
-            if phrase:
-                self._at_reply_start = False
-                yield Aggregation(text=phrase, type=TextType.SENTENCE)
+                yield sentence
+            if not sentence_out and char.isspace():
+                phrase = await self._first_phrase(char)
+                if phrase:
+                    self._at_reply_start = False
+                    yield Aggregation(text=phrase, type=TextType.SENTENCE)
 
-    def _first_phrase(self) -> str | None:
-        """The reply's first phrase once it is complete (removed from the buffer), or None."""
-        if not (
-            self._at_reply_start
-            and self._min_words > 0
-            and self._lookahead_state == _LookaheadState.IDLE
-        ):
+    async def _first_phrase(self, space: str) -> str | None:
+        """The reply's first phrase once a word has ended and it is complete (taken out of
+        the sentence buffer), or None."""
+        if not self._at_reply_start or self._min_words <= 0:
             return None
-        words = self._text.split()
-        if _CLAUSE_END.search(self._text) and len(words) >= self._min_words:
-            phrase, self._text = self._text.strip(), ""
-            return phrase
+        buffered = self._sentences.text.text + space
+        # A sentence end the aggregator is still deciding about ("Dr.", "3.5") is its call.
+        if _SENTENCE_END.search(buffered):
+            return None
+        words = buffered.split()
+        if _CLAUSE_END.search(buffered) and len(words) >= self._min_words:
+            await self._sentences.reset()
+            return buffered.strip()
         # A word just ended: if it opens a phrase, what came before it is the first phrase.
-        last = _LAST_TWO_WORDS.search(self._text)
+        last = _LAST_TWO_WORDS.search(buffered)
         if last and len(words) - 1 >= self._min_words and last.group(2).lower() in PHRASE_STARTS:
-            cut = self._text.rstrip().rfind(last.group(2))
-            phrase, self._text = self._text[:cut].strip(), self._text[cut:]
-            return phrase
+            cut = buffered.rstrip().rfind(last.group(2))
+            await self._sentences.reset()
+            async for _ in self._sentences.aggregate(buffered[cut:]):
+                pass  # a single word and a space: no sentence ends in it
+            return buffered[:cut].strip()
         return None
 
     async def flush(self) -> Aggregation | None:
         self._at_reply_start = True  # the LLM's response ended: the next text is a new reply
-        return await super().flush()
+        return await self._sentences.flush()
 
     async def reset(self):
         self._at_reply_start = True
-        await super().reset()
+        await self._sentences.reset()
 
     async def handle_interruption(self):
         self._at_reply_start = True
-        await super().handle_interruption()
+        await self._sentences.handle_interruption()
