@@ -22,44 +22,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--config", default="default", help="a config name in configs/ or a YAML path"
     )
-    parser.add_argument(
-        "--host", help="webrtc: address to bind (default from the config, 127.0.0.1)"
-    )
-    parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
-    parser.add_argument(
-        "--max-sessions",
-        type=int,
-        help="webrtc: calls at once, browser and phone together (default from the config, 2)",
-    )
-    parser.add_argument(
-        "--public-host",
-        help="webrtc: the host name a phone provider reaches this server by (e.g. an ngrok "
-        "tunnel's), for the stream URL the TwiML webhook (POST /) answers",
-    )
-    parser.add_argument(
-        "--token",
-        help="webrtc: the access token every request needs (default: a new one when --host "
-        "is not loopback; also VOICE_AGENT_TOKEN)",
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        help="webrtc: serve a non-loopback --host without an access token (anyone who can "
-        "reach it can talk to the bot)",
-    )
-    parser.add_argument("--tls-cert", help="webrtc: serve HTTPS with this PEM certificate")
-    parser.add_argument("--tls-key", help="webrtc: the certificate's PEM private key")
-    parser.add_argument(
-        "--self-signed",
-        action="store_true",
-        help="webrtc: serve HTTPS with a self-signed certificate, made once and kept in the "
-        "cache (browsers warn once; its fingerprint is printed to compare)",
-    )
-    parser.add_argument(
-        "--no-tls",
-        action="store_true",
-        help="webrtc: serve plain HTTP on a non-loopback --host (behind a TLS proxy)",
-    )
+    _add_server_options(parser)
     parser.add_argument(
         "--input",
         action="append",
@@ -99,6 +62,48 @@ def parse_args(argv=None):
         parser.error("--self-signed or --tls-cert/--tls-key, not both")
     args.error = parser.error
     return args
+
+
+def _add_server_options(parser) -> None:
+    """The webrtc transport's options: where it listens, who may call, TLS."""
+    parser.add_argument(
+        "--host", help="webrtc: address to bind (default from the config, 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, help="webrtc: port (default from the config, 7860)")
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        help="webrtc: calls at once, browser and phone together (default from the config, 2)",
+    )
+    parser.add_argument(
+        "--public-host",
+        help="webrtc: the host name a phone provider reaches this server by (e.g. an ngrok "
+        "tunnel's), for the stream URL the TwiML webhook (POST /) answers",
+    )
+    parser.add_argument(
+        "--token",
+        help="webrtc: the access token every request needs (default: a new one when --host "
+        "is not loopback; also VOICE_AGENT_TOKEN)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="webrtc: serve a non-loopback --host without an access token (anyone who can "
+        "reach it can talk to the bot)",
+    )
+    parser.add_argument("--tls-cert", help="webrtc: serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", help="webrtc: the certificate's PEM private key")
+    parser.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="webrtc: serve HTTPS with a self-signed certificate, made once and kept in the "
+        "cache (browsers warn once; its fingerprint is printed to compare)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="webrtc: serve plain HTTP on a non-loopback --host (behind a TLS proxy)",
+    )
 
 
 def check_file_outputs(parser, args):

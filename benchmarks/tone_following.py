@@ -584,7 +584,11 @@ async def run(args) -> dict:
         "turns": args.turns,
         "sets": args.sets,
         "features_from": {
-            "agent": "agent.tone.analysis.analyze_tone" if agent_analyzer() else "absent (no agent.tone.analysis)",
+            "agent": (
+                "agent.tone.analysis.analyze_tone"
+                if agent_analyzer()
+                else "absent (no agent.tone.analysis)"
+            ),
             "reference": "benchmarks.speech_styles.reference_features",
         },
         "speaker_embedder": "resemblyzer GE2E" if embedder.available else embedder.error,

@@ -1,4 +1,5 @@
-"""agent/tone/analysis.py: how a turn sounded, on signals with known answers and on the Piper voice."""
+"""agent/tone/analysis.py: how a turn sounded, on signals with known answers and on the Piper
+voice."""
 
 from __future__ import annotations
 

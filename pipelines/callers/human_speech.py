@@ -654,7 +654,8 @@ def summarize(manifest: list[dict]) -> None:
 
 
 def render_answer_set(out: Path) -> list[dict]:
-    """pipelines.callers.answer_set.QUESTIONS spoken by the default config's Piper voice and espeak-ng."""
+    """pipelines.callers.answer_set.QUESTIONS spoken by the default config's Piper voice and
+    espeak-ng."""
     from agent.config import load_config
     from agent.models import resolve_model
     from pipelines.callers.answer_set import QUESTIONS

@@ -3,8 +3,8 @@
 ``GET /`` serves a page that calls the bot from the browser's microphone; ``POST
 /api/offer`` takes the page's SDP offer and answers it, starting one pipeline session per
 peer connection. Phone calls come in on the same server (``POST /`` and ``/ws/{token}``,
-pipelines/serve/telephony/routes.py). The models are the process's shared ModelStack; sessions only add
-their own small state.
+pipelines/serve/telephony/). The models are the process's shared ModelStack; sessions
+only add their own small state.
 
 A session belongs to whoever created it: the answer to a new offer carries a
 ``session_secret``, and renegotiating the session (an offer with its ``pc_id``) or adding
@@ -289,24 +289,41 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
     server = WebRTCServer(stack)
     app = FastAPI(title="Local voice agent")
     app.state.server = server
-
     if access_token:
+        _require_token(app, server, access_token)
+    _add_page_routes(app, server)
+    _add_offer_routes(app, server)
+    add_phone_routes(app, server)
 
-        @app.middleware("http")
-        async def require_token(request: Request, call_next):
-            path = request.url.path
-            # Twilio's webhook has its own proof (X-Twilio-Signature) when its token is set.
-            signed = (
-                path == "/" and request.method == "POST" and os.environ.get("TWILIO_AUTH_TOKEN")
-            )
-            if path == "/api/health" or signed or token_matches(request, access_token):
-                return await call_next(request)
-            logger.warning(f"refused {request.method} {path}: no valid access token")
-            server.metrics.refused.labels("no_token").inc()
-            return JSONResponse(
-                {"error": "this server needs its access token: open the URL it printed (?token=…)"},
-                status_code=401,
-            )
+    @app.on_event("shutdown")
+    async def _shutdown():
+        await server.close()
+
+    return app
+
+
+def _require_token(app: FastAPI, server: WebRTCServer, access_token: str) -> None:
+    """Every request carries the token, but the health check and a signed Twilio webhook."""
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        path = request.url.path
+        # Twilio's webhook has its own proof (X-Twilio-Signature) when its token is set.
+        signed = (
+            path == "/" and request.method == "POST" and os.environ.get("TWILIO_AUTH_TOKEN")
+        )
+        if path == "/api/health" or signed or token_matches(request, access_token):
+            return await call_next(request)
+        logger.warning(f"refused {request.method} {path}: no valid access token")
+        server.metrics.refused.labels("no_token").inc()
+        return JSONResponse(
+            {"error": "this server needs its access token: open the URL it printed (?token=…)"},
+            status_code=401,
+        )
+
+
+def _add_page_routes(app: FastAPI, server: WebRTCServer) -> None:
+    """The page, its ICE servers, the metrics and the health check."""
 
     @app.get("/")
     async def index():
@@ -324,6 +341,11 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
     @app.get("/api/health")
     async def health():
         return {"status": "ok", "sessions": len(server.sessions)}
+
+
+def _add_offer_routes(app: FastAPI, server: WebRTCServer) -> None:
+    """``POST /api/offer`` (a browser call's SDP offer) and ``PATCH /api/offer`` (its ICE
+    candidates): same-site, rate-limited, size- and time-limited, owner-checked."""
 
     def refused(status: int, error: str) -> JSONResponse:
         logger.warning(f"refused a request ({status}): {error}")
@@ -377,14 +399,6 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
         except Exception as e:
             return refused(400, f"bad ICE candidate: {type(e).__name__}: {e}")
         return {"status": "ok"}
-
-    add_phone_routes(app, server)
-
-    @app.on_event("shutdown")
-    async def _shutdown():
-        await server.close()
-
-    return app
 
 
 def ice_servers(config) -> list[dict]:

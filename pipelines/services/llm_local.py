@@ -43,8 +43,9 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
 class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
     """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
 
-    The local model's replies come as OpenAI chunks (agent/llm/local.py), so everything else Pipecat's
-    OpenAI service does (context handling, text frames, metrics, errors) is reused as is.
+    The local model's replies come as OpenAI chunks (agent/llm/local.py), so everything
+    else Pipecat's OpenAI service does (context handling, text frames, metrics, errors) is
+    reused as is.
 
     Reading the prompt is most of the first token's time on a CPU, so the conversation is
     read ahead (agent/llm/local.py): the system prompt and examples when the session starts, and,
