@@ -321,3 +321,55 @@ async def test_the_vad_cuts_a_stretch_of_speech_with_no_pause_at_its_limit(stack
     assert spoke and not [t for t in uncut if t < 9.5], uncut  # one stretch, as given
     cut, _ = await stops(4.0)
     assert cut and 4.0 <= cut[0] <= 5.0, cut
+
+
+async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(stack, monkeypatch):
+    """The LLM reads the next turn's prompt when the TTS says the reply's speech is made
+    (a frame), not on a timer: never beside the synthesis of the reply it just wrote."""
+    import time
+
+    from pipecat.frames.frames import LLMContextFrame, TTSAudioRawFrame
+    from pipecat.observers.base_observer import BaseObserver
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
+
+    from pipelines.services.llm import backend, llm_settings
+    from pipelines.services.tts import EngineTTSService
+    from pipelines.turns.first_clause import FirstClauseAggregator
+
+    read: list[tuple[float, list[dict]]] = []
+    real = stack.llm.read_ahead
+
+    def recorded(messages, *, session=None):
+        read.append((time.monotonic(), messages))
+        return real(messages, session=session)
+
+    monkeypatch.setattr(stack.llm, "read_ahead", recorded)
+    voiced: list[float] = []
+
+    class LastAudio(BaseObserver):
+        async def on_push_frame(self, data):
+            if isinstance(data.frame, TTSAudioRawFrame):
+                voiced.append(time.monotonic())
+
+    config = stack.config
+    llm = backend("llama-cpp").service(stack.llm, config, "ahead", llm_settings(config, stack.llm))
+    reply = Pipeline(
+        [
+            llm,
+            LLMTextProcessor(text_aggregator=FirstClauseAggregator(min_words=3)),
+            EngineTTSService(engine=stack.speech, session_id="ahead"),
+        ]
+    )
+    context = LLMContext()
+    context.add_message({"role": "user", "content": "Can you name a fruit that is yellow?"})
+    _, up = await run_test(
+        reply, frames_to_send=[LLMContextFrame(context=context), pause(3.0)], observers=[LastAudio()]
+    )
+    # At the start, the system prompt; after the reply, the conversation with it.
+    assert len(read) == 2, [m for _, m in read]
+    at, messages = read[1]
+    assert messages[-1]["role"] == "assistant" and messages[-1]["content"].strip()
+    assert messages[-2] == {"role": "user", "content": "Can you name a fruit that is yellow?"}
+    assert voiced and at >= voiced[-1]  # after the reply's last audio was made
+    assert not any(type(f).__name__ == "ReplyVoicedFrame" for f in up)

@@ -9,7 +9,7 @@ it may condition on arrives in a SpeechContext with every call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,11 +22,15 @@ class EngineUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class SpokenAudio:
-    """A stretch of speech with its words: mono int16 samples at ``sample_rate``."""
+    """A stretch of speech with its words: mono int16 samples at ``sample_rate``.
+    ``codes``: for speech an engine made, what it made it from in its own terms (MisoTTS:
+    its Mimi codes), so that when the utterance comes back as context it is not encoded
+    again; None for the user's speech."""
 
     samples: np.ndarray
     sample_rate: int
     text: str
+    codes: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_secs(self) -> float:
@@ -107,8 +111,10 @@ class SpeechEngine(ABC):
     sample_rate: int
 
     @abstractmethod
-    def synthesize(self, text: str, context: SpeechContext) -> Iterator[np.ndarray]:
-        """Yield int16 mono chunks speaking ``text``; raise ValueError for unusable text."""
+    def synthesize(self, text: str, context: SpeechContext) -> Generator[np.ndarray, None, object]:
+        """Yield int16 mono chunks speaking ``text``; raise ValueError for unusable text.
+        The generator may return the engine's own form of what it said (SpokenAudio.codes),
+        which comes back with the utterance in later contexts."""
 
     def synthesize_all(self, text: str, sample_rate: int | None = None) -> np.ndarray:
         """The whole of ``text`` spoken with no context, as int16 at ``sample_rate``

@@ -6,15 +6,14 @@ transcript), each bot utterance as the bot's speaker (its own generated audio an
 and the optional voice prompt that fixes the bot's voice. The sentences of one reply are
 spoken one call each; each call sees the sentences already spoken, so a reply keeps one
 voice. The bot's own utterances are not encoded again: the codes they were decoded from
-are remembered.
+are returned with the speech and come back with the utterance (SpokenAudio.codes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +59,6 @@ def pick_device(device: str, allow_cpu: bool) -> torch.device:
     return wanted
 
 
-def _audio_key(samples: np.ndarray) -> bytes:
-    """A short key for a stretch of audio (the audio itself would be kept as the key)."""
-    return hashlib.sha1(samples.tobytes()).digest()
-
-
 def float_to_int16(audio: torch.Tensor) -> np.ndarray:
     return (audio.clamp(-1, 1).numpy() * 32767).astype(np.int16)
 
@@ -77,7 +71,6 @@ class MisoEngine(SpeechEngine):
         # Called (from the synthesis thread) with the segments and plan of every utterance;
         # for logs and tests.
         self.context_observers: list[Callable[[Sequence[Segment], ContextPlan], None]] = []
-        self._known_codes: dict[bytes, torch.Tensor] = {}
 
     @classmethod
     def load(
@@ -150,7 +143,7 @@ class MisoEngine(SpeechEngine):
             text=spoken.text,
             audio=self._audio_at_codec_rate(spoken),
             sample_rate=self.sample_rate,
-            codes=self._known_codes.get(_audio_key(spoken.samples)),
+            codes=spoken.codes,
             codebooks=self.options.num_codebooks,  # what the remembered codes were made with
         )
 
@@ -166,7 +159,7 @@ class MisoEngine(SpeechEngine):
 
     # -- speaking -----------------------------------------------------------------------
 
-    def synthesize(self, text: str, context: SpeechContext) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, context: SpeechContext) -> Generator[np.ndarray, None, object]:
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
         opts = self.options
@@ -188,15 +181,9 @@ class MisoEngine(SpeechEngine):
             spoken.append(pcm)
             codes.append(chunk.codes)
             yield pcm
-        if spoken:
-            # The pipeline stores exactly these samples as the bot's utterance; when they
-            # come back as context, their codes are already known.
-            self._remember(_audio_key(np.concatenate(spoken)), torch.cat(codes, dim=1))
-
-    def _remember(self, key: bytes, codes: torch.Tensor, limit: int = 64) -> None:
-        self._known_codes[key] = codes
-        while len(self._known_codes) > limit:
-            self._known_codes.pop(next(iter(self._known_codes)))
+        # The codes this speech was decoded from: when it comes back as context, it is
+        # not encoded again.
+        return torch.cat(codes, dim=1) if codes else None
 
     def forget(self, session_id: str) -> None:
         self.generator.forget(session_id)

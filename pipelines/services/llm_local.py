@@ -3,13 +3,13 @@ session, behind Pipecat's OpenAI service."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from loguru import logger
 from openai.types.chat import ChatCompletionChunk
-from pipecat.frames.frames import CancelFrame, EndFrame, StartFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame, StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
 
 from agent.cpu_share import CpuShare
@@ -17,10 +17,7 @@ from agent.llm.local import LocalLLM
 from agent.llm.prompt import trim_history, with_examples, without_echoes
 from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
-
-# How long after a reply's text is written the conversation is read ahead: by then the
-# reply's last sentence has reached the TTS and announced itself if it is urgent.
-READ_AHEAD_DELAY_SECS = 0.3
+from pipelines.turns.record import ReplyVoicedFrame
 
 
 def load(config, cpu: CpuShare) -> LocalLLM:
@@ -48,10 +45,11 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
     reused as is.
 
     Reading the prompt is most of the first token's time on a CPU, so the conversation is
-    read ahead (agent/llm/local.py): the system prompt and examples when the session starts, and,
-    as soon as a reply has been written, the conversation with that reply and the opening
-    of the user's next message, while the reply plays. The user's words are then all that
-    is left to read when they have spoken.
+    read ahead (agent/llm/local.py): the system prompt and examples when the session
+    starts, and, once a reply has been written and voiced (the TTS's ReplyVoicedFrame),
+    the conversation with that reply and the opening of the user's next message, while
+    the reply plays. The user's words are then all that is left to read when they have
+    spoken.
     """
 
     def __init__(
@@ -68,10 +66,20 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
         self._max_history_turns = max_history_turns
         self._examples = list(examples)
         self._session_id = session_id
+        self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, ReplyVoicedFrame):
+            # The reply's speech is made: reading ahead no longer competes with it.
+            if self._next_prompt is not None:
+                self._read_ahead(self._next_prompt)
+                self._next_prompt = None
+            return
+        await super().process_frame(frame, direction)
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
-        await self._read_ahead(await self._chat_messages(LLMContext()))
+        self._read_ahead(self._next_user_prompt(await self._chat_messages(LLMContext())))
 
     async def stop(self, frame: EndFrame):
         await super().stop(frame)
@@ -95,27 +103,26 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
         messages = trim_history(without_echoes(messages), self._max_history_turns)
         return with_examples(messages, self._examples)
 
-    async def _read_ahead(self, messages: list[dict]):
-        """Read the prompt the next user message will be appended to, off the critical
-        path, with the same history trimming the next turn will get. It starts a moment
-        later, once the reply's last text has reached the TTS, and gives way to every
-        reply and to the synthesis of a first phrase (agent/cpu_share.py): on 2 cores,
-        reading ahead beside Piper made the reply's first audio twice as slow."""
-        prompt = self._prompt(messages + [{"role": "user", "content": "..."}])[:-1]
+    def _next_user_prompt(self, messages: list[dict]) -> list[dict]:
+        """What the prompt of the next user message will begin with, trimmed as the next
+        turn's will be."""
+        return self._prompt(messages + [{"role": "user", "content": "..."}])[:-1]
 
-        def read():
-            try:
-                self._llm.read_ahead(prompt, session=self._session_id)
-            except Exception as e:  # the next turn reads its prompt itself; say why
-                logger.warning(f"{self}: reading ahead failed: {e}")
-
-        asyncio.get_running_loop().call_later(READ_AHEAD_DELAY_SECS, read)
+    def _read_ahead(self, prompt: list[dict]):
+        """Read ``prompt`` off the critical path. It gives way to every reply and to the
+        synthesis of a first phrase (agent/cpu_share.py): on 2 cores, reading ahead beside
+        Piper made the reply's first audio twice as slow."""
+        try:
+            self._llm.read_ahead(prompt, session=self._session_id)
+        except Exception as e:  # the next turn reads its prompt itself; say why
+            logger.warning(f"{self}: reading ahead failed: {e}")
 
     async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
         messages = await self._chat_messages(context)
 
-        async def read_ahead(reply: str):
-            await self._read_ahead(messages + [{"role": "assistant", "content": reply}])
+        async def read_ahead(reply: str):  # once it has been voiced
+            written = messages + [{"role": "assistant", "content": reply}]
+            self._next_prompt = self._next_user_prompt(written)
 
         return _ThreadedChunkStream(
             self._llm,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 
 from agent.cpu_share import CpuShare
 
@@ -17,20 +17,25 @@ class ThreadFedIterator:
     ``run`` starts ``produce`` on some thread. Items cross to the event loop through a
     queue; an exception raised by the iterator is raised again by ``__anext__``. ``stop()``
     ends production after the current item and closes the iterator (so a generator's
-    ``finally``/``with`` blocks run, e.g. a model lock is released).
+    ``finally``/``with`` blocks run, e.g. a model lock is released). A generator's return
+    value is ``result`` once the iteration has ended.
     """
 
     def __init__(self, items: Callable[[], Iterable], run: Callable[[Callable[[], None]], object]):
         self._queue: asyncio.Queue = asyncio.Queue()
         self._stop = threading.Event()
+        self.result = None  # what a generator returned, once it has run to its end
         loop = asyncio.get_running_loop()
         put = self._queue.put_nowait
 
         def produce():
             iterator = iter(items())
             try:
-                for item in iterator:
-                    if self._stop.is_set():
+                while not self._stop.is_set():
+                    try:
+                        item = next(iterator)
+                    except StopIteration as end:  # a generator's return value
+                        self.result = end.value
                         break
                     loop.call_soon_threadsafe(put, item)
             except Exception as e:
@@ -59,9 +64,9 @@ class ThreadFedIterator:
 
 
 
-def while_urgent(cpu: CpuShare, chunks: Iterator) -> Iterator:
+def while_urgent(cpu: CpuShare, chunks: Generator) -> Generator:
     with cpu.urgent():
-        yield from chunks
+        return (yield from chunks)
 
 
 def start_thread(work: Callable[[], None]) -> None:

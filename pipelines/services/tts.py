@@ -19,7 +19,7 @@ from pipecat.services.tts_service import TTSService
 
 from agent.cpu_share import CpuShare
 from pipelines.services.threads import ThreadFedIterator, start_thread, while_urgent
-from pipelines.turns.record import UserTurn, UserTurnFrame
+from pipelines.turns.record import ReplyVoicedFrame, UserTurn, UserTurnFrame
 from tts.base import (
     NEUTRAL_STYLE,
     SpeechContext,
@@ -90,6 +90,11 @@ class EngineTTSService(TTSService):
                 self.dialogue.append(Utterance("user", frame.turn.audio))
         await super().process_frame(frame, direction)
 
+    async def on_turn_context_completed(self):
+        await super().on_turn_context_completed()
+        # The reply's text has all been synthesised: the CPU is the LLM's again.
+        await self.push_frame(ReplyVoicedFrame(), FrameDirection.UPSTREAM)
+
     async def _reply_style(self):
         """The style for a new reply: its turn's tone reading, once ready (a system frame,
         the turn may still be on its way past the LLM; neither is waited for long)."""
@@ -147,5 +152,8 @@ class EngineTTSService(TTSService):
             audio.stop()
             await self.stop_ttfb_metrics()
         if spoken:
-            said = SpokenAudio(np.concatenate(spoken), engine.sample_rate, text.strip())
+            # With what the engine made it from (audio.result), when it says.
+            said = SpokenAudio(
+                np.concatenate(spoken), engine.sample_rate, text.strip(), codes=audio.result
+            )
             self.dialogue.append(Utterance("bot", said))

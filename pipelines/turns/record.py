@@ -73,6 +73,12 @@ class ReplyPlayedFrame(SystemFrame):
 
 
 @dataclass
+class ReplyVoicedFrame(SystemFrame):
+    """Upstream from the TTS: all of a reply's text has been made into speech (it is still
+    playing). The LLM reads the conversation ahead for the next turn from here on."""
+
+
+@dataclass
 class NoWordsFrame(SystemFrame):
     """Downstream to the UserTurnProcessor: the turn that just ended had no words (Pipecat's
     user aggregator says so only in its ``on_user_turn_stopped`` event)."""
