@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agent.asr.whisper import ShortUtteranceWhisper, repeats_itself
+from pipelines.callers.answer_set import CONVERSATION_QUESTIONS
 from tests.conftest import QUESTIONS, speak, wer
 
 
@@ -13,7 +14,9 @@ def test_utterance_window_transcribes_like_the_full_window(stack):
     short = ShortUtteranceWhisper(stack.whisper, utterance_window=True)
     full = ShortUtteranceWhisper(stack.whisper, utterance_window=False)
     refs, short_hyps, full_hyps = [], [], []
-    for question in QUESTIONS:
+    # All twelve everyday questions: Piper's voice varies from run to run, and over five
+    # one garbled clip ("What colors does this guy want a clear day?") failed the test.
+    for question in CONVERSATION_QUESTIONS:
         audio = speak(stack, question).astype(np.float32) / 32768
         audio = np.concatenate([audio, np.zeros(8000, np.float32)])
         refs.append(question)
@@ -21,8 +24,8 @@ def test_utterance_window_transcribes_like_the_full_window(stack):
         full_hyps.append(" ".join(s.text for s in full.transcribe(audio, language="en")[0]))
     short_wer = np.mean([wer(r, h) for r, h in zip(refs, short_hyps)])
     full_wer = np.mean([wer(r, h) for r, h in zip(refs, full_hyps)])
-    # Piper's voice varies from run to run; over the benchmark's 12 questions the utterance
-    # window costs about 0.035 WER (benchmarks/asr_window.py). One slip in five is allowed.
+    # Over these 12 questions the utterance window costs about 0.035 WER
+    # (benchmarks/asr_window.py).
     assert short_wer <= full_wer + 0.1, (short_hyps, full_hyps)
     assert short_wer <= 0.15, short_hyps
 
