@@ -242,16 +242,11 @@ def generate(llm, messages: list[dict]) -> dict:
     start = time.perf_counter()
     times: list[float] = []
     text = []
-    finish = None
-    for chunk in llm.stream_chat(
-        messages, max_tokens=MAX_TOKENS, temperature=TEMPERATURE, seed=SEED
-    ):
-        choice = chunk["choices"][0]
-        content = choice["delta"].get("content")
-        if content:
-            times.append(time.perf_counter() - start)
-            text.append(content)
-        finish = choice.get("finish_reason") or finish
+    stream = llm.stream_chat(messages, max_tokens=MAX_TOKENS, temperature=TEMPERATURE, seed=SEED)
+    for content in stream:
+        times.append(time.perf_counter() - start)
+        text.append(content)
+    finish = stream.finish_reason
     reply = "".join(text).strip()
     return {
         "reply": reply,

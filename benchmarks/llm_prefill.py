@@ -35,11 +35,9 @@ def first_token_secs(llm: LocalLLM, messages: list[dict], session: str) -> tuple
     start = time.perf_counter()
     first = None
     text = []
-    for chunk in llm.stream_chat(messages, max_tokens=30, temperature=0.0, seed=0, session=session):
-        piece = chunk["choices"][0]["delta"].get("content")
-        if piece:
-            first = first or time.perf_counter() - start
-            text.append(piece)
+    for piece in llm.stream_chat(messages, max_tokens=30, temperature=0.0, seed=0, session=session):
+        first = first or time.perf_counter() - start
+        text.append(piece)
     return first or time.perf_counter() - start, "".join(text).strip()
 
 

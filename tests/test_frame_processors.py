@@ -373,3 +373,56 @@ async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(sta
     assert messages[-2] == {"role": "user", "content": "Can you name a fruit that is yellow?"}
     assert voiced and at >= voiced[-1]  # after the reply's last audio was made
     assert not any(type(f).__name__ == "ReplyVoicedFrame" for f in up)
+
+
+async def test_a_local_reply_that_fails_ends_with_the_apology_and_the_session_goes_on(
+    stack, monkeypatch
+):
+    """The in-process LLM stage: its reply's words as text frames between a start and an
+    end; when the engine fails mid-reply, the apology closes the same response, an error
+    goes upstream, and the next context is answered."""
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        LLMContextFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+    )
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    from pipelines.services.llm import backend, llm_settings
+
+    real = stack.llm.stream_chat
+    calls = []
+
+    def first_fails(messages, **options):
+        calls.append(messages)
+        stream = real(messages, **options)
+        if len(calls) > 1:
+            return stream
+
+        def broken():
+            yield next(iter(stream))
+            stream.cancel()
+            raise RuntimeError("the model went away")
+
+        return broken()
+
+    monkeypatch.setattr(stack.llm, "stream_chat", first_fails)
+    config = stack.config
+    llm = backend("llama-cpp").service(stack.llm, config, "fails", llm_settings(config, stack.llm))
+    context = LLMContext()
+    context.add_message({"role": "user", "content": "What is the capital of France?"})
+    down, up = await run_test(
+        llm,
+        frames_to_send=[LLMContextFrame(context=context), pause(1.0),
+                        LLMContextFrame(context=context), pause(2.0)],
+    )
+    kinds = [type(f) for f in down]
+    assert kinds.count(LLMFullResponseStartFrame) == kinds.count(LLMFullResponseEndFrame) == 2
+    first_end = kinds.index(LLMFullResponseEndFrame)
+    first = [f.text for f in down[:first_end] if isinstance(f, LLMTextFrame)]
+    assert len(first) == 2 and first[-1].strip() == config.llm.apology
+    second = "".join(f.text for f in down[first_end:] if isinstance(f, LLMTextFrame))
+    assert second.strip() and config.llm.apology not in second
+    assert any(isinstance(f, ErrorFrame) for f in up)

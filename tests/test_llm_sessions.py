@@ -35,10 +35,10 @@ def conversation(topic: str, turns: int) -> list[dict]:
 
 
 def reply(llm, messages, session, max_tokens=16) -> str:
-    chunks = llm.stream_chat(
+    pieces = llm.stream_chat(
         messages, max_tokens=max_tokens, temperature=0.0, seed=0, session=session
     )
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    return "".join(pieces)
 
 
 class Recorder:
@@ -58,12 +58,9 @@ class Recorder:
         self.streams[session] = stream
 
         def run():
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                if choice["delta"].get("content"):
-                    self.events.append(session)
-                if choice["finish_reason"]:
-                    self.finish[session] = choice["finish_reason"]
+            for _piece in stream:
+                self.events.append(session)
+            self.finish[session] = stream.finish_reason
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

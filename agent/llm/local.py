@@ -1,7 +1,7 @@
 """The in-process LLM: a GGUF model run by llama.cpp, shared by every session.
 
 Chat messages become tokens with the model's own chat template, and sampled tokens
-become OpenAI-style chunks. The work is agent/llm/engine.py's: every session keeps its
+become text. The work is agent/llm/engine.py's: every session keeps its
 conversation read in its own sequence of one KV cache, concurrent replies are decoded
 together, and each reply's first words come before the rest of anyone's reply.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import os
 import time
-import uuid
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,27 +30,16 @@ if TYPE_CHECKING:
 
 
 class ChatStream:
-    """One reply's chunks (OpenAI chat-completion chunk dicts), blocking per token.
-    ``cancel()``, from any thread, ends the reply at the next token."""
+    """One reply's text, piece by piece as tokens are sampled (blocking per token).
+    ``finish_reason`` ("stop" or "length") once it has ended; ``cancel()``, from any
+    thread, ends the reply at the next token."""
 
     def __init__(self, generation: Generation, llm: LocalLLM):
         self._generation = generation
         self._llm = llm
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[str]:
         llm, generation = self._llm, self._generation
-        chunk_id, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
-
-        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-            return {
-                "id": chunk_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": llm.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            }
-
-        yield chunk({"role": "assistant"})
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         first = True
         for token in generation:
@@ -62,12 +50,14 @@ class ChatStream:
                 )
             piece = text.decode(llm.engine.piece(token))
             if piece:
-                yield chunk({"content": piece})
+                yield piece
         rest = text.decode(b"", final=True)
         if rest:
-            yield chunk({"content": rest})
-        reason = generation.finish_reason
-        yield chunk({}, "length" if reason == "length" else "stop")
+            yield rest
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self._generation.finish_reason == "length" else "stop"
 
     def cancel(self) -> None:
         self._generation.cancel()
@@ -164,7 +154,7 @@ class LocalLLM:
         seed: int | None,
         session: Hashable = None,
     ) -> ChatStream:
-        """The reply to ``messages`` as a stream of chat-completion chunks."""
+        """The reply to ``messages``, as a stream of text pieces."""
         generation = self.engine.generate(
             session,
             self.tokens(messages),

@@ -1,16 +1,23 @@
 """The llama-cpp backend: one in-process llama.cpp engine (agent/llm) shared by every
-session, behind Pipecat's OpenAI service."""
+session, as a Pipecat LLM service: the context becomes chat messages through Pipecat's
+OpenAI adapter, and the reply's text goes out in LLMTextFrames as the engine makes it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 from loguru import logger
-from openai.types.chat import ChatCompletionChunk
-from pipecat.frames.frames import CancelFrame, EndFrame, Frame, StartFrame
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+)
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.llm_service import LLMService
 
 from agent.cpu_share import CpuShare
 from agent.llm.local import LocalLLM
@@ -37,12 +44,10 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
     )
 
 
-class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
-    """Pipecat's OpenAI LLM service with the HTTP call replaced by an in-process model.
-
-    The local model's replies come as OpenAI chunks (agent/llm/local.py), so everything
-    else Pipecat's OpenAI service does (context handling, text frames, metrics, errors) is
-    reused as is.
+class InProcessLLMService(LLMService):
+    """Answers each LLMContextFrame with the in-process model, the way Pipecat's LLM
+    services do (a full-response start, text frames, the end; metrics; an error frame
+    if it fails), with no client or wire format in between.
 
     Reading the prompt is most of the first token's time on a CPU, so the conversation is
     read ahead (agent/llm/local.py): the system prompt and examples when the session
@@ -61,21 +66,15 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
         session_id: str | None = None,
         **kwargs,
     ):
-        super().__init__(api_key="in-process", base_url="http://in-process.invalid/v1", **kwargs)
+        super().__init__(**kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
         self._examples = list(examples)
         self._session_id = session_id
         self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        if isinstance(frame, ReplyVoicedFrame):
-            # The reply's speech is made: reading ahead no longer competes with it.
-            if self._next_prompt is not None:
-                self._read_ahead(self._next_prompt)
-                self._next_prompt = None
-            return
-        await super().process_frame(frame, direction)
+    def can_generate_metrics(self) -> bool:
+        return True
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -88,6 +87,53 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
     async def cancel(self, frame: CancelFrame):
         await super().cancel(frame)
         self._llm.forget(self._session_id, wait=False)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, ReplyVoicedFrame):
+            # The reply's speech is made: reading ahead no longer competes with it.
+            if self._next_prompt is not None:
+                self._read_ahead(self._next_prompt)
+                self._next_prompt = None
+            return
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self._reply(frame.context)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _reply(self, context: LLMContext):
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.start_processing_metrics()
+        await self.start_ttfb_metrics()
+        stream = None
+        try:
+            messages = await self._chat_messages(context)
+            settings = self.settings
+            stream = self._llm.stream_chat(
+                self._prompt(messages),
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+                seed=settings.seed,
+                session=self._session_id,
+            )
+            pieces = ThreadFedIterator(lambda: stream, start_thread)
+            text: list[str] = []
+            try:
+                async for piece in pieces:
+                    await self.stop_ttfb_metrics()
+                    text.append(piece)
+                    await self.push_frame(LLMTextFrame(piece))
+            finally:
+                # An interruption or a closing session stops generation at the next token.
+                stream.cancel()
+                pieces.stop()
+            written = messages + [{"role": "assistant", "content": "".join(text).strip()}]
+            self._next_prompt = self._next_user_prompt(written)
+        except Exception as e:  # the reply ends here; the session goes on
+            await self.push_error(error_msg=f"Error during completion: {e}", exception=e)
+        finally:
+            await self.stop_processing_metrics()
+            await self.push_frame(LLMFullResponseEndFrame())
 
     async def _chat_messages(self, context: LLMContext) -> list[dict]:
         adapter = self.get_llm_adapter()
@@ -117,62 +163,6 @@ class LocalLLMService(ApologizesOnFailure, OpenAILLMService):
         except Exception as e:  # the next turn reads its prompt itself; say why
             logger.warning(f"{self}: reading ahead failed: {e}")
 
-    async def get_chat_completions(self, context) -> AsyncIterator[ChatCompletionChunk]:
-        messages = await self._chat_messages(context)
 
-        async def read_ahead(reply: str):  # once it has been voiced
-            written = messages + [{"role": "assistant", "content": reply}]
-            self._next_prompt = self._next_user_prompt(written)
-
-        return _ThreadedChunkStream(
-            self._llm,
-            self._prompt(messages),
-            on_complete=read_ahead,
-            max_tokens=self.settings.max_tokens,
-            temperature=self.settings.temperature,
-            seed=self.settings.seed,
-            session=self._session_id,
-        )
-
-
-class _ThreadedChunkStream:
-    """LocalLLM's chunks, generated by its engine, as Pipecat's chunk stream.
-    ``on_complete`` gets the reply's text when the model finished it (not when stopped)."""
-
-    def __init__(
-        self,
-        llm: LocalLLM,
-        messages: list[dict],
-        *,
-        on_complete: Callable[[str], Awaitable[None]] | None = None,
-        **options,
-    ):
-        self._stream = llm.stream_chat(messages, **options)
-        self._chunks = ThreadFedIterator(lambda: self._stream, start_thread)
-        self._on_complete = on_complete
-        self._text: list[str] = []
-        self._closed = False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> ChatCompletionChunk:
-        # Errors are surfaced to Pipecat, which reports them as an ErrorFrame.
-        try:
-            chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            if self._on_complete is not None and not self._closed:
-                await self._on_complete("".join(self._text).strip())
-            raise
-        chunk.setdefault("object", "chat.completion.chunk")
-        for choice in chunk.get("choices", ()):
-            self._text.append((choice.get("delta") or {}).get("content") or "")
-        return ChatCompletionChunk.model_validate(chunk)
-
-    async def aclose(self):
-        # An interruption or a closing session stops generation at the next token.
-        self._closed = True
-        self._stream.cancel()
-        self._chunks.stop()
-
-
+class LocalLLMService(ApologizesOnFailure, InProcessLLMService):
+    """The in-process LLM stage; a reply that fails ends with a spoken sorry."""
