@@ -6,8 +6,10 @@ instead of a setting silently ignored.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import yaml
@@ -340,3 +342,11 @@ def parse_config(data: object, source: str = "<dict>") -> AgentConfig:
         return AgentConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def registered(registry: dict[str, str], key: str, name: str) -> ModuleType:
+    """The module ``registry`` names ``name`` by, the value of config key ``key``; a name
+    it does not know is a ConfigError listing those it does."""
+    if name not in registry:
+        raise ConfigError(f"unknown {key} '{name}' (known: {', '.join(registry)})")
+    return importlib.import_module(registry[name])

@@ -325,11 +325,11 @@ async def test_the_vad_cuts_a_stretch_of_speech_with_no_pause_at_its_limit(stack
 
 async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(stack, monkeypatch):
     """The LLM reads the next turn's prompt when the TTS says the reply's speech is made
-    (a frame), not on a timer: never beside the synthesis of the reply it just wrote."""
+    (a frame), not on a timer: never beside the synthesis of the reply it just wrote. A
+    reply of several sentences takes the voice longer than the old 0.3 s timer."""
     import time
 
-    from pipecat.frames.frames import LLMContextFrame, TTSAudioRawFrame
-    from pipecat.observers.base_observer import BaseObserver
+    from pipecat.frames.frames import LLMContextFrame
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 
@@ -338,22 +338,25 @@ async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(sta
     from pipelines.turns.first_clause import FirstClauseAggregator
 
     read: list[tuple[float, list[dict]]] = []
-    real = stack.llm.read_ahead
+    real_read_ahead, real_synthesize = stack.llm.read_ahead, stack.speech.synthesize
 
     def recorded(messages, *, session=None):
         read.append((time.monotonic(), messages))
-        return real(messages, session=session)
+        return real_read_ahead(messages, session=session)
+
+    synthesised: list[tuple[float, float]] = []  # each sentence's synthesis: start, end
+
+    def timed_synthesis(text, context):
+        started = time.monotonic()
+        result = yield from real_synthesize(text, context)
+        synthesised.append((started, time.monotonic()))
+        return result
 
     monkeypatch.setattr(stack.llm, "read_ahead", recorded)
-    voiced: list[float] = []
-
-    class LastAudio(BaseObserver):
-        async def on_push_frame(self, data):
-            if isinstance(data.frame, TTSAudioRawFrame):
-                voiced.append(time.monotonic())
-
+    monkeypatch.setattr(stack.speech, "synthesize", timed_synthesis)
     config = stack.config
     llm = backend("llama-cpp").service(stack.llm, config, "ahead", llm_settings(config, stack.llm))
+
     reply = Pipeline(
         [
             llm,
@@ -361,17 +364,17 @@ async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(sta
             EngineTTSService(engine=stack.speech, session_id="ahead"),
         ]
     )
+    question = "Tell me about the city of Paris."
     context = LLMContext()
-    context.add_message({"role": "user", "content": "Can you name a fruit that is yellow?"})
-    _, up = await run_test(
-        reply, frames_to_send=[LLMContextFrame(context=context), pause(3.0)], observers=[LastAudio()]
-    )
+    context.add_message({"role": "user", "content": question})
+    _, up = await run_test(reply, frames_to_send=[LLMContextFrame(context=context), pause(4.0)])
     # At the start, the system prompt; after the reply, the conversation with it.
     assert len(read) == 2, [m for _, m in read]
     at, messages = read[1]
     assert messages[-1]["role"] == "assistant" and messages[-1]["content"].strip()
-    assert messages[-2] == {"role": "user", "content": "Can you name a fruit that is yellow?"}
-    assert voiced and at >= voiced[-1]  # after the reply's last audio was made
+    assert messages[-2] == {"role": "user", "content": question}
+    assert len(synthesised) >= 2  # sentences, one after another
+    assert at >= max(end for _, end in synthesised)  # once the last had been synthesised
     assert not any(type(f).__name__ == "ReplyVoicedFrame" for f in up)
 
 

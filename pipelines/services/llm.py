@@ -6,13 +6,14 @@ settings)`` (one session's Pipecat LLM service), plus one entry in ``BACKENDS``;
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 from loguru import logger
 from pipecat.frames.frames import Frame, LLMContextFrame, LLMTextFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
+
+from agent.config import registered
 
 BACKENDS: dict[str, str] = {
     "llama-cpp": "pipelines.services.llm_local",
@@ -22,11 +23,7 @@ BACKENDS: dict[str, str] = {
 
 def backend(name: str) -> ModuleType:
     """The module of the backend ``llm.backend`` names."""
-    from agent.config import ConfigError
-
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown llm.backend '{name}' (known: {', '.join(BACKENDS)})")
-    return importlib.import_module(BACKENDS[name])
+    return registered(BACKENDS, "llm.backend", name)
 
 
 def llm_settings(config, shared) -> OpenAILLMService.Settings:
@@ -67,5 +64,3 @@ class ApologizesOnFailure:
             logger.warning(f"{self}: the reply failed ({error_msg}); apologizing")
             await self.push_frame(LLMTextFrame(" " + self._apology))
         await super().push_error(error_msg, exception, **kwargs)
-
-

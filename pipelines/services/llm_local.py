@@ -105,7 +105,6 @@ class InProcessLLMService(LLMService):
         await self.push_frame(LLMFullResponseStartFrame())
         await self.start_processing_metrics()
         await self.start_ttfb_metrics()
-        stream = None
         try:
             messages = await self._chat_messages(context)
             settings = self.settings

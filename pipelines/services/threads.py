@@ -63,7 +63,6 @@ class ThreadFedIterator:
         return item
 
 
-
 def while_urgent(cpu: CpuShare, chunks: Generator) -> Generator:
     with cpu.urgent():
         return (yield from chunks)
@@ -71,5 +70,3 @@ def while_urgent(cpu: CpuShare, chunks: Generator) -> Generator:
 
 def start_thread(work: Callable[[], None]) -> None:
     threading.Thread(target=work, name="stream", daemon=True).start()
-
-

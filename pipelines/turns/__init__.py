@@ -9,8 +9,9 @@ picks it by name.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
+
+from agent.config import registered
 
 TURN_END_POLICIES: dict[str, str] = {
     "smart-turn": "pipelines.turns.turn_end",
@@ -20,10 +21,4 @@ TURN_END_POLICIES: dict[str, str] = {
 
 def turn_end_policy(name: str) -> ModuleType:
     """The module of the policy ``turn.end_detection`` names."""
-    from agent.config import ConfigError
-
-    if name not in TURN_END_POLICIES:
-        raise ConfigError(
-            f"unknown turn.end_detection '{name}' (known: {', '.join(TURN_END_POLICIES)})"
-        )
-    return importlib.import_module(TURN_END_POLICIES[name])
+    return registered(TURN_END_POLICIES, "turn.end_detection", name)

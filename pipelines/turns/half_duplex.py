@@ -139,22 +139,26 @@ class PlayoutMarks(FrameProcessor):
         self._mark_message = protocol.mark_message
         self._echoed_mark = protocol.echoed_mark
         self._turn_id = 0
-        self._waiting_for: dict[str, int] = {}  # mark name -> turn id
+        self._waiting_for: int | None = None  # the turn whose reply's mark is out
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, UserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
             self._turn_id = frame.turn.id
         elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
-            name = f"turn-{self._turn_id}"
-            self._waiting_for = {name: self._turn_id}
+            self._waiting_for = self._turn_id
             # Queued behind the reply's audio, so the provider plays that first.
-            await self.push_frame(OutputTransportMessageFrame(message=self._mark_message(name)))
+            mark = self._mark_message(_mark_name(self._turn_id))
+            await self.push_frame(OutputTransportMessageFrame(message=mark))
         elif isinstance(frame, InputTransportMessageFrame):
             name = self._echoed_mark(frame.message)
-            if name is not None and name in self._waiting_for:
-                turn_id = self._waiting_for.pop(name)
+            if self._waiting_for is not None and name == _mark_name(self._waiting_for):
+                turn_id, self._waiting_for = self._waiting_for, None
                 await self.push_frame(ReplyPlayedFrame(turn_id=turn_id), FrameDirection.UPSTREAM)
             if name is not None:
                 return  # ours: nothing further down needs it
         await self.push_frame(frame, direction)
+
+
+def _mark_name(turn_id: int) -> str:
+    return f"turn-{turn_id}"

@@ -154,13 +154,10 @@ class TurnTimeline(BaseObserver):
 
     async def _close(self, turn: TurnRecord, now: float, spoken: bool):
         turn.reply = turn.reply.strip()
-        if turn.user.tone is not None and turn.user.tone.done():
-            result = await turn.user.tone_result(0)
-            turn.tone = result.log if result else None
-        if not spoken:  # a turn with no words: nothing was said
-            turn.done.set()
-            return
-        turn.reply_played = now
+        tone = await turn.user.tone_result(max_wait_secs=0)  # read long before the reply played
+        turn.tone = tone.log if tone else None
+        if spoken:  # else a turn with no words: nothing was said
+            turn.reply_played = now
         turn.done.set()
-        if self.on_turn_done is not None:
+        if spoken and self.on_turn_done is not None:
             await self.on_turn_done(turn)
