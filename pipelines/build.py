@@ -223,8 +223,13 @@ def _connect_events(session: Session, aggregators, user_turn, *, page: bool, on_
     async def _on_user_turn_stopped(_aggregator, _strategy, message):
         if not message.content:
             await user_turn.queue_frame(NoWordsFrame())
-        else:
-            await tell_client({"type": "conversation", "role": "user", "text": message.content})
+
+    @user_turn.event_handler("on_turn")
+    async def _on_turn(_processor, turn):
+        # A turn taken back comes again, whole, under its id: the page shows it in place.
+        await tell_client(
+            {"type": "conversation", "role": "user", "text": turn.text, "turn": turn.id}
+        )
 
     @aggregators.assistant().event_handler("on_assistant_turn_stopped")
     async def _on_assistant_turn_stopped(_aggregator, message):

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    InterruptionFrame,
     LLMContextUserTurnFrame,
     LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMRunFrame,
     OutputTransportMessageFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from pipelines.turns.half_duplex import (
@@ -47,20 +54,43 @@ def pause(secs: float = 0.05) -> SleepFrame:
     return SleepFrame(sleep=secs)
 
 
-async def test_gate_drops_the_users_audio_from_turn_end_until_it_reopens():
+class OutputStandIn(FrameProcessor):
+    """Sends the frames an output transport sends both ways (the bot started speaking)
+    and an aggregator broadcasts (an interruption) upstream as well: run_test pushes
+    frames one way only."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, (BotStartedSpeakingFrame, InterruptionFrame)):
+            if direction == FrameDirection.DOWNSTREAM:
+                await self.push_frame(type(frame)(), FrameDirection.UPSTREAM)
+        await self.push_frame(frame, direction)
+
+
+async def test_gate_drops_the_users_audio_from_the_replys_first_sound_until_it_reopens():
     gate = HalfDuplexGate(echo_tail_secs=0.0, max_reply_wait_secs=1.0)
     frames = [
         *audio(0.1, 200),
         pause(),
         UserStoppedSpeakingFrame(),
         pause(),
-        *audio(0.2, 200),  # spoken while the bot is busy: never passes
-        pause(1.2),  # no reply came: the gate listens again after max_reply_wait_secs
+        *audio(0.2, 200),  # the bot is thinking: the user may go on, and is heard
+        pause(),
+        BotStartedSpeakingFrame(),
+        pause(),
+        *audio(0.2, 200),  # spoken while the reply plays: never passes
+        pause(1.2),  # no end of the reply came: the gate listens again after a while
         *audio(0.1, 200),
     ]
-    down, _ = await run_test(gate, frames_to_send=frames)
+    down, _ = await run_test(Pipeline([gate, OutputStandIn()]), frames_to_send=frames)
     kinds = [type(f) for f in down]
-    assert kinds == [InputAudioRawFrame] * 5 + [UserStoppedSpeakingFrame] + [InputAudioRawFrame] * 5
+    assert kinds == (
+        [InputAudioRawFrame] * 5
+        + [UserStoppedSpeakingFrame]
+        + [InputAudioRawFrame] * 10
+        + [BotStartedSpeakingFrame]
+        + [InputAudioRawFrame] * 5
+    )
     assert abs(gate.dropped_audio_secs - 0.2) < 1e-6
     assert gate.listening
 
@@ -72,8 +102,11 @@ async def test_the_gate_listens_again_when_the_reply_played_comes_back_up():
         UserStoppedSpeakingFrame(),
         pause(),
         UserTurnFrame(turn=UserTurn(id=7, text="Hi.")),
+        LLMFullResponseStartFrame(),
         pause(),
-        *audio(0.1, 200),  # dropped: the reply is being made
+        BotStartedSpeakingFrame(),
+        pause(),
+        *audio(0.1, 200),  # dropped: the reply is playing
         pause(),
         LLMFullResponseEndFrame(),  # the reply's audio has all been written out
         pause(0.02),
@@ -81,11 +114,42 @@ async def test_the_gate_listens_again_when_the_reply_played_comes_back_up():
         pause(0.2),
         *audio(0.1, 200),  # heard
     ]
-    down, up = await run_test(Pipeline([gate, watcher]), frames_to_send=frames)
+    down, up = await run_test(Pipeline([gate, OutputStandIn(), watcher]), frames_to_send=frames)
     assert sum(isinstance(f, InputAudioRawFrame) for f in down) == 5
     assert abs(gate.dropped_audio_secs - 0.14) < 1e-6 and gate.listening
     # The report names the turn and ends at the gate.
     assert not any(isinstance(f, ReplyPlayedFrame) for f in up)
+
+
+async def test_a_reply_dropped_before_it_played_is_not_reported_played():
+    watcher = ReplyPlayedWatcher()
+    frames = [
+        UserTurnFrame(turn=UserTurn(id=1, text="My dog ran away.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        InterruptionFrame(),  # the user went on before a sound of the reply played
+        pause(),
+        LLMFullResponseEndFrame(),  # the stopped LLM still closes its response
+        pause(),
+        UserTurnFrame(turn=UserTurn(id=1, text="My dog ran away. He chewed my shoes.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        BotStartedSpeakingFrame(),
+        pause(),
+        LLMFullResponseEndFrame(),
+        pause(),
+        UserTurnFrame(turn=UserTurn(id=2, text="Tell me a story.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        BotStartedSpeakingFrame(),
+        pause(),
+        InterruptionFrame(),  # a key pressed: the reply played as far as it went
+        pause(),
+        LLMFullResponseEndFrame(),
+    ]
+    _, up = await run_test(watcher, frames_to_send=frames)
+    played = [f.turn_id for f in up if isinstance(f, ReplyPlayedFrame)]
+    assert played == [1, 2]
 
 
 async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_played():
@@ -100,6 +164,9 @@ async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_pla
         UserStoppedSpeakingFrame(),
         pause(),
         UserTurnFrame(turn=UserTurn(id=3, text="Hello.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        BotStartedSpeakingFrame(),  # (sent by the output transport, after the marks)
         pause(),
         LLMFullResponseEndFrame(),  # the reply's audio has been written, not yet heard
         pause(),
@@ -113,7 +180,7 @@ async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_pla
         pause(0.1),
         *audio(0.1, 200),  # heard
     ]
-    pipeline = Pipeline([gate, marks])
+    pipeline = Pipeline([gate, marks, OutputStandIn()])
     down, _ = await run_test(pipeline, frames_to_send=frames)
     asked = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
     assert asked == [{"ask": "turn-3"}]  # the mark is named after the turn it answers
@@ -186,6 +253,56 @@ async def test_a_turn_with_no_words_is_a_record_and_lets_the_user_speak_again():
     turn = _sent_turn(down)
     assert turn.text == "" and turn.audio is None and turn.tone is None
     assert [(type(f), f.turn_id, f.spoken) for f in up] == [(ReplyPlayedFrame, 1, False)]
+
+
+def _go_on(text: str, speech_secs: float = 0.6) -> list:
+    """The user starts speaking again (the aggregator's turn start, after its
+    interruption) and says ``text``."""
+    frames = _turn_frames(text, speech_secs=speech_secs)
+    return [UserStartedSpeakingFrame(), *frames[2:]]
+
+
+async def test_a_user_who_goes_on_before_the_reply_plays_continues_the_same_turn():
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
+    frames = [*_turn_frames("My dog ran away."), *_go_on("He chewed my shoes.")]
+    down, up = await run_test(processor, frames_to_send=frames)
+    first, whole = [f.turn for f in down if isinstance(f, UserTurnFrame)]
+    assert (first.id, whole.id) == (1, 1) and (first.parts, whole.parts) == (1, 2)
+    assert whole.text == "My dog ran away. He chewed my shoes."
+    # Both parts' audio, each from its pre-roll to its end of speech.
+    assert abs(whole.audio.duration_secs - (1.5 + 1.1)) < 0.041, whole.audio.duration_secs
+    assert whole.audio.text == whole.text
+    assert whole.tone is not first.tone and (await whole.tone_result(1.0)) is not None
+    assert not up
+
+
+async def test_once_the_reply_plays_the_next_speech_is_a_new_turn():
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
+    frames = [
+        *_turn_frames("My dog ran away."),
+        BotStartedSpeakingFrame(),  # bounced up: the reply is audible
+        pause(),
+        *_go_on("He chewed my shoes."),
+    ]
+    down, _ = await run_test(Pipeline([processor, OutputStandIn()]), frames_to_send=frames)
+    turns = [f.turn for f in down if isinstance(f, UserTurnFrame)]
+    assert [(t.id, t.text, t.parts) for t in turns] == [
+        (1, "My dog ran away.", 1),
+        (2, "He chewed my shoes.", 1),
+    ]
+
+
+async def test_a_turn_taken_back_by_a_sound_without_words_is_answered_again():
+    processor = UserTurnProcessor(pre_roll_secs=0.3, vad_start_secs=0.2)
+    noise = [f for f in _go_on("") if not isinstance(f, LLMContextUserTurnFrame)]
+    frames = [*_turn_frames("My dog ran away."), *noise, NoWordsFrame(), pause()]
+    down, up = await run_test(processor, frames_to_send=frames)
+    first, again = [f.turn for f in down if isinstance(f, UserTurnFrame)]
+    assert (again.id, again.text, again.parts) == (1, "My dog ran away.", 2)
+    assert again.audio is first.audio or len(again.audio.samples) == len(first.audio.samples)
+    # Not "nothing to say" (the user's words are still unanswered): the aggregator is
+    # asked to run the LLM on its context again.
+    assert [type(f) for f in up] == [LLMRunFrame]
 
 
 async def test_a_loud_turn_moves_the_reply_style_louder():
@@ -418,8 +535,12 @@ async def test_a_local_reply_that_fails_ends_with_the_apology_and_the_session_go
     context.add_message({"role": "user", "content": "What is the capital of France?"})
     down, up = await run_test(
         llm,
-        frames_to_send=[LLMContextFrame(context=context), pause(1.0),
-                        LLMContextFrame(context=context), pause(2.0)],
+        frames_to_send=[
+            LLMContextFrame(context=context),
+            pause(1.0),
+            LLMContextFrame(context=context),
+            pause(2.0),
+        ],
     )
     kinds = [type(f) for f in down]
     assert kinds.count(LLMFullResponseStartFrame) == kinds.count(LLMFullResponseEndFrame) == 2

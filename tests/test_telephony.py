@@ -157,22 +157,22 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
     await _no_sessions(app)  # hanging up ends the session
 
 
-async def test_speech_while_the_bot_thinks_or_speaks_never_reaches_the_transcript(server, stack):
+async def test_speech_once_the_reply_plays_never_reaches_the_transcript(server, stack):
     app, url = server
-    # A question with a long answer, so the barge-in while it speaks ends before it does.
+    # A question with a long answer, so the barge-in while it plays ends before it does.
     question = "Can you tell me a story about a dog?"
     call = await _dial(app, url)
     try:
         sent = await call.say(speak(stack, question), 16000)
         (session,) = app.state.server.sessions.values()
-        for _ in range(100):  # the turn has ended: the bot is thinking
+        for _ in range(300):  # the reply's first audio is on its way to the caller
             if not session.gate.listening:
                 break
             await asyncio.sleep(0.05)
         assert not session.gate.listening
         barge_in = speak(stack, BARGE_IN)
-        await call.say(barge_in, 16000)  # while it thinks
-        for _ in range(300):  # ...and once the caller hears it speak
+        await call.say(barge_in, 16000)  # as it starts to play
+        for _ in range(300):  # ...and once the caller hears it
             if call.played.first_after(sent) is not None:
                 break
             await asyncio.sleep(0.05)

@@ -1,5 +1,6 @@
 """The prompt a local or server LLM reads: example exchanges, history trimmed in blocks,
-and past exchanges that only echoed the question left out."""
+past exchanges that only echoed the question left out, and a turn the user took back and
+went on with read as one message."""
 
 from __future__ import annotations
 
@@ -28,6 +29,28 @@ def without_echoes(messages: list[dict]) -> list[dict]:
             replies.append(content)
         kept.append(message)
     return kept
+
+
+def joined_user_runs(messages: list[dict]) -> list[dict]:
+    """The messages with each run of user messages that no reply came between made one.
+
+    A user who goes on speaking before the reply is heard takes the turn back: the
+    context then holds the two parts as consecutive user messages ("The big dog left.",
+    "to chew on the old ragdoll."), and a small model answers the last part alone or
+    each part in turn; joined, it answers what was said."""
+    joined: list[dict] = []
+    for message in messages:
+        previous = joined[-1] if joined else None
+        if (
+            previous is not None
+            and message.get("role") == previous.get("role") == "user"
+            and isinstance(message.get("content"), str)
+            and isinstance(previous.get("content"), str)
+        ):
+            joined[-1] = {**previous, "content": f"{previous['content']} {message['content']}"}
+            continue
+        joined.append(message)
+    return joined
 
 
 def _leading_system_messages(messages: list[dict]) -> int:
@@ -72,5 +95,3 @@ def trim_history(messages: list[dict], max_turns: int) -> list[dict]:
     block = max(1, max_turns // 2)
     drop = -(-(exchanges - max_turns) // block) * block
     return system + rest[user_at[drop] :]
-
-

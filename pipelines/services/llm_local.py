@@ -21,7 +21,7 @@ from pipecat.services.llm_service import LLMService
 
 from agent.cpu_share import CpuShare
 from agent.llm.local import LocalLLM
-from agent.llm.prompt import trim_history, with_examples, without_echoes
+from agent.llm.prompt import joined_user_runs, trim_history, with_examples, without_echoes
 from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
 from pipelines.turns.record import ReplyVoicedFrame
@@ -145,7 +145,7 @@ class InProcessLLMService(LLMService):
 
     def _prompt(self, messages: list[dict]) -> list[dict]:
         """The messages the model reads for a conversation ending in a user message."""
-        messages = trim_history(without_echoes(messages), self._max_history_turns)
+        messages = trim_history(without_echoes(joined_user_runs(messages)), self._max_history_turns)
         return with_examples(messages, self._examples)
 
     def _next_user_prompt(self, messages: list[dict]) -> list[dict]:

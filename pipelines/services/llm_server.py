@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipecat.services.openai.llm import OpenAILLMService
 
-from agent.llm.prompt import with_examples, without_echoes
+from agent.llm.prompt import joined_user_runs, with_examples, without_echoes
 from pipelines.services.llm import ApologizesOnFailure
 
 
@@ -45,7 +45,7 @@ class ServerLLMService(ApologizesOnFailure, OpenAILLMService):
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         params = super().build_chat_completion_params(params_from_context)
-        params["messages"] = with_examples(without_echoes(params["messages"]), self._examples)
+        params["messages"] = with_examples(
+            without_echoes(joined_user_runs(params["messages"])), self._examples
+        )
         return params
-
-

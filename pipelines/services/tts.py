@@ -65,6 +65,7 @@ class EngineTTSService(TTSService):
         self._style = NEUTRAL_STYLE
         self._turn: UserTurn | None = None  # the latest turn, until its reply starts
         self._turn_arrived = asyncio.Event()
+        self._turn_heard: int | None = None  # the id of the latest user turn in the dialogue
         # A reply's first phrase is synthesised with the LLM held back (agent/cpu_share.py).
         self._cpu = cpu or CpuShare()
         self._reply_spoken: str | None = None  # context id of the reply being spoken
@@ -84,10 +85,14 @@ class EngineTTSService(TTSService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, UserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
+            taken_back = self._turn_heard is not None and self._turn_heard == frame.turn.id
             self._turn = frame.turn
             self._turn_arrived.set()
             if frame.turn.audio is not None:
+                if taken_back and self.dialogue and self.dialogue[-1].speaker == "user":
+                    self.dialogue.pop()  # its first part, now heard whole
                 self.dialogue.append(Utterance("user", frame.turn.audio))
+                self._turn_heard = frame.turn.id
         await super().process_frame(frame, direction)
 
     async def on_turn_context_completed(self):

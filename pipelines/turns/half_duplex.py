@@ -1,18 +1,28 @@
-"""Half-duplex turn taking: while the bot is thinking or speaking, the user is not heard.
+"""Half-duplex turn taking: once the bot's reply is audible, the user is not heard.
 
-The gate sits right after the transport's input, before speech recognition, so audio it
-drops is never buffered, transcribed or taken for an interruption. It closes when the
-user's turn ends (the aggregator's UserStoppedSpeakingFrame travels upstream to it) and
-opens again when a ReplyPlayedFrame comes back up (pipelines/turns/record.py): the
-ReplyPlayedWatcher, placed after the output transport, sees the end of the LLM response
-only after the transport has written all audio queued before it, and sends one naming
-the turn. Pipecat's AlwaysUserMuteStrategy only covers the time the bot is audibly
-speaking, not the gap while the LLM and TTS are still working.
+The two never speak at once. Until the reply's first audio plays, the user may go on: the
+gate passes their audio, the VAD hears them start again, Pipecat's user aggregator
+interrupts the reply in progress (nothing of it has been spoken) and the turn continues
+with everything they said (pipelines/turns/user_turn.py joins the two parts). Once the
+reply's audio plays, the gate drops the user's audio until the reply has been heard,
+so nothing of it is buffered, transcribed or taken for an interruption.
+
+The gate sits right after the transport's input, before speech recognition. It closes on
+the output transport's BotStartedSpeakingFrame (sent upstream as the first audio leaves
+for the user) and opens again when a ReplyPlayedFrame comes back up
+(pipelines/turns/record.py): the ReplyPlayedWatcher, placed after the output transport,
+sees the end of the LLM response only after the transport has written all audio queued
+before it, and sends one naming the turn. An interruption that still reaches it (a key
+pressed on the phone cuts a reply short; a user heard just as the reply began) opens it
+at once: the user has the turn. Pipecat's AlwaysUserMuteStrategy only mutes the
+aggregator while the bot is audibly speaking; the audio would still be transcribed.
 
 Over a phone line the provider buffers the bot's audio before playing it, so "written by
 the transport" is not "heard by the caller". There PlayoutMarks asks the provider to
 report when the reply has played (a ``mark`` named after the turn, sent after its audio
-and echoed back at playback) and sends the ReplyPlayedFrame on that report instead.
+and echoed back at playback) and sends the ReplyPlayedFrame on that report instead. The
+gate still closes as the first audio is sent: the carrier plays it within tens of
+milliseconds, and a caller who spoke on after that would hear the bot and themselves.
 """
 
 from __future__ import annotations
@@ -23,12 +33,14 @@ from typing import NamedTuple
 
 from loguru import logger
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     OutputTransportMessageFrame,
-    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -36,7 +48,7 @@ from pipelines.turns.record import ReplyPlayedFrame, UserTurnFrame
 
 
 class HalfDuplexGate(FrameProcessor):
-    """Drops the user's audio from the end of a user turn until the reply has played."""
+    """Drops the user's audio from the reply's first sound until the reply has played."""
 
     def __init__(self, *, echo_tail_secs: float, max_reply_wait_secs: float, **kwargs):
         super().__init__(**kwargs)
@@ -60,11 +72,14 @@ class HalfDuplexGate(FrameProcessor):
                     2 * frame.sample_rate * frame.num_channels
                 )
                 return
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            was_listening = not self._closed
-            self._close()
-            if was_listening:
+        elif isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.UPSTREAM:
+            if not self._closed:
+                self._close()
                 await self._call_event_handler("on_listening_changed", False)
+        elif isinstance(frame, InterruptionFrame) and direction == FrameDirection.UPSTREAM:
+            # The reply was dropped or cut short: the user has the turn.
+            if self._closed:
+                self._schedule_reopen(0.0)
         elif isinstance(frame, ReplyPlayedFrame):
             # After a spoken reply the echo tail; with nothing said, at once.
             if self._closed:
@@ -73,10 +88,9 @@ class HalfDuplexGate(FrameProcessor):
         await self.push_frame(frame, direction)
 
     def _close(self):
-        if not self._closed:
-            logger.debug(f"{self}: user turn ended, not listening until the reply has played")
+        logger.debug(f"{self}: the reply is playing, not listening until it has played")
         self._closed = True
-        # If no reply ever plays (an LLM that hangs), listen again after a while.
+        # If the reply's end is never reported (a lost mark), listen again after a while.
         self._schedule_reopen(self._max_reply_wait_secs)
 
     def _schedule_reopen(self, delay: float):
@@ -96,15 +110,43 @@ class HalfDuplexGate(FrameProcessor):
         await super().cleanup()
 
 
+class _Reply:
+    """Follows an LLM response on its way out, to tell when it has ended as a reply: at
+    its end, or when an interruption cuts it short once it is audible (a key pressed; it
+    played as far as it went). One dropped by an interruption before a sound of it played
+    is no reply (the user took the turn back), and the end the stopped LLM still sends for
+    it is not taken for one."""
+
+    def __init__(self):
+        self._in_progress = False
+        self._audible = False
+
+    def ended(self, frame: Frame) -> bool:
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._in_progress, self._audible = True, False
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._audible = True
+        elif isinstance(frame, (InterruptionFrame, LLMFullResponseEndFrame)):
+            was_reply = self._in_progress and (
+                self._audible or isinstance(frame, LLMFullResponseEndFrame)
+            )
+            self._in_progress = False
+            return was_reply
+        return False
+
+
 class ReplyPlayedWatcher(FrameProcessor):
     """After the output transport: once a reply has been written out, tells the gate
     upstream (a ReplyPlayedFrame naming the turn), unless ``reports`` is off (PlayoutMarks
-    reports from the far end)."""
+    reports from the far end). A reply cut short once audible (a key pressed) has played
+    as far as it went; one dropped before a sound of it played is no reply: the user took
+    the turn back, and it goes on."""
 
     def __init__(self, *, reports: bool = True, **kwargs):
         super().__init__(**kwargs)
         self._reports = reports
         self._turn_id = 0
+        self._reply = _Reply()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -113,10 +155,8 @@ class ReplyPlayedWatcher(FrameProcessor):
             return
         if isinstance(frame, UserTurnFrame):
             self._turn_id = frame.turn.id
-        elif self._reports and isinstance(frame, LLMFullResponseEndFrame):
-            await self.push_frame(
-                ReplyPlayedFrame(turn_id=self._turn_id), FrameDirection.UPSTREAM
-            )
+        elif self._reply.ended(frame) and self._reports:
+            await self.push_frame(ReplyPlayedFrame(turn_id=self._turn_id), FrameDirection.UPSTREAM)
 
 
 class MarkProtocol(NamedTuple):
@@ -140,12 +180,15 @@ class PlayoutMarks(FrameProcessor):
         self._echoed_mark = protocol.echoed_mark
         self._turn_id = 0
         self._waiting_for: int | None = None  # the turn whose reply's mark is out
+        self._reply = _Reply()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, UserTurnFrame) and direction == FrameDirection.DOWNSTREAM:
             self._turn_id = frame.turn.id
-        elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._reply.ended(frame)  # it comes up from the output transport
+        elif direction == FrameDirection.DOWNSTREAM and self._reply.ended(frame):
             self._waiting_for = self._turn_id
             # Queued behind the reply's audio, so the provider plays that first.
             mark = self._mark_message(_mark_name(self._turn_id))

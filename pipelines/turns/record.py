@@ -33,13 +33,17 @@ class UserTurn:
     said, from a pre-roll before the VAD heard speech to its end, with the transcript as
     its text (None for a turn with no speech: keys pressed, or no words). ``tone``: the
     tone reading, worked out on a thread while the LLM runs (None when not read). The
-    instants are ``time.monotonic()``: the VAD's stop of speech and the end of the turn."""
+    instants are ``time.monotonic()``: the VAD's stop of speech and the end of the turn.
+    ``parts``: the stretches of speech it is made of (the VAD's, with words or not); more
+    than one when the user went on before the reply was heard and took the turn back (it
+    keeps its id and is sent again, whole)."""
 
     id: int
     text: str
     audio: SpokenAudio | None = None
     vad_stop: float | None = None
     turn_end: float | None = None
+    parts: int = 1
     tone: asyncio.Task | None = field(default=None, repr=False)
 
     async def tone_result(self, max_wait_secs: float) -> ToneResult | None:

@@ -11,6 +11,8 @@ and the turn's end, the tone); the rest is read from the frames the stages push:
 last transcript before the turn ends, the LLM's first text, the TTS's first audio, the
 transport's BotStartedSpeakingFrame and the ReplyPlayedFrame that ends the turn. Each is
 taken the first time it is pushed (by its source), so nothing needs to be matched twice.
+A turn the user took back (they went on before the reply was heard) comes again, whole,
+under the same id: its record starts over.
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ class TurnTimeline(BaseObserver):
             await self._close(turn, now, frame.spoken)
 
     def _open(self, user: UserTurn):
+        if self.current is not None and self.current.user.id == user.id:
+            # The turn was taken back and goes on: its reply so far was dropped unheard.
+            self.turns.pop()
         speech_end = self._known_speech_end
         if speech_end is None and user.vad_stop is not None:
             speech_end = user.vad_stop - self._vad_stop_secs

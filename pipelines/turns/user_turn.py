@@ -15,6 +15,14 @@ when the first sentence is spoken (the TTS waits for it, briefly), so tone follo
 the LLM nothing. Nothing about the tone is written into the LLM's context: small models
 narrate such notes ("The user is asking ...") instead of answering.
 
+A turn can be taken back. Until the reply's first audio plays, a user who starts to speak
+again has not finished (half-duplex, pipelines/turns/half_duplex.py): Pipecat's user
+aggregator drops the reply in progress and opens a new turn, and this processor makes
+that turn the continuation of the one taken back: the same id, the two parts' words and
+audio joined, so the voice, the tone and the timeline see one turn. (The LLM context
+holds the parts as consecutive user messages, which the prompt joins, agent/llm/prompt.py.)
+If the continuation has no words (a cough), the first part is answered again.
+
 The speaker's usual tone, against which each turn is read, is kept here: it is this
 processor's to own, as the record of each turn is.
 """
@@ -28,9 +36,12 @@ from collections import deque
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     Frame,
     InputAudioRawFrame,
     LLMContextUserTurnFrame,
+    LLMRunFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -56,8 +67,9 @@ class UserTurnProcessor(FrameProcessor):
     """Makes each user turn's record (audio, words, tone, instants) and sends it on.
 
     ``follow_tone``: the reply's style moves toward how the user sounds (the reading is
-    made and reported either way). Event ``on_tone(processor, log: dict)``: a turn's tone
-    has been read (for clients that show it)."""
+    made and reported either way). Events: ``on_turn(processor, turn: UserTurn)``, a turn
+    with words is sent (again, whole, when taken back); ``on_tone(processor, log: dict)``:
+    a turn's tone has been read (for clients that show them)."""
 
     def __init__(
         self, *, pre_roll_secs: float, vad_start_secs: float, follow_tone: bool = True, **kwargs
@@ -74,16 +86,28 @@ class UserTurnProcessor(FrameProcessor):
         self._vad_stop: float | None = None
         self._ended: tuple[np.ndarray | None, float] | None = None  # audio, end: awaiting text
         self._turns = 0
+        # The latest turn with words whose reply has not begun to play: the user may still
+        # take it back. And the turn being continued after such a take-back.
+        self._unanswered: UserTurn | None = None
+        self._taken_back: UserTurn | None = None
+        self._register_event_handler("on_turn")
         self._register_event_handler("on_tone")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
+        if direction == FrameDirection.UPSTREAM:
+            if isinstance(frame, (BotStartedSpeakingFrame, ReplyPlayedFrame)):
+                self._unanswered = None  # the reply is audible: the turn is the bot's
+        elif direction == FrameDirection.DOWNSTREAM:
             if isinstance(frame, InputAudioRawFrame):
                 self._add_audio(frame)
                 return  # the end of the line for the caller's audio
             elif isinstance(frame, VADUserStartedSpeakingFrame):
                 self._speech_started()
+            elif isinstance(frame, UserStartedSpeakingFrame) and self._unanswered is not None:
+                # The aggregator has dropped the reply (its interruption came first).
+                self._taken_back, self._unanswered = self._unanswered, None
+                logger.debug(f"{self}: turn {self._taken_back.id} taken back, the user goes on")
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
                 self._speech_end = self._audio_samples
                 self._vad_stop = time.monotonic()
@@ -136,21 +160,52 @@ class UserTurnProcessor(FrameProcessor):
 
     async def _send_turn(self, text: str):
         """The ended turn's record, downstream; with no words, also "nothing to say"
-        upstream (the gate listens again)."""
+        upstream (the gate listens again). A turn taken back is sent again, continued."""
         audio, turn_end = self._ended or (None, time.monotonic())
         self._ended = None
-        self._turns += 1
-        turn = UserTurn(id=self._turns, text=text, vad_stop=self._vad_stop, turn_end=turn_end)
-        self._vad_stop = None
-        if text and audio is not None and len(audio):
-            turn.audio = SpokenAudio(audio, self._sample_rate, text)
+        vad_stop, self._vad_stop = self._vad_stop, None
+        taken_back, self._taken_back = self._taken_back, None
+        if taken_back is not None:
+            turn = self._continued(taken_back, text, audio, vad_stop, turn_end)
+        else:
+            self._turns += 1
+            turn = UserTurn(id=self._turns, text=text, vad_stop=vad_stop, turn_end=turn_end)
+            if text and audio is not None and len(audio):
+                turn.audio = SpokenAudio(audio, self._sample_rate, text)
+        if text and turn.audio is not None:
             turn.tone = self.create_task(self._read_tone(turn.audio), name="tone")
-            logger.debug(f"{self}: turn {turn.id}, {turn.audio.duration_secs:.2f} s: {text!r}")
+            logger.debug(f"{self}: turn {turn.id}, {turn.audio.duration_secs:.2f} s: {turn.text!r}")
+        self._unanswered = turn if turn.text else None
         await self.push_frame(UserTurnFrame(turn=turn))
-        if not text:
+        if turn.text:
+            await self._call_event_handler("on_turn", turn)
+        if taken_back is not None and not text:
+            # The aggregator wrote nothing new and runs nothing: ask it to answer the
+            # context again, whose last words are the turn taken back.
+            await self.push_frame(LLMRunFrame(), FrameDirection.UPSTREAM)
+        elif not text:
             await self.push_frame(
                 ReplyPlayedFrame(turn_id=turn.id, spoken=False), FrameDirection.UPSTREAM
             )
+
+    def _continued(self, earlier: UserTurn, text: str, audio, vad_stop, turn_end) -> UserTurn:
+        """``earlier`` (taken back) and what the user went on to say, as one turn."""
+        joined = " ".join(part for part in (earlier.text, text) if part)
+        turn = UserTurn(
+            id=earlier.id,
+            text=joined,
+            vad_stop=vad_stop or earlier.vad_stop,
+            turn_end=turn_end,
+            parts=earlier.parts + 1,
+        )
+        pieces = [a.samples for a in (earlier.audio,) if a is not None]
+        if text and audio is not None and len(audio):
+            pieces.append(audio)
+        if pieces:
+            turn.audio = SpokenAudio(np.concatenate(pieces), self._sample_rate, joined)
+        if not text:
+            turn.tone = earlier.tone  # the same speech: the same reading
+        return turn
 
     async def _read_tone(self, audio: SpokenAudio) -> ToneResult | None:
         start = time.perf_counter()
