@@ -16,7 +16,10 @@ messages, so only the far-end figures are reported for it.
 
 Sets (made by ``python -m pipelines.callers.human_speech`` and ``--answer-set``):
   human   real recordings: questions, statements, commands, very short and paused turns;
-  piper / espeak  the answer-quality questions spoken by two different synthetic voices.
+  piper / espeak  the answer-quality questions spoken by two different synthetic voices;
+  everyday  one long call: half of answer_set.EVERYDAY (``--half tune|report``) asked by
+          four voices unlike Piper (``python -m pipelines.callers.everyday_speech``), with
+          the human statements between every two questions, so the history grows as in life.
 
 Reported: the server's CPU over the run (cores), far-end voice-to-voice p50/p95 (all, and per category), server stages p50/p95,
 finished turns that waited > 1.5 s for turn end, cut-ins on paused turns (the reply began
@@ -42,11 +45,13 @@ from benchmarks.report import write_report
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.answer_set import (
     COMMANDS,
+    EVERYDAY,
     QUESTIONS,
     STATEMENTS,
     is_correct,
     is_echo,
     is_meta,
+    is_repeat,
 )
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.scoring import corpus_wer, percentile
@@ -54,8 +59,28 @@ from pipelines.callers.webrtc import WebRTCCaller
 
 ROOT = Path(__file__).resolve().parent.parent
 SET_DIR = ROOT / "out" / "human_speech"
+EVERYDAY_DIR = ROOT / "out" / "everyday_speech"
 SLOW_TURN_END_SECS = 1.5
 RATE = 16000
+
+
+def load_everyday(half: str) -> list[dict]:
+    """Half of the everyday questions, with a human statement after every two."""
+    manifest = EVERYDAY_DIR / "manifest.json"
+    if not manifest.exists():
+        sys.exit(f"{manifest} not found: run python -m pipelines.callers.everyday_speech first")
+    asked = [
+        {**item, "category": "question", "path": str(EVERYDAY_DIR / item["path"])}
+        for item in json.loads(manifest.read_text())
+        if half == "all" or item["half"] == half
+    ]
+    statements = [c for c in load_set("human", None) if c["category"] == "statement"]
+    clips = []
+    for i, clip in enumerate(asked):
+        clips.append(clip)
+        if i % 2 == 1 and statements:
+            clips.append(statements.pop(0))
+    return clips
 
 
 def load_set(name: str, limit: int | None, source: str | None = None) -> list[dict]:
@@ -89,7 +114,7 @@ def load_set(name: str, limit: int | None, source: str | None = None) -> list[di
 def answer_item(text: str):
     """(category, item) of an answer-set turn by its text."""
     for category, items in (
-        ("question", QUESTIONS),
+        ("question", QUESTIONS + EVERYDAY),
         ("statement", STATEMENTS),
         ("command", COMMANDS),
     ):
@@ -112,7 +137,7 @@ async def call_turn(caller: WebRTCCaller, clip: dict, *, level: int, timeout: fl
     seen = len(caller.messages)
     sent = caller.mic.say(samples, RATE)
     await caller.mic.clip_finished.wait()
-    result = {k: clip.get(k) for k in ("id", "category", "text", "path")}
+    result = {k: clip.get(k) for k in ("id", "category", "text", "path", "voice")}
     try:
         await caller.wait_for_reply(sent.started_at, timeout=timeout, level=level)
     except TimeoutError as e:
@@ -126,10 +151,13 @@ async def call_turn(caller: WebRTCCaller, clip: dict, *, level: int, timeout: fl
     speech_end_at = sent.time_of(speech_end)
     first_audio_at = _first_loud_after(caller, sent.started_at, level)
     replying_at = [m["_at"] for m in messages if m.get("state") == "replying"]
+    # A turn the user took back (went on before the reply played) is sent again, whole,
+    # under its id: the latest text of each turn is what was heard.
+    heard_turns = {m.get("turn"): m["text"] for m in messages if m.get("role") == "user"}
     result.update(
-        heard=" ".join(m["text"] for m in messages if m.get("role") == "user"),
+        heard=" ".join(heard_turns.values()),
         reply=" ".join(m["text"] for m in messages if m.get("role") == "bot"),
-        user_turns=sum(1 for m in messages if m.get("role") == "user"),
+        user_turns=len(heard_turns),
         voice_to_voice=(
             round(first_audio_at - speech_end_at, 3) if first_audio_at is not None else None
         ),
@@ -275,9 +303,28 @@ def summarize(turns: list[dict]) -> dict:
             [is_echo(t["reply"], t["text"]) for t in statements if t["reply"]]
         ),
     }
+    # The same reply (or a sentence of one) said again later in the same call.
+    summary["replies_repeated"] = _rate(
+        [
+            is_repeat(t["reply"], [e["reply"] for e in turns[:i] if e["caller"] == t["caller"]])
+            for i, t in enumerate(turns)
+            if t["reply"]
+        ]
+    )
     if any("item" in t for t in turns):
         asked = [t for t in turns if t["category"] == "question"]
-        summary["answers_correct"] = _rate([is_correct(t["reply"], t["item"]) for t in asked])
+        for t in asked:
+            t["correct"] = is_correct(t["reply"], t["item"])
+        summary["answers_correct"] = _rate([t["correct"] for t in asked])
+        voices = sorted({t["voice"] for t in asked if t.get("voice")})
+        summary["answers_correct_by_voice"] = {
+            v: _rate([t["correct"] for t in asked if t.get("voice") == v]) for v in voices
+        }
+        summary["misses"] = [
+            {k: t.get(k) for k in ("text", "heard", "reply", "voice")}
+            for t in asked
+            if not t["correct"]
+        ]
     return summary
 
 
@@ -286,7 +333,10 @@ def _rate(flags: list[bool]) -> dict:
 
 
 async def run(args) -> dict:
-    clips = load_set(args.set, args.limit, args.source)
+    if args.set == "everyday":
+        clips = load_everyday(args.half)[: args.limit]
+    else:
+        clips = load_set(args.set, args.limit, args.source)
     log_path = Path(args.out).with_suffix(".server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     async with agent_server(args.config, log=log_path) as (url, server):
@@ -307,11 +357,12 @@ async def run(args) -> dict:
     for caller, results in enumerate(per_caller):
         for t in results:
             turns.append({**t, "caller": caller})
-    if args.set != "human":
-        for t in turns:
+    for t in turns:
+        if args.set != "human" and t["category"] != "statement":
             t["item"] = answer_item(t["text"])[1]
     report = {
         "set": args.set,
+        "half": args.half if args.set == "everyday" else None,
         "transport": args.transport,
         "config": args.config,
         "callers": args.callers,
@@ -328,7 +379,13 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--set", choices=["human", "piper", "espeak"], default="human")
+    parser.add_argument("--set", choices=["human", "piper", "espeak", "everyday"], default="human")
+    parser.add_argument(
+        "--half",
+        choices=["tune", "report", "all"],
+        default="tune",
+        help="--set everyday: which half (report: only for the figures you publish)",
+    )
     parser.add_argument("--config", default="default")
     parser.add_argument("--callers", type=int, default=1)
     parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
@@ -341,7 +398,8 @@ def main():
     parser.add_argument("--reply-timeout", type=float, default=30.0)
     parser.add_argument("--out", help="default out/benchmarks/call_latency_SET.json")
     args = parser.parse_args()
-    suffix = "_phone" if args.transport == "phone" else ""
+    suffix = f"_{args.half}" if args.set == "everyday" else ""
+    suffix += "_phone" if args.transport == "phone" else ""
     suffix += f"_{args.source}" if args.source else ""
     suffix += f"_{args.callers}callers" if args.callers > 1 else ""
     args.out = args.out or f"out/benchmarks/call_latency_{args.set}{suffix}.json"

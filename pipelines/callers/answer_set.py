@@ -339,6 +339,135 @@ OPEN_QUESTIONS = [
 ]
 
 
+# Everyday questions for the long-call benchmark (issue 21), written once and split by a
+# fixed rule: even positions are for tuning prompts, models and settings, odd positions are
+# held out and only read for reported figures (``everyday_half``). None of them is in
+# QUESTIONS or CONVERSATION_QUESTIONS, which earlier tuning looked at.
+EVERYDAY: list[Question] = [
+    _q("What is the capital of Spain?", "madrid"),
+    _q("How many days are in a leap year?", "366"),
+    _q("What color do you get when you mix blue and yellow?", "green"),
+    _q("How many wheels does a bicycle have?", "2"),
+    _q("At what temperature does water boil in Fahrenheit?", "212"),
+    _q("Which planet is known as the red planet?", "mars"),
+    _q("What is the largest animal on Earth?", "whale*"),
+    _q("How many players does a soccer team have on the field?", "11"),
+    _q("What is the main ingredient in guacamole?", "avocado*"),
+    _q("Who was the first president of the United States?", "washington"),
+    _q("What do caterpillars turn into?", "butterfl*", "moth*"),
+    _q("How many strings does a standard guitar have?", "6"),
+    _q("What is the capital of Canada?", "ottawa"),
+    _q(
+        "What should I do if I cut my finger?",
+        "wash*",
+        "bandage*",
+        "pressure",
+        "clean*",
+        "plaster*",
+        "band aid*",
+        "bandaid*",
+        "water",
+        "cover*",
+        kind="everyday",
+    ),  # fmt: skip
+    _q("How many seconds are in a minute?", "60"),
+    _q("What is the closest star to Earth?", "sun"),
+    _q("In which country are the pyramids of Giza?", "egypt"),
+    _q("What do you call a baby cat?", "kitten*"),
+    _q("How many colors are in a rainbow?", "7"),
+    _q("What is the hardest natural material?", "diamond*"),
+    _q("Which ocean lies between America and Europe?", "atlantic"),
+    _q("What is the capital of Germany?", "berlin"),
+    _q("How many legs does an insect have?", "6"),
+    _q("What fruit is wine made from?", "grape*"),
+    _q(
+        "How do I keep bread fresh for longer?",
+        "bag*",
+        "freez*",
+        "wrap*",
+        "container*",
+        "box",
+        "airtight",
+        "cool",
+        "dry",
+        "seal*",
+        "bread bin",
+        kind="everyday",
+    ),  # fmt: skip
+    _q("Who invented the light bulb?", "edison"),
+    _q("What is the largest country in the world?", "russia"),
+    _q("What do you call a baby dog?", "pupp*"),
+    _q("What is the capital of Australia?", "canberra"),
+    _q("How many centimeters are in a meter?", "100"),
+    _q("What is the longest river in the world?", "nile", "amazon"),
+    _q("Which gas do we need to breathe?", "oxygen"),
+    _q("What is the currency of Japan?", "yen"),
+    _q("How many weeks are in a year?", "52"),
+    _q("Which instrument has black and white keys?", "piano*", "keyboard*"),
+    _q("Which animal has the longest neck?", "giraffe*"),
+    _q("What is the capital of England?", "london"),
+    _q("How many planets are in our solar system?", "8"),
+    _q("What do you use to measure temperature?", "thermometer*"),
+    _q("Which season comes after winter?", "spring"),
+    _q(
+        "What can I do about a headache?",
+        "water",
+        "rest*",
+        "drink*",
+        "sleep*",
+        "pain*",
+        "ibuprofen",
+        "aspirin",
+        "paracetamol",
+        "tylenol",
+        "medic*",
+        "lie down",
+        "dark*",
+        "relax*",
+        "hydrat*",
+        "break",
+        kind="everyday",
+    ),  # fmt: skip
+    _q("Which bird is a symbol of peace?", "dove*"),
+    _q("What is the largest hot desert in the world?", "sahara"),
+    _q("How many hours are in two days?", "48"),
+    _q("What language do people speak in Mexico?", "spanish"),
+    _q("What is the capital of Egypt?", "cairo"),
+    _q("How many sides does a hexagon have?", "6"),
+    _q(
+        "How can I fall asleep faster?",
+        "relax*",
+        "read*",
+        "screen*",
+        "routine",
+        "breath*",
+        "caffeine",
+        "dark*",
+        "meditat*",
+        "tea",
+        "music",
+        "bed",
+        "calm*",
+        "phone",
+        "quiet",
+        "schedule",
+        "warm",
+        "cool",
+        kind="everyday",
+    ),  # fmt: skip
+]
+
+
+def everyday_half(half: str) -> list[Question]:
+    """``EVERYDAY``'s "tune" half (even positions), its held-out "report" half (odd), or
+    "all"."""
+    if half == "all":
+        return list(EVERYDAY)
+    if half not in ("tune", "report"):
+        raise ValueError(f"half is 'tune', 'report' or 'all', not {half!r}")
+    return EVERYDAY[0 if half == "tune" else 1 :: 2]
+
+
 # ----------------------------------------------------------------------------- text
 
 from agent.llm.echo import STOPWORDS, clean, content_words, is_echo, is_repeat, sentences  # noqa: F401
