@@ -336,7 +336,10 @@ async def run(args) -> dict:
     if args.set == "everyday":
         clips = load_everyday(args.half)[: args.limit]
     else:
-        clips = load_set(args.set, args.limit, args.source)
+        clips = load_set(args.set, None, args.source)
+        if args.category:
+            clips = [c for c in clips if c["category"].startswith(args.category)]
+        clips = clips[: args.limit] if args.limit else clips
     log_path = Path(args.out).with_suffix(".server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     async with agent_server(args.config, log=log_path) as (url, server):
@@ -390,6 +393,7 @@ def main():
     parser.add_argument("--callers", type=int, default=1)
     parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
     parser.add_argument("--limit", type=int, help="only the first N clips")
+    parser.add_argument("--category", help='only clips whose category starts with it ("paused")')
     parser.add_argument(
         "--source", help='only clips from this source, e.g. "asterisk" (8 kHz telephone speech)'
     )
@@ -401,6 +405,7 @@ def main():
     suffix = f"_{args.half}" if args.set == "everyday" else ""
     suffix += "_phone" if args.transport == "phone" else ""
     suffix += f"_{args.source}" if args.source else ""
+    suffix += f"_{args.category}" if args.category else ""
     suffix += f"_{args.callers}callers" if args.callers > 1 else ""
     args.out = args.out or f"out/benchmarks/call_latency_{args.set}{suffix}.json"
     report = asyncio.run(run(args))

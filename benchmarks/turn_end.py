@@ -13,7 +13,10 @@ ready) is recorded once; every policy is then applied to the same record:
   * a finished turn waits from its end of speech to the turn end (never less than the
     time the transcript took);
   * a pause inside a turn is a cut-in when the turn would end before the VAD hears the
-    user again.
+    user again (``rule: turn-end``, half-duplex as it was before issue 21), or, with the
+    take-back, when the reply's first sound would play before then: the turn's end plus
+    ``--reply-lead`` (the LLM's first phrase and its first audio after the turn end; the
+    server stages' p50 on this machine) (``rule: take-back``).
 
 Besides the sweep of (finished_wait_secs, fallback_secs), the report has Pipecat's own
 Smart Turn strategy (done → at the transcript, else its 3 s silence time-out) and plain
@@ -153,6 +156,7 @@ def outcome(
     asr: str = "measured",
     stop_secs: float = 0.2,
     asks_smart_turn=lambda pause: True,
+    reply_lead: float = 0.0,
 ) -> dict:
     """Apply a policy (pause -> wait after speech end) to every clip. Where the policy
     asks Smart Turn, the turn cannot end before it has answered (it runs once the words
@@ -168,7 +172,7 @@ def outcome(
         ended_early = False
         for pause in rec.pauses[:-1]:  # every pause but the last is inside the turn
             end = pause.speech_end + turn_end_after(pause, wait_for(pause), decided_at(pause))
-            if pause.resumed_at is not None and end < pause.resumed_at:
+            if pause.resumed_at is not None and end + reply_lead < pause.resumed_at:
                 ended_early = True
                 break
         if rec.category in paused:
@@ -195,7 +199,7 @@ def _mean(flags: list[bool]) -> float | None:
     return round(float(np.mean(flags)), 3) if flags else None
 
 
-def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
+def sweep(records: list[ClipRecord], asr: str, reply_lead: float = 0.0) -> list[dict]:
     rows = []
     for words_decide, name in ((True, "words, then smart-turn"), (False, "smart-turn+words")):
         for fallback in (0.8, 1.2, 1.5, 2.0, 2.5, 3.0):
@@ -215,6 +219,7 @@ def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
                             lambda p, q=policy: q.wait_after_speech(p.smart_turn_done, p.text),
                             asr,
                             asks_smart_turn=lambda p, q=policy: q.needs_smart_turn(p.text),
+                            reply_lead=reply_lead,
                         ),
                     }
                 )
@@ -222,7 +227,10 @@ def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
         {
             "policy": "smart-turn alone (pipecat)",
             **outcome(
-                records, lambda p: 0.0 if p.smart_turn_done else SMART_TURN_ALONE_SILENCE_SECS, asr
+                records,
+                lambda p: 0.0 if p.smart_turn_done else SMART_TURN_ALONE_SILENCE_SECS,
+                asr,
+                reply_lead=reply_lead,
             ),
         }
     )
@@ -231,10 +239,17 @@ def sweep(records: list[ClipRecord], asr: str) -> list[dict]:
             {
                 "policy": f"silence {silence}s",
                 "fallback_secs": silence,
-                **outcome(records, lambda p, s=silence: s, asr, asks_smart_turn=lambda p: False),
+                **outcome(
+                    records,
+                    lambda p, s=silence: s,
+                    asr,
+                    asks_smart_turn=lambda p: False,
+                    reply_lead=reply_lead,
+                ),
             }
         )
-    return [{**row, "asr": asr} for row in rows]
+    rule = "take-back" if reply_lead else "turn-end"
+    return [{**row, "asr": asr, "rule": rule} for row in rows]
 
 
 def plot(rows: list[dict], path: Path) -> Path | None:
@@ -252,14 +267,22 @@ def plot(rows: list[dict], path: Path) -> Path | None:
         ("smart-turn alone", "s"),
         ("silence", "^"),
     ):
-        for asr, color in (("measured", "tab:blue"), ("at-vad-stop", "tab:orange")):
-            pts = [r for r in rows if r["policy"].startswith(name) and r["asr"] == asr]
+        for rule, asr, color in (
+            ("turn-end", "measured", "tab:blue"),
+            ("turn-end", "at-vad-stop", "tab:orange"),
+            ("take-back", "measured", "tab:green"),
+        ):
+            pts = [
+                r
+                for r in rows
+                if r["policy"].startswith(name) and r["asr"] == asr and r["rule"] == rule
+            ]
             ax.scatter(
                 [r["finished_wait_p95"] for r in pts],
                 [r["paused_cut_in_rate"] for r in pts],
                 marker=marker,
                 color=color,
-                label=f"{name}, words {asr}",
+                label=f"{name}, words {asr}, {rule}",
             )
     ax.set_xlabel("finished turns: turn-end wait p95 (s after end of speech)")
     ax.set_ylabel("paused turns: cut-in rate")
@@ -301,10 +324,15 @@ async def run(args) -> dict:
 
 def report(args, config, records: list[ClipRecord]) -> dict:
     ttfs = [p.transcript_ready - p.speech_end for r in records for p in r.pauses]
-    rows = sweep(records, "measured") + sweep(records, "at-vad-stop")
+    rows = (
+        sweep(records, "measured")
+        + sweep(records, "at-vad-stop")
+        + sweep(records, "measured", args.reply_lead)
+    )
     return {
         "config": args.config,
         "clips": len(records),
+        "reply_lead_secs": args.reply_lead,
         "time_to_final_transcript_secs": {
             "p50": percentile(ttfs, 50),
             "p95": percentile(ttfs, 95),
@@ -335,6 +363,12 @@ def main():
     parser.add_argument("--config", default="default")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--replay", help="judge the pauses recorded in this earlier report")
+    parser.add_argument(
+        "--reply-lead",
+        type=float,
+        default=0.55,
+        help="seconds from the turn's end to the reply's first sound (the take-back rows)",
+    )
     parser.add_argument("--out", default="out/benchmarks/turn_end.json")
     args = parser.parse_args()
     report = asyncio.run(run(args))
@@ -347,12 +381,12 @@ def main():
             if (
                 row.get("finished_wait_secs") == chosen["finished_wait_secs"]
                 and row.get("fallback_secs") == chosen["fallback_secs"]
-                and row["policy"] == "smart-turn+words"
+                and row["policy"] == "words, then smart-turn"
             )
             else ""
         )
         print(
-            f"{row['asr']:11s} {row['policy']:26s} finished_wait={row.get('finished_wait_secs')!s:5s} "
+            f"{row['rule']:9s} {row['asr']:11s} {row['policy']:26s} finished_wait={row.get('finished_wait_secs')!s:5s} "
             f"fallback={row.get('fallback_secs')!s:5s} wait p50/p95 "
             f"{row['finished_wait_p50']}/{row['finished_wait_p95']} slow "
             f"{row['finished_slow_rate']} paused cut-in {row['paused_cut_in_rate']} "
