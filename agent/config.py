@@ -77,7 +77,7 @@ class TurnConfig(_Section):
     # pause (both finished → at once, one → finished_wait_secs). Chosen from
     # python -m benchmarks.turn_end and benchmarks.call_latency (pipelines/turns/turn_end.py).
     finished_wait_secs: float = Field(0.5, ge=0, le=5)
-    fallback_secs: float = Field(2.5, ge=0.2, le=10)
+    fallback_secs: float = Field(2.0, ge=0.2, le=10)
     words_decide: bool = True
     # smart-turn: start the LLM on the words while that wait runs; its reply is held
     # until the turn has ended and dropped if the user goes on.

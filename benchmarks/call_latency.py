@@ -342,7 +342,8 @@ async def run(args) -> dict:
         clips = clips[: args.limit] if args.limit else clips
     log_path = Path(args.out).with_suffix(".server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    async with agent_server(args.config, log=log_path) as (url, server):
+    extra = ["-v"] if args.server_debug else []
+    async with agent_server(args.config, log=log_path, extra_args=extra) as (url, server):
         rng = random.Random(0)
         process = psutil.Process(server.pid)
         cpu_before, wall = process.cpu_times(), time.monotonic()
@@ -396,6 +397,9 @@ def main():
     parser.add_argument("--category", help='only clips whose category starts with it ("paused")')
     parser.add_argument(
         "--source", help='only clips from this source, e.g. "asterisk" (8 kHz telephone speech)'
+    )
+    parser.add_argument(
+        "--server-debug", action="store_true", help="the server's log at DEBUG (run_agent -v)"
     )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")

@@ -3,7 +3,8 @@ voice and unlike each other, for a long call (``benchmarks.call_latency --set ev
 
     python -m pipelines.callers.everyday_speech [--out out/everyday_speech]
 
-Question N is spoken by voice N mod 4, so each voice asks a quarter of each half:
+Question N is spoken by voice (N div 2) mod 4, so each voice asks a quarter of each half
+(the halves are the even and the odd positions):
 espeak-ng (en-us, a formant synthesiser), flite's slt (a US woman, statistical
 parametric) and awb (a Scottish man), and festival's kal (a US man, diphone
 concatenation). Writes OUT/VOICE/NN.wav (16 kHz mono) and OUT/manifest.json, a list of
@@ -58,7 +59,7 @@ def render(out: Path = OUT) -> list[dict]:
     voices = list(VOICES)
     manifest = []
     for number, question in enumerate(EVERYDAY):
-        voice = voices[number % len(voices)]
+        voice = voices[(number // 2) % len(voices)]
         path = Path(voice) / f"{number:02d}.wav"
         (out / voice).mkdir(parents=True, exist_ok=True)
         speak(voice, question.text, out / path)

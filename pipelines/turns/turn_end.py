@@ -92,7 +92,7 @@ class TurnEndPolicy:
     finished_wait_secs: float = 0.5
     # Nothing says finished (or the words trail off): the longest a silence may last
     # before the turn ends anyway.
-    fallback_secs: float = 2.5
+    fallback_secs: float = 2.0
     # Words that read as a finished sentence end the turn without asking Smart Turn.
     words_decide: bool = True
     # A turn that has gone on this long ends at its next pause, whatever the words say.
