@@ -1,6 +1,6 @@
 """The LLM prompt stays bounded, and its prefix stays put so llama.cpp can reuse its cache."""
 
-from agent.llm.prompt import trim_history
+from agent.llm.prompt import joined_user_runs, trim_history
 
 
 def _conversation(exchanges: int) -> list[dict]:
@@ -80,3 +80,16 @@ def test_exchanges_whose_reply_echoed_the_user_are_left_out():
         {"role": "user", "content": "Mary rolled the barrel."},
     ]
     assert without_echoes(messages) == [messages[0], *messages[3:5], messages[-1]]
+
+
+def test_a_turn_taken_back_reads_as_one_message():
+    messages = _conversation(1)[:-1] + [
+        {"role": "user", "content": "The big dog left."},
+        {"role": "user", "content": "to chew on the old ragdoll."},
+    ]
+    joined = joined_user_runs(messages)
+    assert joined[:-1] == messages[:-2]
+    assert joined[-1] == {"role": "user", "content": "The big dog left. to chew on the old ragdoll."}
+    # Nothing else changes, and the input is left as it was.
+    assert joined_user_runs(_conversation(3)) == _conversation(3)
+    assert len(messages) == 5

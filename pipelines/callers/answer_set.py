@@ -73,6 +73,12 @@ def _q(text: str, *keywords: str, kind: str = "fact") -> Question:
     return Question(text, tuple(keywords), kind)
 
 
+# What any sensible answer to "I can't sleep" contains one of.
+SLEEP_ADVICE = (
+    "relax*", "read*", "screen*", "routine", "breath*", "caffeine", "dark*", "meditat*",
+    "tea", "music", "bed", "calm*", "phone", "quiet",
+)  # fmt: skip
+
 QUESTIONS: list[Question] = [
     # Facts: one right answer. Number keywords are written as digits or words alike.
     _q("What is the capital of France?", "paris"),
@@ -104,20 +110,7 @@ QUESTIONS: list[Question] = [
     # Everyday: advice and how-to; keywords any sensible answer contains.
     _q(
         "What should I do if I can't sleep?",
-        "relax*",
-        "read*",
-        "screen*",
-        "routine",
-        "breath*",
-        "caffeine",
-        "dark*",
-        "meditat*",
-        "tea",
-        "music",
-        "bed",
-        "calm*",
-        "phone",
-        "quiet",
+        *SLEEP_ADVICE,
         "sleep schedule",
         "warm",
         kind="everyday",
@@ -436,20 +429,7 @@ EVERYDAY: list[Question] = [
     _q("How many sides does a hexagon have?", "6"),
     _q(
         "How can I fall asleep faster?",
-        "relax*",
-        "read*",
-        "screen*",
-        "routine",
-        "breath*",
-        "caffeine",
-        "dark*",
-        "meditat*",
-        "tea",
-        "music",
-        "bed",
-        "calm*",
-        "phone",
-        "quiet",
+        *SLEEP_ADVICE,
         "schedule",
         "warm",
         "cool",
