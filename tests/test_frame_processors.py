@@ -193,6 +193,31 @@ async def test_a_phone_call_listens_again_when_the_far_end_reports_the_reply_pla
     assert not any(isinstance(f, InputTransportMessageFrame) for f in down)
 
 
+async def test_a_phone_reply_dropped_before_it_played_asks_for_no_mark():
+    marks = PlayoutMarks(
+        protocol=MarkProtocol(
+            mark_message=lambda name: {"ask": name},
+            echoed_mark=lambda message: message.get("played"),
+        ),
+    )
+    frames = [
+        UserTurnFrame(turn=UserTurn(id=4, text="My dog ran away.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        InterruptionFrame(),  # taken back before a sound of it was sent
+        pause(),
+        LLMFullResponseEndFrame(),  # the stopped LLM's end of its dropped reply
+        pause(),
+        UserTurnFrame(turn=UserTurn(id=4, text="My dog ran away. He chewed my shoes.")),
+        LLMFullResponseStartFrame(),
+        pause(),
+        LLMFullResponseEndFrame(),
+    ]
+    down, _ = await run_test(marks, frames_to_send=frames)
+    asked = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
+    assert asked == [{"ask": "turn-4"}]  # one mark: the reply to the whole turn
+
+
 def _turn_frames(text: str, speech_secs: float = 1.0, hz: float = 180) -> list:
     return [
         *audio(1.0),  # silence before the turn: only the pre-roll of it is kept
