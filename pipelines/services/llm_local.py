@@ -4,6 +4,8 @@ OpenAI adapter, and the reply's text goes out in LLMTextFrames as the engine mak
 
 from __future__ import annotations
 
+import dataclasses
+
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
@@ -18,6 +20,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import is_given
 
 from agent.cpu_share import CpuShare
 from agent.llm.local import LocalLLM
@@ -40,8 +43,19 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
         examples=[tuple(pair) for pair in llm.examples],
         session_id=session_id,
         apology=llm.apology,
-        settings=settings,
+        settings=_every_field_given(settings),
     )
+
+
+def _every_field_given(settings):
+    """``settings`` with the fields the engine does not read set to None (turn-completion
+    filtering off): Pipecat logs an error at every start for a setting left unset, which
+    OpenAI's service fills in itself and a service of our own must."""
+    for field in dataclasses.fields(settings):
+        if field.name != "extra" and not is_given(getattr(settings, field.name)):
+            unset = False if field.name == "filter_incomplete_user_turns" else None
+            setattr(settings, field.name, unset)
+    return settings
 
 
 class InProcessLLMService(LLMService):
