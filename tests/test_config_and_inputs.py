@@ -306,6 +306,8 @@ def test_check_asks_one_question_through_the_pipeline_and_passes():
     assert "capital" in heard.lower() and "france" in heard.lower()
     assert "voice_to_voice" in next(line for line in lines if line.startswith("latency:"))
     assert lines[0].startswith("models loaded: ") and "llm" in lines[0]
+    # Pipecat logged an ERROR for the in-process LLM's unset settings at every start.
+    assert "NOT_GIVEN" not in run.stderr + run.stdout, run.stderr[-2000:]
 
 
 def test_check_fails_and_says_which_part_when_the_llm_server_is_down(tmp_path):
