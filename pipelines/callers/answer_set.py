@@ -362,7 +362,7 @@ EVERYDAY: list[Question] = [
         "water",
         "cover*",
         kind="everyday",
-    ),  # fmt: skip
+    ),
     _q("How many seconds are in a minute?", "60"),
     _q("What is the closest star to Earth?", "sun"),
     _q("In which country are the pyramids of Giza?", "egypt"),
@@ -386,7 +386,7 @@ EVERYDAY: list[Question] = [
         "seal*",
         "bread bin",
         kind="everyday",
-    ),  # fmt: skip
+    ),
     _q("Who invented the light bulb?", "edison"),
     _q("What is the largest country in the world?", "russia"),
     _q("What do you call a baby dog?", "pupp*"),
@@ -420,7 +420,7 @@ EVERYDAY: list[Question] = [
         "hydrat*",
         "break",
         kind="everyday",
-    ),  # fmt: skip
+    ),
     _q("Which bird is a symbol of peace?", "dove*"),
     _q("What is the largest hot desert in the world?", "sahara"),
     _q("How many hours are in two days?", "48"),
@@ -434,7 +434,7 @@ EVERYDAY: list[Question] = [
         "warm",
         "cool",
         kind="everyday",
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from agent.audio import load_input_wav, write_wav
-from pipelines.callers.answer_set import EVERYDAY
+from pipelines.callers.answer_set import EVERYDAY, everyday_half
 
 RATE = 16000
 OUT = Path(__file__).resolve().parents[2] / "out" / "everyday_speech"
@@ -42,7 +42,7 @@ def speak(voice: str, text: str, path: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         cmd = [part.replace("{out}", str(raw)) for part in command]
-        proc = subprocess.run(cmd, input=text, capture_output=True, text=True)
+        proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not raw.exists():
             raise RuntimeError(f"{voice} on {text!r}: {proc.stderr.strip() or 'no audio'}")
         samples, _ = load_input_wav(raw, RATE)
@@ -57,13 +57,14 @@ def render(out: Path = OUT) -> list[dict]:
             "festvox-kallpc16k"
         )
     voices = list(VOICES)
+    tune = everyday_half("tune")
     manifest = []
     for number, question in enumerate(EVERYDAY):
         voice = voices[(number // 2) % len(voices)]
         path = Path(voice) / f"{number:02d}.wav"
         (out / voice).mkdir(parents=True, exist_ok=True)
         speak(voice, question.text, out / path)
-        half = "tune" if number % 2 == 0 else "report"
+        half = "tune" if question in tune else "report"
         manifest.append(
             {
                 "id": f"everyday-{number:02d}",
@@ -71,7 +72,7 @@ def render(out: Path = OUT) -> list[dict]:
                 "text": question.text,
                 "voice": voice,
                 "half": half,
-            }  # fmt: skip
+            }
         )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -30,6 +30,7 @@ processor's to own, as the record of each turn is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 
@@ -190,21 +191,16 @@ class UserTurnProcessor(FrameProcessor):
 
     def _continued(self, earlier: UserTurn, text: str, audio, vad_stop, turn_end) -> UserTurn:
         """``earlier`` (taken back) and what the user went on to say, as one turn."""
-        joined = " ".join(part for part in (earlier.text, text) if part)
-        turn = UserTurn(
-            id=earlier.id,
-            text=joined,
-            vad_stop=vad_stop or earlier.vad_stop,
-            turn_end=turn_end,
-            parts=earlier.parts + 1,
-        )
-        pieces = [a.samples for a in (earlier.audio,) if a is not None]
-        if text and audio is not None and len(audio):
-            pieces.append(audio)
-        if pieces:
-            turn.audio = SpokenAudio(np.concatenate(pieces), self._sample_rate, joined)
+        parts = earlier.parts + 1
+        vad_stop = vad_stop or earlier.vad_stop
         if not text:
-            turn.tone = earlier.tone  # the same speech: the same reading
+            # Nothing more was said: the same words, audio and tone reading.
+            return dataclasses.replace(earlier, vad_stop=vad_stop, turn_end=turn_end, parts=parts)
+        joined = f"{earlier.text} {text}"
+        turn = UserTurn(earlier.id, joined, vad_stop=vad_stop, turn_end=turn_end, parts=parts)
+        spoken = [a for a in (earlier.audio and earlier.audio.samples, audio) if a is not None]
+        if spoken and sum(len(a) for a in spoken):
+            turn.audio = SpokenAudio(np.concatenate(spoken), self._sample_rate, joined)
         return turn
 
     async def _read_tone(self, audio: SpokenAudio) -> ToneResult | None:
