@@ -482,9 +482,9 @@ async def test_the_conversation_is_read_ahead_once_the_reply_has_been_voiced(sta
     read: list[tuple[float, list[dict]]] = []
     real_read_ahead, real_synthesize = stack.llm.read_ahead, stack.speech.synthesize
 
-    def recorded(messages, *, session=None):
+    def recorded(messages, *, session=None, reply=False):
         read.append((time.monotonic(), messages))
-        return real_read_ahead(messages, session=session)
+        return real_read_ahead(messages, session=session, reply=reply)
 
     synthesised: list[tuple[float, float]] = []  # each sentence's synthesis: start, end
 

@@ -181,6 +181,37 @@ def test_reading_ahead_waits_for_every_reply(llm):
     assert len(llm.cached_tokens("c")) > 60
 
 
+def test_a_reply_read_ahead_whole_starts_with_nothing_left_to_read(llm):
+    """What the early transcript buys: the prompt of a reply to the user's guessed words,
+    read while the turn's end is decided, leaves the reply only its last token to read
+    again (its logits give the first word)."""
+    messages = conversation("owls", 2)
+    assert llm.read_ahead(messages, session="d", reply=True).wait() == "read"
+    prompt = llm.tokens(messages)
+    assert llm.cached_tokens("d") == prompt
+    generation = llm.engine.generate("d", prompt, max_tokens=3)
+    generation.wait()
+    assert generation.reused_tokens == len(prompt) - 1
+    # Guessed wrong (the user said something else): what the two share is still kept.
+    other = conversation("owls", 2)[:-1] + [{"role": "user", "content": "Do owls sleep?"}]
+    generation = llm.engine.generate("d", llm.tokens(other), max_tokens=3)
+    generation.wait()
+    shared = llm.tokens(conversation("owls", 2)[:-1], reply=False)  # up to the new question
+    assert len(shared) <= generation.reused_tokens < len(prompt) - 1
+
+
+def test_reading_ahead_never_ends_a_reply(llm):
+    """A guess at the turn's words that arrives once the turn's reply has begun (a slow
+    early transcript) is dropped; the reply is written whole."""
+    calls = Recorder(llm)
+    calls.start("a", [LONG, {"role": "user", "content": "Tell me about the city of Lisbon."}])
+    calls.wait_for("a", 2)
+    late = llm.read_ahead(conversation("frogs", 1), session="a", reply=True)
+    assert late.wait() == "cancelled"
+    calls.join()
+    assert calls.finish["a"] == "length" and calls.events.count("a") == 80
+
+
 def test_more_sessions_than_sequences_are_all_answered(stack):
     from agent.llm.local import LocalLLM
 

@@ -76,11 +76,15 @@ class ShortUtteranceWhisper:
         self._early_pool: ThreadPoolExecutor | None = None
         self.early_hits = 0  # requests answered by an early transcription
 
-    def transcribe_early(self, speech: np.ndarray, trailing: np.ndarray, language: str | None):
+    def transcribe_early(
+        self, speech: np.ndarray, trailing: np.ndarray, language: str | None
+    ) -> Future | None:
         """Start transcribing ``speech`` + ``trailing`` (the silence the caller will pad the
-        segment with) now, for a request that may follow with only silence added."""
+        segment with) now, for a request that may follow with only silence added. Returns
+        the transcription to come (an Utterance; cancelled if superseded before it began),
+        or None for speech too long to transcribe early."""
         if len(speech) / SAMPLE_RATE >= self._max_short_secs:
-            return
+            return None
         with self._early_lock:
             if self._early_pool is None:
                 self._early_pool = ThreadPoolExecutor(1, thread_name_prefix="whisper-early")
@@ -91,6 +95,7 @@ class ShortUtteranceWhisper:
             audio = np.concatenate([speech, trailing])
             future = self._early_pool.submit(self._transcribe_short, audio, language, None)
             self._early = (speech, language, future)
+        return future
 
     def _early_result(self, audio: np.ndarray, language: str | None) -> Utterance | None:
         """The early transcription of ``audio`` if it is the early speech + silence."""

@@ -46,7 +46,8 @@ class ChatStream:
             if first:
                 first = False
                 logger.debug(
-                    f"{llm.name}: {generation.reused_tokens} prompt tokens were already read"
+                    f"{llm.name}: {generation.reused_tokens} of {generation.prompt_tokens}"
+                    " prompt tokens were already read"
                 )
             piece = text.decode(llm.engine.piece(token))
             if piece:
@@ -163,14 +164,20 @@ class LocalLLM:
         )
         return ChatStream(generation, self)
 
-    def read_ahead(self, messages: list[dict], *, session: Hashable = None) -> Generation:
+    def read_ahead(
+        self, messages: list[dict], *, session: Hashable = None, reply: bool = False
+    ) -> Generation:
         """Start reading what the prompt of a next user message after ``messages`` will
-        begin with, when no reply needs the model. Returns at once."""
-        # The chat template renders an empty user message as the opening every user
-        # message shares ("<|im_start|>user\n"); its end is dropped again by the next
-        # prompt's prefix match.
-        opening = self.tokens(messages + [{"role": "user", "content": ""}], reply=False)
-        return self.engine.generate(session, opening, max_tokens=0, background=True)
+        begin with, when no reply needs the model; with ``reply``, the prompt of a reply
+        to ``messages``, whole (the user's words are known, or guessed). Returns at once."""
+        if reply:
+            prompt = self.tokens(messages)
+        else:
+            # The chat template renders an empty user message as the opening every user
+            # message shares ("<|im_start|>user\n"); its end is dropped again by the next
+            # prompt's prefix match.
+            prompt = self.tokens(messages + [{"role": "user", "content": ""}], reply=False)
+        return self.engine.generate(session, prompt, max_tokens=0, background=True)
 
     def prefill(self, messages: list[dict], *, session: Hashable = None) -> None:
         """``read_ahead``, waiting until it is read."""

@@ -27,7 +27,7 @@ from agent.llm.local import LocalLLM
 from agent.llm.prompt import joined_user_runs, trim_history, with_examples, without_echoes
 from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
-from pipelines.turns.record import ReplyVoicedFrame
+from pipelines.turns.record import EarlyTranscriptFrame, ReplyVoicedFrame
 
 
 def load(config, cpu: CpuShare) -> LocalLLM:
@@ -67,8 +67,10 @@ class InProcessLLMService(LLMService):
     read ahead (agent/llm/local.py): the system prompt and examples when the session
     starts, and, once a reply has been written and voiced (the TTS's ReplyVoicedFrame),
     the conversation with that reply and the opening of the user's next message, while
-    the reply plays. The user's words are then all that is left to read when they have
-    spoken.
+    the reply plays. And when the user's voice falls silent, the STT's early transcript
+    (EarlyTranscriptFrame) is read as the turn's words, to where the reply begins, while
+    the turn's end is decided: if those are the words of the turn, its reply starts with
+    nothing left to read.
     """
 
     def __init__(
@@ -86,13 +88,17 @@ class InProcessLLMService(LLMService):
         self._examples = list(examples)
         self._session_id = session_id
         self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
+        # The conversation as the next user message will follow it: the latest context's
+        # messages, with the reply written to them once it is written.
+        self._conversation: list[dict] = []
 
     def can_generate_metrics(self) -> bool:
         return True
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
-        self._read_ahead(self._next_user_prompt(await self._chat_messages(LLMContext())))
+        self._conversation = await self._chat_messages(LLMContext())
+        self._read_ahead(self._next_user_prompt(self._conversation))
 
     async def stop(self, frame: EndFrame):
         await super().stop(frame)
@@ -109,6 +115,11 @@ class InProcessLLMService(LLMService):
                 self._read_ahead(self._next_prompt)
                 self._next_prompt = None
             return
+        if isinstance(frame, EarlyTranscriptFrame):
+            # The words are a guess: they are read, not answered, and go no further.
+            said = self._conversation + [{"role": "user", "content": frame.text}]
+            self._read_ahead(self._prompt(said), reply=True)
+            return
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
             await self._reply(frame.context)
@@ -121,6 +132,8 @@ class InProcessLLMService(LLMService):
         await self.start_ttfb_metrics()
         try:
             messages = await self._chat_messages(context)
+            # Until the reply is written: a turn taken back goes on after these messages.
+            self._conversation = messages
             settings = self.settings
             stream = self._llm.stream_chat(
                 self._prompt(messages),
@@ -141,6 +154,7 @@ class InProcessLLMService(LLMService):
                 stream.cancel()
                 pieces.stop()
             written = messages + [{"role": "assistant", "content": "".join(text).strip()}]
+            self._conversation = written
             self._next_prompt = self._next_user_prompt(written)
         except Exception as e:  # the reply ends here; the session goes on
             await self.push_error(error_msg=f"Error during completion: {e}", exception=e)
@@ -167,12 +181,13 @@ class InProcessLLMService(LLMService):
         turn's will be."""
         return self._prompt(messages + [{"role": "user", "content": "..."}])[:-1]
 
-    def _read_ahead(self, prompt: list[dict]):
-        """Read ``prompt`` off the critical path. It gives way to every reply and to the
-        synthesis of a first phrase (agent/cpu_share.py): on 2 cores, reading ahead beside
-        Piper made the reply's first audio twice as slow."""
+    def _read_ahead(self, prompt: list[dict], *, reply: bool = False):
+        """Read ``prompt`` (with ``reply``, to where the reply begins) off the critical
+        path. It gives way to every reply and to the synthesis of a first phrase
+        (agent/cpu_share.py): on 2 cores, reading ahead beside Piper made the reply's
+        first audio twice as slow."""
         try:
-            self._llm.read_ahead(prompt, session=self._session_id)
+            self._llm.read_ahead(prompt, session=self._session_id, reply=reply)
         except Exception as e:  # the next turn reads its prompt itself; say why
             logger.warning(f"{self}: reading ahead failed: {e}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from concurrent.futures import Future
 
 import numpy as np
 from pipecat.frames.frames import (
@@ -17,6 +18,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     TranscriptionFrame,
+    UserStartedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -24,10 +26,12 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.whisper.stt import WhisperSTTSettings, language_to_whisper_language
 from pipecat.transcriptions.language import Language
+from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregated_text
 from pipecat.utils.time import time_now_iso8601
 
 from agent.asr.speech_end import SpeechEndWatch
-from agent.asr.whisper import ShortUtteranceWhisper
+from agent.asr.whisper import ShortUtteranceWhisper, meaningless
+from pipelines.turns.record import EarlyTranscriptFrame
 
 # Silence Pipecat's segmented STT appends to each segment (its default, set explicitly
 # because early transcription must add the same).
@@ -40,6 +44,9 @@ class SharedWhisperSTTService(SegmentedSTTService):
     With ``early``, it starts transcribing when the user's voice drops to silence, a
     fifth of a second before the VAD (which waits ``stop_secs`` to be sure) reports the
     stop and Pipecat asks for the segment (agent/asr/whisper.py, ``transcribe_early``).
+    The words are sent on at once, with the turn's earlier segments, in an
+    EarlyTranscriptFrame: the LLM reads its prompt ahead with them while the turn's end
+    is still being decided.
     """
 
     Settings = WhisperSTTSettings
@@ -69,6 +76,7 @@ class SharedWhisperSTTService(SegmentedSTTService):
             filler_prompt=filler_prompt,
         )
         self._onset = SpeechEndWatch() if early else None
+        self._turn_words: list[str] = []  # the transcripts of the user's turn so far
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -86,6 +94,8 @@ class SharedWhisperSTTService(SegmentedSTTService):
                 self._onset.speech_started()
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
                 self._onset.speech_stopped()
+        if isinstance(frame, UserStartedSpeakingFrame):  # the user aggregator's, upstream
+            self._turn_words = []
         await super().process_frame(frame, direction)
 
     async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection):
@@ -95,7 +105,26 @@ class SharedWhisperSTTService(SegmentedSTTService):
             # VAD start), with the silence it pads segments with.
             speech = self._onset.segment().astype(np.float32) / 32768
             trailing = np.zeros(int(self.sample_rate * TRAILING_SILENCE_SECS), np.float32)
-            self._whisper.transcribe_early(speech, trailing, self.settings.language)
+            early = self._whisper.transcribe_early(speech, trailing, self.settings.language)
+            if early is not None:
+                self.create_task(
+                    self._send_early(early, len(speech) / self.sample_rate), name="early"
+                )
+
+    async def _send_early(self, early: Future, secs: float):
+        """The early transcription's words with the turn's earlier ones, once it is done."""
+        try:
+            utterance = await asyncio.wrap_future(early)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the session is closing
+            return  # superseded by later speech before it began
+        except Exception:  # failed: no guess (the turn's own request will say why)
+            return
+        words = self._spoken([utterance], secs)
+        if words:
+            parts = self._turn_words + [words]
+            await self.push_frame(EarlyTranscriptFrame(text=_as_written(parts)))
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         """One segment's words (16-bit PCM), without those Whisper thinks are not speech."""
@@ -110,13 +139,29 @@ class SharedWhisperSTTService(SegmentedSTTService):
             await self.stop_processing_metrics()
             yield ErrorFrame(error=f"speech recognition failed: {e}")
             return
+        text = self._spoken(segments)
+        await self.stop_processing_metrics()
+        if text:
+            self._turn_words.append(text)
+            yield TranscriptionFrame(text, "", time_now_iso8601(), language)
+
+    def _spoken(self, segments, secs: float | None = None) -> str:
+        """The words of the segments Whisper thinks are speech (and, given the audio's
+        length, that are words someone said: see ``meaningless``)."""
         threshold = self.settings.no_speech_prob
         text = "".join(
             f"{s.text} " for s in segments if threshold is None or s.no_speech_prob < threshold
         )
-        await self.stop_processing_metrics()
-        if text:
-            yield TranscriptionFrame(text, "", time_now_iso8601(), language)
+        if secs is not None and meaningless(text, secs):
+            return ""
+        return text
+
+
+def _as_written(transcripts: list[str]) -> str:
+    """A turn's transcripts as Pipecat's user aggregator writes them to the context."""
+    return concatenate_aggregated_text(
+        [TextPartForConcatenation(t, includes_inter_part_spaces=False) for t in transcripts]
+    )
 
 
 def _consumed(result):

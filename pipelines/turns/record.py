@@ -86,3 +86,13 @@ class ReplyVoicedFrame(SystemFrame):
 class NoWordsFrame(SystemFrame):
     """Downstream to the UserTurnProcessor: the turn that just ended had no words (Pipecat's
     user aggregator says so only in its ``on_user_turn_stopped`` event)."""
+
+
+@dataclass
+class EarlyTranscriptFrame(SystemFrame):
+    """Downstream from the STT: what the user has said in the turn so far, written as the
+    user aggregator will write it to the context, once the voice has fallen silent and
+    before anyone knows whether the turn has ended. A guess the LLM reads ahead with (the
+    turn's own transcript is what is answered)."""
+
+    text: str = ""
