@@ -98,3 +98,36 @@ async def test_llm_text_processor_cuts_the_llm_text_for_the_tts():
     spoken = [f.text for f in down if isinstance(f, AggregatedTextFrame)]
     # Each reply gets its own first phrase.
     assert spoken == ["Paris is a city", "with art.", "It is old."] * 2
+
+
+async def _released_after(aggregator, tokens: list[str]) -> list[tuple[int, str]]:
+    """Each piece sent to the voice, with how many tokens the LLM had written by then
+    (len(tokens) + 1: only at the response's end)."""
+    out = []
+    for i, token in enumerate(tokens, 1):
+        async for piece in aggregator.aggregate(token):
+            out.append((i, piece.text))
+    rest = await aggregator.flush()
+    return out + ([(len(tokens) + 1, rest.text)] if rest else [])
+
+
+async def test_a_first_sentence_goes_out_with_the_token_that_ends_it():
+    """The voice does not wait for the LLM's next token ("Ottawa." then the reply's end:
+    a whole decoding step) when the sentence has surely ended."""
+    assert await _released_after(_aggregator(), ["Ott", "awa", "."]) == [(3, "Ottawa.")]
+    assert await _released_after(_aggregator(), ["Really", "?", " Tell", " me", " more."]) == [
+        (2, "Really?"),
+        (6, "Tell me more."),  # later sentences wait as Pipecat's do
+    ]
+
+
+async def test_a_full_stop_that_may_not_end_the_sentence_waits_for_what_follows():
+    """Not cut at "3.", "Dr.", "U." or "...": each sentence goes out whole, at its end."""
+    tokens = ["It", " is", " 3", ".", "5", " degrees", "."]
+    assert await _released_after(_aggregator(), tokens) == [(7, "It is 3.5 degrees.")]
+    tokens = ["Ask", " Dr", ".", " Smith", " today", "."]
+    assert await _released_after(_aggregator(), tokens) == [(6, "Ask Dr. Smith today.")]
+    tokens = ["The", " U", ".", "S", ".", " is", " big", "."]
+    assert await _released_after(_aggregator(), tokens) == [(8, "The U.S. is big.")]
+    tokens = ["Well", "...", " maybe", "."]
+    assert await _released_after(_aggregator(), tokens) == [(4, "Well... maybe.")]
