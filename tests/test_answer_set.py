@@ -142,3 +142,16 @@ def test_is_repeat():
     assert is_repeat("That sounds fun! How was it?", earlier)
     assert not is_repeat("Oh no. Was it expensive?", earlier)  # "oh no" is under 3 words
     assert not is_repeat("Congratulations on passing!", earlier)
+
+
+def test_a_reply_that_opens_with_what_was_said_before_is_watched_until_it_differs():
+    from agent.llm.echo import RepeatWatch
+
+    watch = RepeatWatch(["That's correct.", "I'm sorry, but I can't help with that.", "Paris."])
+    assert watch.may_repeat("That's") and watch.may_repeat("I'm sorry, but")
+    assert not watch.may_repeat("That's a")  # says something new from here on
+    assert watch.repeats("That's correct.") and watch.repeats("That's correct. You have two.")
+    assert watch.repeats("I'm sorry but I can't help with that!") and watch.repeats("Paris.")
+    assert not watch.repeats("I'm sorry, I can't help with that.")
+    assert not watch.repeats("Paris is in France.")  # one-word sentences are said often
+    assert not RepeatWatch([]).may_repeat("Hello.")

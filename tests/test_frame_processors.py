@@ -575,3 +575,37 @@ async def test_a_local_reply_that_fails_ends_with_the_apology_and_the_session_go
     second = "".join(f.text for f in down[first_end:] if isinstance(f, LLMTextFrame))
     assert second.strip() and config.llm.apology not in second
     assert any(isinstance(f, ErrorFrame) for f in up)
+
+
+async def test_a_reply_said_before_word_for_word_is_written_anew(stack, monkeypatch):
+    """The same question twice in a call: the model (greedy-ish, seeded) would answer it
+    with the very same words; the second answer is written again, and nothing of the
+    repeat reaches the voice."""
+    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    from agent.llm.echo import clean
+    from pipelines.services import llm_local
+    from pipelines.services.llm import backend, llm_settings
+
+    config = stack.config
+
+    async def reply(messages: list[dict], session: str) -> str:
+        llm = backend("llama-cpp").service(
+            stack.llm, config, session, llm_settings(config, stack.llm)
+        )
+        down, _ = await run_test(
+            llm, frames_to_send=[LLMContextFrame(context=LLMContext(messages)), pause(2.0)]
+        )
+        stack.llm.forget(session)
+        return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+
+    question = {"role": "user", "content": "Say hello to me."}
+    first = await reply([question], "repeat-1")
+    again = [question, {"role": "assistant", "content": first}, question]
+    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 1)
+    unguarded = await reply(again, "repeat-2")
+    assert clean(unguarded) == clean(first)  # what the model says, left to itself
+    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 3)
+    second = await reply(again, "repeat-3")
+    assert second and clean(second) != clean(first)

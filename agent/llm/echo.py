@@ -137,3 +137,26 @@ def is_repeat(reply: str, earlier: list[str]) -> bool:
     if text in {clean(e) for e in earlier}:
         return True
     return any(len(s.split()) >= 3 and s in before for s in sentences(reply))
+
+
+class RepeatWatch:
+    """Watches a reply being written for one that says again, word for word, what an
+    earlier reply said: the whole of it, or one of its sentences of two words or more
+    ("That's correct." to every other turn). ``may_repeat``: the reply so far is the
+    start of such a thing, so its text is worth holding back; ``repeats``: it is one."""
+
+    def __init__(self, earlier: list[str]):
+        said = {clean(e) for e in earlier}
+        said |= {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
+        said.discard("")
+        self._said = said
+
+    def may_repeat(self, text: str) -> bool:
+        so_far = clean(text)
+        return bool(so_far) and any(s.startswith(so_far) for s in self._said)
+
+    def repeats(self, text: str) -> bool:
+        """Whether ``text`` (a reply, or its start up to a sentence's end) opens with a
+        sentence said before, or is a whole earlier reply."""
+        first = sentences(text)
+        return clean(text) in self._said or (bool(first) and first[0] in self._said)

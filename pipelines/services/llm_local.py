@@ -5,6 +5,7 @@ OpenAI adapter, and the reply's text goes out in LLMTextFrames as the engine mak
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -23,11 +24,19 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import is_given
 
 from agent.cpu_share import CpuShare
+from agent.llm.echo import RepeatWatch
 from agent.llm.local import LocalLLM
 from agent.llm.prompt import joined_user_runs, trim_history, with_examples, without_echoes
 from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
 from pipelines.turns.record import EarlyTranscriptFrame, ReplyVoicedFrame
+
+
+# A reply that says again word for word what an earlier one said is written anew, up to
+# this many times in all (the last is spoken whatever it says), sampled this hot.
+REPLY_ATTEMPTS = 3
+RETRY_TEMPERATURE = 1.0
+_SENTENCE_END = re.compile(r"[.!?]")
 
 
 def load(config, cpu: CpuShare) -> LocalLLM:
@@ -134,26 +143,16 @@ class InProcessLLMService(LLMService):
             messages = await self._chat_messages(context)
             # Until the reply is written: a turn taken back goes on after these messages.
             self._conversation = messages
-            settings = self.settings
-            stream = self._llm.stream_chat(
-                self._prompt(messages),
-                max_tokens=settings.max_tokens,
-                temperature=settings.temperature,
-                seed=settings.seed,
-                session=self._session_id,
-            )
-            pieces = ThreadFedIterator(lambda: stream, start_thread)
-            text: list[str] = []
-            try:
-                async for piece in pieces:
-                    await self.stop_ttfb_metrics()
-                    text.append(piece)
-                    await self.push_frame(LLMTextFrame(piece))
-            finally:
-                # An interruption or a closing session stops generation at the next token.
-                stream.cancel()
-                pieces.stop()
-            written = messages + [{"role": "assistant", "content": "".join(text).strip()}]
+            prompt = self._prompt(messages)
+            earlier = [m["content"] for m in messages if m.get("role") == "assistant"]
+            watch = RepeatWatch([e for e in earlier if isinstance(e, str)])
+            text = None
+            for attempt in range(REPLY_ATTEMPTS):
+                last = attempt == REPLY_ATTEMPTS - 1
+                text = await self._write(prompt, attempt, None if last else watch)
+                if text is not None:
+                    break
+            written = messages + [{"role": "assistant", "content": text.strip()}]
             self._conversation = written
             self._next_prompt = self._next_user_prompt(written)
         except Exception as e:  # the reply ends here; the session goes on
@@ -161,6 +160,53 @@ class InProcessLLMService(LLMService):
         finally:
             await self.stop_processing_metrics()
             await self.push_frame(LLMFullResponseEndFrame())
+
+    async def _write(self, prompt: list[dict], attempt: int, watch: RepeatWatch | None):
+        """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
+        ``watch``, says nothing and returns None if it opens with what an earlier reply
+        said word for word (its text is held back while it might). A later ``attempt``
+        samples hotter, with another seed: greedy-ish sampling on a near-identical
+        conversation writes the same words again."""
+        settings = self.settings
+        temperature, seed = settings.temperature, settings.seed
+        if attempt:
+            temperature, seed = max(temperature, RETRY_TEMPERATURE), (seed or 0) + attempt
+        stream = self._llm.stream_chat(
+            prompt,
+            max_tokens=settings.max_tokens,
+            temperature=temperature,
+            seed=seed,
+            session=self._session_id,
+        )
+        pieces = ThreadFedIterator(lambda: stream, start_thread)
+        text: list[str] = []
+        held: list[str] = []
+        try:
+            async for piece in pieces:
+                await self.stop_ttfb_metrics()
+                text.append(piece)
+                if watch is not None:
+                    so_far = "".join(text)
+                    if _SENTENCE_END.search(piece) and watch.repeats(so_far):
+                        logger.debug(f"{self}: {so_far.strip()!r} was said before; again")
+                        return None
+                    if watch.may_repeat(so_far):
+                        held.append(piece)
+                        continue
+                    watch = None  # it says something new: nothing more to hold
+                for out in [*held, piece]:
+                    await self.push_frame(LLMTextFrame(out))
+                held = []
+        finally:
+            # An interruption or a closing session stops generation at the next token.
+            stream.cancel()
+            pieces.stop()
+        if watch is not None and watch.repeats("".join(text)):
+            logger.debug(f"{self}: {''.join(text).strip()!r} was said before; again")
+            return None
+        for out in held:
+            await self.push_frame(LLMTextFrame(out))
+        return "".join(text)
 
     async def _chat_messages(self, context: LLMContext) -> list[dict]:
         adapter = self.get_llm_adapter()
