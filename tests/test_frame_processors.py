@@ -609,3 +609,33 @@ async def test_a_reply_said_before_word_for_word_is_written_anew(stack, monkeypa
     monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 3)
     second = await reply(again, "repeat-3")
     assert second and clean(second) != clean(first)
+
+
+async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack, monkeypatch):
+    """Told a plain statement, the test model says it back word for word; a reply that
+    is the user's own words is written again."""
+    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    from agent.llm.echo import clean
+    from pipelines.services import llm_local
+    from pipelines.services.llm import backend, llm_settings
+
+    config = stack.config
+    said = "The cat sat on the mat."
+
+    async def reply(session: str) -> str:
+        llm = backend("llama-cpp").service(
+            stack.llm, config, session, llm_settings(config, stack.llm)
+        )
+        context = LLMContext([{"role": "user", "content": said}])
+        down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(context=context), pause(2.0)])
+        stack.llm.forget(session)
+        return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+
+    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 1)
+    unguarded = await reply("echo-1")
+    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 3)
+    guarded = await reply("echo-2")
+    assert clean(unguarded) == clean(said), unguarded
+    assert guarded and clean(guarded) != clean(unguarded)

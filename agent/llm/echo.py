@@ -140,10 +140,11 @@ def is_repeat(reply: str, earlier: list[str]) -> bool:
 
 
 class RepeatWatch:
-    """Watches a reply being written for one that says again, word for word, what an
-    earlier reply said: the whole of it, or one of its sentences of two words or more
-    ("That's correct." to every other turn). ``may_repeat``: the reply so far is the
-    start of such a thing, so its text is worth holding back; ``repeats``: it is one."""
+    """Watches a reply being written for one that says again, word for word, something
+    said before (``earlier``: the bot's replies, the user's words): the whole of it, or one
+    of its sentences of two words or more ("That's correct." to every other turn, "Press
+    1-4. New Messages." back to the user). ``may_repeat``: the reply so far is the start of
+    such a thing, so its text is worth holding back; ``repeats``: it is one."""
 
     def __init__(self, earlier: list[str]):
         said = {clean(e) for e in earlier}

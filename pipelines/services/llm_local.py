@@ -144,7 +144,10 @@ class InProcessLLMService(LLMService):
             # Until the reply is written: a turn taken back goes on after these messages.
             self._conversation = messages
             prompt = self._prompt(messages)
+            # What the reply must not say again word for word: the bot's earlier replies,
+            # and the user's own words just said (the words of the prompt's last message).
             earlier = [m["content"] for m in messages if m.get("role") == "assistant"]
+            earlier.append(prompt[-1].get("content"))
             watch = RepeatWatch([e for e in earlier if isinstance(e, str)])
             text = None
             for attempt in range(REPLY_ATTEMPTS):
@@ -163,8 +166,8 @@ class InProcessLLMService(LLMService):
 
     async def _write(self, prompt: list[dict], attempt: int, watch: RepeatWatch | None):
         """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
-        ``watch``, says nothing and returns None if it opens with what an earlier reply
-        said word for word (its text is held back while it might). A later ``attempt``
+        ``watch``, says nothing and returns None if it opens with what was said before
+        word for word (its text is held back while it might). A later ``attempt``
         samples hotter, with another seed: greedy-ish sampling on a near-identical
         conversation writes the same words again."""
         settings = self.settings
