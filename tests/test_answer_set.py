@@ -155,3 +155,6 @@ def test_a_reply_that_opens_with_what_was_said_before_is_watched_until_it_differ
     assert not watch.repeats("I'm sorry, I can't help with that.")
     assert not watch.repeats("Paris is in France.")  # one-word sentences are said often
     assert not RepeatWatch([]).may_repeat("Hello.")
+    heard = RepeatWatch([], "Hello? Press one for sales. Mary rolled the barrel.")
+    assert heard.repeats("Mary rolled the barrel!") and heard.repeats("Press one for sales.")
+    assert not heard.repeats("Hello!")  # a greeting is answered in kind

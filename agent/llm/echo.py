@@ -140,15 +140,19 @@ def is_repeat(reply: str, earlier: list[str]) -> bool:
 
 
 class RepeatWatch:
-    """Watches a reply being written for one that says again, word for word, something
-    said before (``earlier``: the bot's replies, the user's words): the whole of it, or one
-    of its sentences of two words or more ("That's correct." to every other turn, "Press
-    1-4. New Messages." back to the user). ``may_repeat``: the reply so far is the start of
-    such a thing, so its text is worth holding back; ``repeats``: it is one."""
+    """Watches a reply being written for one that says again, word for word, what was
+    said before: an earlier reply, whole, or one of its sentences of two words or more
+    ("That's correct." to every other turn), or a sentence the user just said ("He was not
+    an ill-disposed young man." said back). ``may_repeat``: the reply so far is the start
+    of such a thing, so its text is worth holding back; ``repeats``: it is one."""
 
-    def __init__(self, earlier: list[str]):
+    def __init__(self, earlier: list[str], heard: str = ""):
+        """``earlier``: the bot's replies; ``heard``: what the user just said, whose
+        sentences of three words or more are not to be said back ("Hello?" may be
+        answered "Hello!")."""
         said = {clean(e) for e in earlier}
         said |= {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
+        said |= {s for s in sentences(heard) if len(s.split()) >= 3}
         said.discard("")
         self._said = said
 

@@ -145,10 +145,13 @@ class InProcessLLMService(LLMService):
             self._conversation = messages
             prompt = self._prompt(messages)
             # What the reply must not say again word for word: the bot's earlier replies,
-            # and the user's own words just said (the words of the prompt's last message).
+            # and the user's own words just said (the prompt's last message).
             earlier = [m["content"] for m in messages if m.get("role") == "assistant"]
-            earlier.append(prompt[-1].get("content"))
-            watch = RepeatWatch([e for e in earlier if isinstance(e, str)])
+            heard = prompt[-1].get("content")
+            watch = RepeatWatch(
+                [e for e in earlier if isinstance(e, str)],
+                heard if isinstance(heard, str) else "",
+            )
             text = None
             for attempt in range(REPLY_ATTEMPTS):
                 last = attempt == REPLY_ATTEMPTS - 1
