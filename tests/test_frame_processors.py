@@ -577,7 +577,12 @@ async def test_a_local_reply_that_fails_ends_with_the_apology_and_the_session_go
     assert any(isinstance(f, ErrorFrame) for f in up)
 
 
-async def test_a_reply_said_before_word_for_word_is_written_anew(stack, monkeypatch):
+def _with_llm(config, **changes):
+    """``config`` with its ``llm`` section changed."""
+    return config.model_copy(update={"llm": config.llm.model_copy(update=changes)})
+
+
+async def test_a_reply_said_before_word_for_word_is_written_anew(stack):
     """The same question twice in a call: the model (greedy-ish, seeded) would answer it
     with the very same words; the second answer is written again, and nothing of the
     repeat reaches the voice."""
@@ -585,12 +590,10 @@ async def test_a_reply_said_before_word_for_word_is_written_anew(stack, monkeypa
     from pipecat.processors.aggregators.llm_context import LLMContext
 
     from agent.llm.echo import clean
-    from pipelines.services import llm_local
     from pipelines.services.llm import backend, llm_settings
 
-    config = stack.config
-
-    async def reply(messages: list[dict], session: str) -> str:
+    async def reply(messages: list[dict], session: str, rewrite: bool = True) -> str:
+        config = _with_llm(stack.config, rewrite_repeats=rewrite)
         llm = backend("llama-cpp").service(
             stack.llm, config, session, llm_settings(config, stack.llm)
         )
@@ -603,28 +606,25 @@ async def test_a_reply_said_before_word_for_word_is_written_anew(stack, monkeypa
     question = {"role": "user", "content": "Say hello to me."}
     first = await reply([question], "repeat-1")
     again = [question, {"role": "assistant", "content": first}, question]
-    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 1)
-    unguarded = await reply(again, "repeat-2")
+    unguarded = await reply(again, "repeat-2", rewrite=False)
     assert clean(unguarded) == clean(first)  # what the model says, left to itself
-    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 3)
     second = await reply(again, "repeat-3")
     assert second and clean(second) != clean(first)
 
 
-async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack, monkeypatch):
+async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack):
     """Told a plain statement, the test model says it back word for word; a reply that
     is the user's own words is written again."""
     from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
     from pipecat.processors.aggregators.llm_context import LLMContext
 
     from agent.llm.echo import clean
-    from pipelines.services import llm_local
     from pipelines.services.llm import backend, llm_settings
 
-    config = stack.config
     said = "The cat sat on the mat."
 
-    async def reply(session: str) -> str:
+    async def reply(session: str, rewrite: bool = True) -> str:
+        config = _with_llm(stack.config, rewrite_repeats=rewrite)
         llm = backend("llama-cpp").service(
             stack.llm, config, session, llm_settings(config, stack.llm)
         )
@@ -633,9 +633,7 @@ async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack
         stack.llm.forget(session)
         return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
 
-    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 1)
-    unguarded = await reply("echo-1")
-    monkeypatch.setattr(llm_local, "REPLY_ATTEMPTS", 3)
+    unguarded = await reply("echo-1", rewrite=False)
     guarded = await reply("echo-2")
     assert clean(unguarded) == clean(said), unguarded
     assert guarded and clean(guarded) != clean(unguarded)

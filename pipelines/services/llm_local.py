@@ -49,6 +49,7 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
     return LocalLLMService(
         llm=engine,
         max_history_turns=llm.max_history_turns,
+        rewrite_repeats=llm.rewrite_repeats,
         examples=[tuple(pair) for pair in llm.examples],
         session_id=session_id,
         apology=llm.apology,
@@ -87,6 +88,7 @@ class InProcessLLMService(LLMService):
         *,
         llm: LocalLLM,
         max_history_turns: int,
+        rewrite_repeats: bool = True,
         examples: list[tuple[str, str]] = (),
         session_id: str | None = None,
         **kwargs,
@@ -94,6 +96,7 @@ class InProcessLLMService(LLMService):
         super().__init__(**kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
+        self._attempts = REPLY_ATTEMPTS if rewrite_repeats else 1
         self._examples = list(examples)
         self._session_id = session_id
         self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
@@ -153,8 +156,8 @@ class InProcessLLMService(LLMService):
                 heard if isinstance(heard, str) else "",
             )
             text = None
-            for attempt in range(REPLY_ATTEMPTS):
-                last = attempt == REPLY_ATTEMPTS - 1
+            for attempt in range(self._attempts):
+                last = attempt == self._attempts - 1
                 text = await self._write(prompt, attempt, None if last else watch)
                 if text is not None:
                     break
