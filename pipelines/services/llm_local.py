@@ -31,8 +31,7 @@ from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
 from pipelines.turns.record import EarlyTranscriptFrame, ReplyVoicedFrame
 
-
-# A reply that says again word for word what an earlier one said is written anew, up to
+# A reply that says again word for word what was said before is written anew, up to
 # this many times in all (the last is spoken whatever it says), sampled this hot.
 REPLY_ATTEMPTS = 3
 RETRY_TEMPERATURE = 1.0
@@ -149,12 +148,13 @@ class InProcessLLMService(LLMService):
             prompt = self._prompt(messages)
             # What the reply must not say again word for word: the bot's earlier replies,
             # and the user's own words just said (the prompt's last message).
-            earlier = [m["content"] for m in messages if m.get("role") == "assistant"]
+            earlier = [
+                m["content"]
+                for m in messages
+                if m.get("role") == "assistant" and isinstance(m.get("content"), str)
+            ]
             heard = prompt[-1].get("content")
-            watch = RepeatWatch(
-                [e for e in earlier if isinstance(e, str)],
-                heard if isinstance(heard, str) else "",
-            )
+            watch = RepeatWatch(earlier, heard if isinstance(heard, str) else "")
             text = None
             for attempt in range(self._attempts):
                 last = attempt == self._attempts - 1
@@ -196,8 +196,7 @@ class InProcessLLMService(LLMService):
                 text.append(piece)
                 if watch is not None:
                     so_far = "".join(text)
-                    if _SENTENCE_END.search(piece) and watch.repeats(so_far):
-                        logger.debug(f"{self}: {so_far.strip()!r} was said before; again")
+                    if _SENTENCE_END.search(piece) and self._said_again(watch, so_far):
                         return None
                     if watch.may_repeat(so_far):
                         held.append(piece)
@@ -210,12 +209,18 @@ class InProcessLLMService(LLMService):
             # An interruption or a closing session stops generation at the next token.
             stream.cancel()
             pieces.stop()
-        if watch is not None and watch.repeats("".join(text)):
-            logger.debug(f"{self}: {''.join(text).strip()!r} was said before; again")
+        if watch is not None and self._said_again(watch, "".join(text)):
             return None
         for out in held:
             await self.push_frame(LLMTextFrame(out))
         return "".join(text)
+
+    def _said_again(self, watch: RepeatWatch, text: str) -> bool:
+        """Whether ``text`` says again what ``watch`` keeps; logged, as the reply is rewritten."""
+        if not watch.repeats(text):
+            return False
+        logger.debug(f"{self}: {text.strip()!r} was said before; again")
+        return True
 
     async def _chat_messages(self, context: LLMContext) -> list[dict]:
         adapter = self.get_llm_adapter()
