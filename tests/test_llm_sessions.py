@@ -212,6 +212,42 @@ def test_reading_ahead_never_ends_a_reply(llm):
     assert calls.finish["a"] == "length" and calls.events.count("a") == 80
 
 
+def test_a_refused_piece_is_never_written_and_the_reply_goes_on_past_it(llm):
+    """``refuse`` rules a piece out where it would come (another token is sampled
+    there), and an end refused makes the reply go on."""
+    messages = [SYSTEM, {"role": "user", "content": "Say hello to me."}]
+    plain = list(llm.stream_chat(messages, max_tokens=12, temperature=0.0, seed=0, session="r"))
+    first = plain[0]
+    asked: list[tuple[str, str | None]] = []
+
+    def not_that_opening(text: str, piece: str | None) -> bool:
+        asked.append((text, piece))
+        return text == "" and piece == first
+
+    other = list(
+        llm.stream_chat(
+            messages, max_tokens=12, temperature=0.0, seed=0, session="r", refuse=not_that_opening
+        )
+    )
+    assert other[0] != first and other[0].strip()
+    assert asked[0] == ("", first) and asked[1] == ("", other[0])
+    # Asked token by token, with the text written so far.
+    assert asked[2] == (other[0], other[1])
+
+    short = list(llm.stream_chat(messages, max_tokens=40, temperature=0.0, seed=0, session="r"))
+    ended = "".join(short)
+    longer = llm.stream_chat(
+        messages,
+        max_tokens=len(short) + 8,
+        temperature=0.0,
+        seed=0,
+        session="r",
+        refuse=lambda text, piece: piece is None and text == ended,
+    )
+    went_on = "".join(longer)
+    assert went_on.startswith(ended) and len(went_on) > len(ended)
+
+
 def test_more_sessions_than_sequences_are_all_answered(stack):
     from agent.llm.local import LocalLLM
 

@@ -22,10 +22,11 @@ Knows tokens only; agent/llm/local.py turns chat messages into tokens and tokens
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,13 @@ PROMPT_CHUNK_TOKENS = 64
 # waits for the step to end (~14 ms a token on 2 cores for the 1.5B, so ~0.25 s).
 READ_AHEAD_CHUNK_TOKENS = 16
 BATCH_TOKENS = 512
+# A token refused (``generate(refuse=...)``) is sampled again without it, at most this
+# many times for one position; then the last one sampled is taken.
+REFUSALS_PER_TOKEN = 8
+
+# ``refuse(written, token)``: whether a reply that has written ``written`` must not go on
+# with ``token`` (an end-of-generation token included).
+Refusal = Callable[[list[int], int], bool]
 
 
 class ContextFullError(RuntimeError):
@@ -105,8 +113,9 @@ class _Job:
     background: bool
     sampler: _Sampler | None
     out: Generation
+    refuse: Refusal | None = None
     seq: _Sequence | None = None
-    produced: int = 0
+    written: list[int] = field(default_factory=list)  # sampled so far
     pending: int | None = None  # sampled, not yet in the cache
 
     @property
@@ -115,7 +124,9 @@ class _Job:
 
     @property
     def urgent(self) -> bool:
-        return not self.background and (self.unread > 0 or self.produced < FIRST_PHRASE_TOKENS)
+        return not self.background and (
+            self.unread > 0 or len(self.written) < FIRST_PHRASE_TOKENS
+        )
 
     def finish(self, reason: str) -> None:
         self.out.finish_reason = reason
@@ -175,14 +186,16 @@ class BatchedEngine:
         max_tokens: int,
         sampling: Sampling = Sampling(),
         background: bool = False,
+        refuse: Refusal | None = None,
     ) -> Generation:
-        """Read ``tokens`` into ``session``'s sequence, then sample up to ``max_tokens``.
-        A session's new job ends its earlier one."""
+        """Read ``tokens`` into ``session``'s sequence, then sample up to ``max_tokens``,
+        none that ``refuse`` refuses (it runs on the engine's thread, once per token
+        sampled: keep it quick). A session's new job ends its earlier one."""
         if not tokens:
             raise ValueError("an empty prompt")
         out = Generation(self)
         sampler = self._sampler(sampling) if max_tokens > 0 else None
-        job = _Job(session, list(tokens), max_tokens, background, sampler, out)
+        job = _Job(session, list(tokens), max_tokens, background, sampler, out, refuse)
         with self._changed:
             if self._closed:
                 raise RuntimeError("the LLM engine is closed")
@@ -411,16 +424,30 @@ class BatchedEngine:
                 continue
             if job.unread > 0:
                 continue
-            token = lib.llama_sampler_sample(job.sampler.chain, self._context.handle, at - 1)
+            token = self._sample(job, at - 1)
             if self.model.is_end(token):
                 self._end(job, "stop")
                 continue
-            job.produced += 1
+            job.written.append(token)
             job.out._out.put(token)
-            if job.produced >= job.max_tokens:
+            if len(job.written) >= job.max_tokens:
                 self._end(job, "length")
             else:
                 job.pending = token
+
+    def _sample(self, job: _Job, index: int) -> int:
+        """The job's next token, from the logits of the batch's ``index``-th token; one its
+        ``refuse`` refuses is ruled out (its logit made -inf) and another sampled."""
+        lib, context = self._lib, self._context.handle
+        token = lib.llama_sampler_sample(job.sampler.chain, context, index)
+        if job.refuse is None:
+            return token
+        for _ in range(REFUSALS_PER_TOKEN):
+            if not job.refuse(job.written, token):
+                break
+            lib.llama_get_logits_ith(context, index)[token] = -math.inf
+            token = lib.llama_sampler_sample(job.sampler.chain, context, index)
+        return token
 
     def _evict_idle(self) -> bool:
         """Free the sequence of the session idle longest (its conversation is read again

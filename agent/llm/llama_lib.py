@@ -127,6 +127,7 @@ _FUNCTIONS = {
     "llama_batch_init": (Batch, [c_int32, c_int32, c_int32]),
     "llama_batch_free": (None, [Batch]),
     "llama_decode": (c_int32, [ptr, Batch]),
+    "llama_get_logits_ith": (POINTER(c_float), [ptr, c_int32]),
     "llama_vocab_get_text": (c_char_p, [ptr, token_t]),
     "llama_vocab_is_eog": (c_bool, [ptr, token_t]),
     "llama_vocab_bos": (token_t, [ptr]),

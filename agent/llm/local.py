@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +62,31 @@ class ChatStream:
 
     def cancel(self) -> None:
         self._generation.cancel()
+
+
+# ``refuse(text, piece)``: whether a reply that has written ``text`` must not go on with
+# ``piece`` (None: must not end there).
+TextRefusal = Callable[[str, "str | None"], bool]
+
+
+class _RefusalOfText:
+    """A refusal of text, asked of tokens (the engine's ``refuse``): the reply's text so
+    far is kept as it is written, and a token is judged by the text it stands for."""
+
+    def __init__(self, refuse: TextRefusal, model):
+        self._refuse = refuse
+        self._model = model
+        self._bytes = b""
+        self._read = 0  # of the written tokens
+
+    def __call__(self, written: list[int], token: int) -> bool:
+        for t in written[self._read :]:
+            self._bytes += self._model.piece(t)
+        self._read = len(written)
+        text = self._bytes.decode("utf-8", errors="ignore")
+        if self._model.is_end(token):
+            return self._refuse(text, None)
+        return self._refuse(text, self._model.piece(token).decode("utf-8", errors="ignore"))
 
 
 class LocalLLM:
@@ -154,13 +179,16 @@ class LocalLLM:
         temperature: float,
         seed: int | None,
         session: Hashable = None,
+        refuse: TextRefusal | None = None,
     ) -> ChatStream:
-        """The reply to ``messages``, as a stream of text pieces."""
+        """The reply to ``messages``, as a stream of text pieces; with ``refuse``, never
+        going on with a piece it refuses (another token is sampled instead)."""
         generation = self.engine.generate(
             session,
             self.tokens(messages),
             max_tokens=max_tokens,
             sampling=Sampling(temperature, seed),
+            refuse=None if refuse is None else _RefusalOfText(refuse, self.engine.model),
         )
         return ChatStream(generation, self)
 
