@@ -126,10 +126,10 @@ class LLMConfig(_Section):
     # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
     # agent.llm.prompt.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)
-    # llama-cpp: a reply never ends a sentence the bot said before word for word (the
-    # model picks another word there), and one that opens with a sentence the user just
-    # said is written anew (README, "Answers worth hearing").
-    avoid_repeats: bool = True
+    # llama-cpp: a reply that would say word for word what was said before (an earlier
+    # reply, a sentence the user just said) is held back and written anew. On 2 cores the
+    # turns it rewrites wait ~1.3 s longer (README, "Answers worth hearing").
+    rewrite_repeats: bool = True
     # backend openai: the longest wait for the server's first or next word.
     request_timeout_secs: float = Field(10.0, gt=0, le=300)
     # Said when a reply fails (the LLM server refuses, stalls or dies mid-reply).

@@ -144,29 +144,17 @@ def test_is_repeat():
     assert not is_repeat("Congratulations on passing!", earlier)
 
 
-def test_a_reply_may_not_end_a_sentence_the_bot_said_before():
+def test_a_reply_that_opens_with_what_was_said_before_is_watched_until_it_differs():
     from agent.llm.echo import RepeatWatch
 
     watch = RepeatWatch(["That's correct.", "I'm sorry, but I can't help with that.", "Paris."])
-    # Where the piece would end a sentence said before, it is refused...
-    assert watch.refuses("That's correct", ".") and watch.refuses("Yes. That's correct", "!")
-    assert watch.refuses("I'm sorry but I can't help with that", ".")
-    # ... and nowhere else.
-    assert not watch.refuses("That's", " correct") and not watch.refuses("That's correct", ",")
-    assert not watch.refuses("That's a", ".")
-    assert not watch.refuses("I'm sorry, I can't help with that", ".")
-    assert not watch.refuses("Paris", ".")  # one-word sentences are said often ...
-    assert watch.refuses("Paris.", None)  # ... but not a whole reply said again
-    assert not watch.refuses("Paris. It is in France.", None)
-    assert not RepeatWatch([]).refuses("Hello", "!")
-
-
-def test_a_reply_that_opens_with_the_users_words_is_watched_until_it_differs():
-    from agent.llm.echo import RepeatWatch
-
-    heard = RepeatWatch(["Got it."], "Hello? Press one for sales. Mary rolled the barrel.")
-    assert heard.may_echo("Mary rolled") and not heard.may_echo("Mary rolled a")
-    assert heard.echoes("Mary rolled the barrel!") and heard.echoes("Press one for sales.")
-    assert heard.echoes("Mary rolled the barrel. Did it break?")
-    assert not heard.echoes("Hello!")  # a greeting is answered in kind
-    assert not heard.echoes("Got it.") and not heard.may_echo("Got")  # the bot's: refused
+    assert watch.may_repeat("That's") and watch.may_repeat("I'm sorry, but")
+    assert not watch.may_repeat("That's a")  # says something new from here on
+    assert watch.repeats("That's correct.") and watch.repeats("That's correct. You have two.")
+    assert watch.repeats("I'm sorry but I can't help with that!") and watch.repeats("Paris.")
+    assert not watch.repeats("I'm sorry, I can't help with that.")
+    assert not watch.repeats("Paris is in France.")  # one-word sentences are said often
+    assert not RepeatWatch([]).may_repeat("Hello.")
+    heard = RepeatWatch([], "Hello? Press one for sales. Mary rolled the barrel.")
+    assert heard.repeats("Mary rolled the barrel!") and heard.repeats("Press one for sales.")
+    assert not heard.repeats("Hello!")  # a greeting is answered in kind

@@ -140,42 +140,28 @@ def is_repeat(reply: str, earlier: list[str]) -> bool:
 
 
 class RepeatWatch:
-    """Keeps a reply from saying again, word for word, what was said before.
-
-    * The bot's own words: an earlier reply, whole, or one of its sentences of two words
-      or more ("That's correct." to every other turn). ``refuses`` says where the reply
-      would end one again, so that it goes on with another word instead ("Thank you for
-      telling me.") at no cost in time.
-    * A sentence of three words or more the user just said ("He was not an ill-disposed
-      young man." said back): another last word does not mend an echo, so a reply that
-      opens with one is written anew. ``may_echo``: the reply so far is the start of
-      one, worth holding back; ``echoes``: it is one ("Hello?" may be answered
-      "Hello!").
-    """
+    """Watches a reply being written for one that says again, word for word, what was
+    said before: an earlier reply, whole, or one of its sentences of two words or more
+    ("That's correct." to every other turn), or a sentence the user just said ("He was not
+    an ill-disposed young man." said back). ``may_repeat``: the reply so far is the start
+    of such a thing, so its text is worth holding back; ``repeats``: it is one."""
 
     def __init__(self, earlier: list[str], heard: str = ""):
-        """``earlier``: the bot's replies; ``heard``: what the user just said."""
-        self._replies = {clean(e) for e in earlier} - {""}
-        self._sentences = {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
-        self._heard = {s for s in sentences(heard) if len(s.split()) >= 3}
+        """``earlier``: the bot's replies; ``heard``: what the user just said, whose
+        sentences of three words or more are not to be said back ("Hello?" may be
+        answered "Hello!")."""
+        said = {clean(e) for e in earlier}
+        said |= {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
+        said |= {s for s in sentences(heard) if len(s.split()) >= 3}
+        said.discard("")
+        self._said = said
 
-    def refuses(self, text: str, piece: str | None) -> bool:
-        """Whether a reply that has written ``text`` would, with ``piece``, end a sentence
-        the bot said before; with ``piece`` None, whether ending there makes it an earlier
-        reply whole."""
-        if piece is None:
-            return clean(text) in self._replies
-        if not re.search(r"[.!?]", piece):
-            return False
-        ended = sentences(text + piece)
-        return bool(ended) and ended[-1] in self._sentences
-
-    def may_echo(self, text: str) -> bool:
+    def may_repeat(self, text: str) -> bool:
         so_far = clean(text)
-        return bool(so_far) and any(s.startswith(so_far) for s in self._heard)
+        return bool(so_far) and any(s.startswith(so_far) for s in self._said)
 
-    def echoes(self, text: str) -> bool:
-        """Whether ``text`` (a reply, or its start up to a sentence's end) is, or opens
-        with, a sentence the user just said."""
+    def repeats(self, text: str) -> bool:
+        """Whether ``text`` (a reply, or its start up to a sentence's end) opens with a
+        sentence said before, or is a whole earlier reply."""
         first = sentences(text)
-        return clean(text) in self._heard or (bool(first) and first[0] in self._heard)
+        return clean(text) in self._said or (bool(first) and first[0] in self._said)

@@ -31,8 +31,8 @@ from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
 from pipelines.turns.record import EarlyTranscriptFrame, ReplyVoicedFrame
 
-# A reply that opens with the user's own sentence said back is written anew, up to this
-# many times in all (the last is spoken whatever it says), sampled this hot.
+# A reply that says again word for word what was said before is written anew, up to
+# this many times in all (the last is spoken whatever it says), sampled this hot.
 REPLY_ATTEMPTS = 3
 RETRY_TEMPERATURE = 1.0
 _SENTENCE_END = re.compile(r"[.!?]")
@@ -48,7 +48,7 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
     return LocalLLMService(
         llm=engine,
         max_history_turns=llm.max_history_turns,
-        avoid_repeats=llm.avoid_repeats,
+        rewrite_repeats=llm.rewrite_repeats,
         examples=[tuple(pair) for pair in llm.examples],
         session_id=session_id,
         apology=llm.apology,
@@ -87,7 +87,7 @@ class InProcessLLMService(LLMService):
         *,
         llm: LocalLLM,
         max_history_turns: int,
-        avoid_repeats: bool = True,
+        rewrite_repeats: bool = True,
         examples: list[tuple[str, str]] = (),
         session_id: str | None = None,
         **kwargs,
@@ -95,7 +95,7 @@ class InProcessLLMService(LLMService):
         super().__init__(**kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
-        self._avoid_repeats = avoid_repeats
+        self._attempts = REPLY_ATTEMPTS if rewrite_repeats else 1
         self._examples = list(examples)
         self._session_id = session_id
         self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
@@ -155,13 +155,11 @@ class InProcessLLMService(LLMService):
             ]
             heard = prompt[-1].get("content")
             watch = RepeatWatch(earlier, heard if isinstance(heard, str) else "")
-            attempts = REPLY_ATTEMPTS if self._avoid_repeats else 1
             text = None
-            for attempt in range(attempts):
-                last = attempt == attempts - 1
-                text = await self._write(
-                    prompt, attempt, watch if self._avoid_repeats else None, echoes=not last
-                )
+            openings: list[str] = []  # of the attempts that said something again
+            for attempt in range(self._attempts):
+                last = attempt == self._attempts - 1
+                text = await self._write(prompt, openings, None if last else watch)
                 if text is not None:
                     break
             written = messages + [{"role": "assistant", "content": text.strip()}]
@@ -173,17 +171,16 @@ class InProcessLLMService(LLMService):
             await self.stop_processing_metrics()
             await self.push_frame(LLMFullResponseEndFrame())
 
-    async def _write(
-        self, prompt: list[dict], attempt: int, watch: RepeatWatch | None, *, echoes: bool
-    ):
-        """Writes a reply to ``prompt`` in LLMTextFrames and returns its text. With
-        ``watch``, the reply never ends a sentence the bot said before (the model picks
-        another word there), and with ``echoes`` it says nothing and returns None if it
-        opens with a sentence the user just said (its text is held back while it might).
-        A later ``attempt`` samples hotter, with another seed: greedy-ish sampling on
-        the same conversation writes the same words again."""
+    async def _write(self, prompt: list[dict], openings: list[str], watch: RepeatWatch | None):
+        """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
+        ``watch``, says nothing and returns None if it opens with what was said before
+        word for word (its text is held back while it might), its first word added to
+        ``openings``. A later attempt opens with none of ``openings`` (the engine refuses
+        them) and samples hotter, with another seed: greedy-ish sampling on the same
+        conversation writes the same words again."""
         settings = self.settings
         temperature, seed = settings.temperature, settings.seed
+        attempt = len(openings)
         if attempt:
             temperature, seed = max(temperature, RETRY_TEMPERATURE), (seed or 0) + attempt
         stream = self._llm.stream_chat(
@@ -192,24 +189,24 @@ class InProcessLLMService(LLMService):
             temperature=temperature,
             seed=seed,
             session=self._session_id,
-            refuse=None if watch is None else self._refusal(watch),
+            refuse=_NotOpeningWith(openings) if openings else None,
         )
         pieces = ThreadFedIterator(lambda: stream, start_thread)
-        echo = watch if echoes else None
         text: list[str] = []
         held: list[str] = []
         try:
             async for piece in pieces:
                 await self.stop_ttfb_metrics()
                 text.append(piece)
-                if echo is not None:
+                if watch is not None:
                     so_far = "".join(text)
-                    if _SENTENCE_END.search(piece) and self._echoes(echo, so_far):
+                    if _SENTENCE_END.search(piece) and self._said_again(watch, so_far):
+                        openings.append(text[0])
                         return None
-                    if echo.may_echo(so_far):
+                    if watch.may_repeat(so_far):
                         held.append(piece)
                         continue
-                    echo = None  # it says something new: nothing more to hold
+                    watch = None  # it says something new: nothing more to hold
                 for out in [*held, piece]:
                     await self.push_frame(LLMTextFrame(out))
                 held = []
@@ -217,29 +214,18 @@ class InProcessLLMService(LLMService):
             # An interruption or a closing session stops generation at the next token.
             stream.cancel()
             pieces.stop()
-        if echo is not None and self._echoes(echo, "".join(text)):
+        if watch is not None and self._said_again(watch, "".join(text)):
+            openings.append(text[0])
             return None
         for out in held:
             await self.push_frame(LLMTextFrame(out))
         return "".join(text)
 
-    def _refusal(self, watch: RepeatWatch):
-        """``watch.refuses``, logged (it runs on the engine's thread)."""
-
-        def refuse(text: str, piece: str | None) -> bool:
-            if not watch.refuses(text, piece):
-                return False
-            ending = "(the end)" if piece is None else repr(piece)
-            logger.debug(f"{self}: {text.strip()!r} + {ending} was said before; another word")
-            return True
-
-        return refuse
-
-    def _echoes(self, watch: RepeatWatch, text: str) -> bool:
-        """Whether ``text`` says the user's words back; logged, as the reply is rewritten."""
-        if not watch.echoes(text):
+    def _said_again(self, watch: RepeatWatch, text: str) -> bool:
+        """Whether ``text`` says again what ``watch`` keeps; logged, as the reply is rewritten."""
+        if not watch.repeats(text):
             return False
-        logger.debug(f"{self}: {text.strip()!r} says the user's words back; again")
+        logger.debug(f"{self}: {text.strip()!r} was said before; again")
         return True
 
     async def _chat_messages(self, context: LLMContext) -> list[dict]:
@@ -270,6 +256,17 @@ class InProcessLLMService(LLMService):
             self._llm.read_ahead(prompt, session=self._session_id, reply=reply)
         except Exception as e:  # the next turn reads its prompt itself; say why
             logger.warning(f"{self}: reading ahead failed: {e}")
+
+
+class _NotOpeningWith:
+    """A reply may not open with any of ``openings`` (the engine's ``refuse``): another
+    attempt at a reply that said something again takes another way from its first word."""
+
+    def __init__(self, openings: list[str]):
+        self._openings = set(openings)
+
+    def __call__(self, text: str, piece: str | None) -> bool:
+        return not text and piece in self._openings
 
 
 class LocalLLMService(ApologizesOnFailure, InProcessLLMService):
