@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from agent.llm.echo import content_words
 from agent.llm.engine import FIRST_PHRASE_TOKENS
 
 SYSTEM = {"role": "system", "content": "You are a friendly voice assistant. Answer briefly."}
@@ -82,7 +83,7 @@ class Recorder:
 def llm(stack):
     llm = stack.llm
     yield llm
-    for session in ("a", "b", "c", "d"):
+    for session in ("a", "b", "c", "d", "t", "u"):
         llm.forget(session)
 
 
@@ -198,6 +199,39 @@ def test_a_reply_read_ahead_whole_starts_with_nothing_left_to_read(llm):
     generation.wait()
     shared = llm.tokens(conversation("owls", 2)[:-1], reply=False)  # up to the new question
     assert len(shared) <= generation.reused_tokens < len(prompt) - 1
+
+
+def test_a_conversation_trimmed_of_its_oldest_exchanges_is_not_read_again(llm):
+    """trim_history drops a long conversation's oldest exchanges in a block: what followed
+    them is still in the cache, moved back over the gap, so only the new words are read;
+    and the reply says what a fresh read's says."""
+    whole = conversation("otters", 6)
+    trimmed = [whole[0], *whole[1 + 2 * 3 :]]  # the three oldest exchanges dropped
+    prompt = llm.tokens(trimmed)
+    assert llm.read_ahead(whole, session="t", reply=True).wait() == "read"
+    generation = llm.engine.generate("t", prompt, max_tokens=16)
+    shifted = b"".join(llm.engine.piece(t) for t in generation).decode("utf-8", "replace")
+    assert generation.reused_tokens == len(prompt) - 1
+    assert llm.cached_tokens("t")[: len(prompt)] == prompt
+    llm.forget("t")  # so that "u" reads the trimmed conversation itself
+    fresh = reply(llm, trimmed, "u")
+    # The moved values saw the dropped exchanges, so the words may differ from a fresh
+    # read's ("Here is fact 6: otters eat fish." / "... otters feed on fish"); what they
+    # say may not.
+    assert set(content_words(shifted)) & set(content_words(fresh)), (shifted, fresh)
+
+
+def test_cells_another_session_shares_are_never_moved(llm):
+    """A session that copied another's conversation (the same words) shares its cells;
+    trimming one of them reads its prompt again rather than move what the other reads."""
+    whole = conversation("otters", 6)
+    trimmed = [whole[0], *whole[1 + 2 * 3 :]]
+    assert llm.read_ahead(whole, session="t", reply=True).wait() == "read"
+    before = reply(llm, whole, "u")  # "u" starts from "t"'s cells
+    generation = llm.engine.generate("t", llm.tokens(trimmed), max_tokens=4)
+    generation.wait()
+    assert generation.reused_tokens < len(llm.tokens(trimmed)) - 1
+    assert reply(llm, whole, "u") == before
 
 
 def test_reading_ahead_never_ends_a_reply(llm):

@@ -44,6 +44,9 @@ PROMPT_CHUNK_TOKENS = 64
 # waits for the step to end (~14 ms a token on 2 cores for the 1.5B, so ~0.25 s).
 READ_AHEAD_CHUNK_TOKENS = 16
 BATCH_TOKENS = 512
+# A gap in a conversation (its oldest exchanges dropped) is closed when what follows it
+# in the cache matches the new prompt for at least this many tokens.
+GAP_MATCH_TOKENS = 32
 # A token refused (``generate(refuse=...)``) is sampled again without it, at most this
 # many times for one position; then the last one sampled is taken.
 REFUSALS_PER_TOKEN = 8
@@ -163,6 +166,7 @@ class BatchedEngine:
         # attention on) wrote tokens ~30 % slower for this small a model.
         params.flash_attn_type = llama_lib.FLASH_ATTN_DISABLED
         self._context = llama_lib.Context(self.model, params)
+        self._can_shift = lib.llama_memory_can_shift(self._context.memory)
         self._batch = lib.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._sequences = [_Sequence(i) for i in range(sequences)]
         self._owner: dict[Hashable, _Sequence] = {}
@@ -304,6 +308,7 @@ class BatchedEngine:
             self._lib.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
             self._lib.llama_memory_seq_cp(memory, donor.seq_id, seq.seq_id, 0, shared)
             seq.tokens, keep = donor.tokens[:shared], shared
+        keep = self._close_gap(seq, job.tokens, keep)
         # The last prompt token is read again: its logits give the first reply token.
         keep = min(keep, len(job.tokens) - 1)
         self._lib.llama_memory_seq_rm(memory, seq.seq_id, keep, -1)
@@ -314,6 +319,39 @@ class BatchedEngine:
         job.out.prompt_tokens = len(job.tokens)
         self._jobs.append(job)
         return True
+
+    def _close_gap(self, seq: _Sequence, tokens: list[int], keep: int) -> int:
+        """How much of ``tokens`` ``seq`` holds once a gap is closed: when a conversation's
+        oldest exchanges were dropped (agent/llm/prompt.trim_history), what followed them
+        is still in the cache, further on; its cells are moved back over the gap
+        (llama.cpp turns their keys to the new positions) instead of being read again,
+        which took seconds on 2 cores. Their values were computed with the dropped
+        exchanges in view, as in llama.cpp's own context shift. Cells another sequence
+        shares (copied prefixes) are never moved."""
+        rest = tokens[keep:]
+        held = seq.tokens
+        if len(rest) < GAP_MATCH_TOKENS or not self._can_shift:
+            return keep
+        probe = rest[:GAP_MATCH_TOKENS]
+        gap = next(
+            (
+                d
+                for d in range(1, len(held) - keep - GAP_MATCH_TOKENS + 1)
+                if held[keep + d] == probe[0] and held[keep + d : keep + d + GAP_MATCH_TOKENS] == probe
+            ),
+            None,
+        )
+        if gap is None:
+            return keep
+        if any(o is not seq and _common_prefix(o.tokens, held) > keep for o in self._sequences):
+            return keep
+        moved = _common_prefix(held[keep + gap :], rest)
+        lib, memory = self._lib, self._context.memory
+        lib.llama_memory_seq_rm(memory, seq.seq_id, keep + gap + moved, -1)
+        lib.llama_memory_seq_rm(memory, seq.seq_id, keep, keep + gap)
+        lib.llama_memory_seq_add(memory, seq.seq_id, keep + gap, -1, -gap)
+        seq.tokens = held[:keep] + held[keep + gap : keep + gap + moved]
+        return keep + moved
 
     def _sequence_for(self, session: Hashable) -> _Sequence | None:
         if session in self._owner:

@@ -124,6 +124,8 @@ _FUNCTIONS = {
     "llama_model_meta_val_str_by_index": (c_int32, [ptr, c_int32, c_char_p, c_size_t]),
     "llama_memory_seq_rm": (c_bool, [ptr, seq_id_t, pos_t, pos_t]),
     "llama_memory_seq_cp": (None, [ptr, seq_id_t, seq_id_t, pos_t, pos_t]),
+    "llama_memory_seq_add": (None, [ptr, seq_id_t, pos_t, pos_t, pos_t]),
+    "llama_memory_can_shift": (c_bool, [ptr]),
     "llama_batch_init": (Batch, [c_int32, c_int32, c_int32]),
     "llama_batch_free": (None, [Batch]),
     "llama_decode": (c_int32, [ptr, Batch]),
