@@ -40,7 +40,8 @@ def _segment(stack, text: str) -> list:
         VADUserStartedSpeakingFrame(),
         *_frames(speak(stack, text)),
         *_frames(np.zeros(int(0.3 * RATE), np.int16)),
-        SleepFrame(sleep=1.0),
+        # 2 s: on a busy 2-core machine (the whole suite) 1 s was once not enough.
+        SleepFrame(sleep=2.0),
         VADUserStoppedSpeakingFrame(),
         *_frames(np.zeros(int(0.1 * RATE), np.int16)),
         SleepFrame(sleep=1.0),

@@ -638,3 +638,58 @@ async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack
     guarded = await reply("echo-2")
     assert clean(unguarded) == clean(said), unguarded
     assert guarded and clean(guarded) != clean(unguarded)
+
+
+class _ScriptedLLM:
+    """Writes one reply, piece by piece, whatever it is asked: no real model can be made
+    to say a given sentence second on cue, and this test is about what the service does
+    with the text."""
+
+    name = "scripted"
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = pieces
+
+    def stream_chat(self, messages, **_):
+        return _Script(self.pieces)
+
+    def read_ahead(self, *_, **__):
+        pass
+
+    def forget(self, *_, **__):
+        pass
+
+
+class _Script(list):
+    def cancel(self):
+        pass
+
+
+async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):
+    """Sentences after the first are spoken whole anyway, so one said before word for
+    word is held until it ends and, if it is the same, the reply ends before it."""
+    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    from pipelines.services.llm import backend, llm_settings
+
+    said = "Let me know if you need anything else."
+    reply = "Paris is the capital. Let me know if you need anything else. It is big."
+    pieces = [w + " " for w in reply.split()]
+    script = _ScriptedLLM(pieces)
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": f"Hello! {said}"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+
+    async def spoken(rewrite: bool) -> str:
+        config = _with_llm(stack.config, rewrite_repeats=rewrite)
+        llm = backend("llama-cpp").service(script, config, "scripted", llm_settings(config, script))
+        down, _ = await run_test(
+            llm, frames_to_send=[LLMContextFrame(context=LLMContext(messages)), pause(0.5)]
+        )
+        return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+
+    assert await spoken(rewrite=False) == reply
+    assert await spoken(rewrite=True) == "Paris is the capital."

@@ -175,7 +175,7 @@ class InProcessLLMService(LLMService):
         """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
         ``watch``, says nothing and returns None if it opens with what was said before
         word for word (its text is held back while it might), its first word added to
-        ``openings``. A later attempt opens with none of ``openings`` (the engine refuses
+        ``openings``; a later sentence said before ends the reply where it would begin. A later attempt opens with none of ``openings`` (the engine refuses
         them) and samples hotter, with another seed: greedy-ish sampling on the same
         conversation writes the same words again."""
         settings = self.settings
@@ -192,21 +192,36 @@ class InProcessLLMService(LLMService):
             refuse=_NotOpeningWith(openings) if openings else None,
         )
         pieces = ThreadFedIterator(lambda: stream, start_thread)
+        opening = watch  # the reply's start is watched until it says something new
         text: list[str] = []
         held: list[str] = []
+        sentence_at: int | None = None  # where the sentence being written began
         try:
             async for piece in pieces:
                 await self.stop_ttfb_metrics()
                 text.append(piece)
-                if watch is not None:
-                    so_far = "".join(text)
-                    if _SENTENCE_END.search(piece) and self._said_again(watch, so_far):
+                so_far = "".join(text)
+                ends = bool(_SENTENCE_END.search(piece))
+                if opening is not None:
+                    if ends and self._said_again(opening, so_far):
                         openings.append(text[0])
                         return None
-                    if watch.may_repeat(so_far):
+                    if opening.may_repeat(so_far):
+                        held.append(piece)
+                        sentence_at = len(so_far) if ends else sentence_at
+                        continue
+                    opening = None  # it says something new: nothing more to hold
+                elif watch is not None and sentence_at is not None:
+                    # A later sentence said before ends the reply before it: the voice
+                    # speaks a reply sentence by sentence, so holding it costs nothing.
+                    sentence = so_far[sentence_at:]
+                    if ends and watch.repeats(sentence):
+                        logger.debug(f"{self}: {sentence.strip()!r} was said before; the reply ends")
+                        return so_far[:sentence_at]
+                    if not ends and watch.may_repeat(sentence):
                         held.append(piece)
                         continue
-                    watch = None  # it says something new: nothing more to hold
+                sentence_at = len(so_far) if ends else sentence_at
                 for out in [*held, piece]:
                     await self.push_frame(LLMTextFrame(out))
                 held = []
@@ -214,12 +229,15 @@ class InProcessLLMService(LLMService):
             # An interruption or a closing session stops generation at the next token.
             stream.cancel()
             pieces.stop()
-        if watch is not None and self._said_again(watch, "".join(text)):
+        so_far = "".join(text)
+        if opening is not None and self._said_again(opening, so_far):
             openings.append(text[0])
             return None
+        if held and opening is None and watch.repeats(so_far[sentence_at:]):
+            return so_far[:sentence_at]  # a last sentence said before, with no end mark
         for out in held:
             await self.push_frame(LLMTextFrame(out))
-        return "".join(text)
+        return so_far
 
     def _said_again(self, watch: RepeatWatch, text: str) -> bool:
         """Whether ``text`` says again what ``watch`` keeps; logged, as the reply is rewritten."""
