@@ -88,6 +88,7 @@ class Generation:
         self.finish_reason: str | None = None
         self.reused_tokens = 0  # prompt tokens that were already read
         self.prompt_tokens = 0
+        self.held_tokens = 0  # what the session's sequence held when the job started
 
     def __iter__(self) -> Iterator[int]:
         while True:
@@ -301,6 +302,7 @@ class BatchedEngine:
         if seq is None:
             return False
         memory = self._context.memory
+        job.out.held_tokens = len(seq.tokens)
         keep = _common_prefix(seq.tokens, job.tokens)
         donor = max(self._sequences, key=lambda s: _common_prefix(s.tokens, job.tokens))
         shared = _common_prefix(donor.tokens, job.tokens)

@@ -47,7 +47,7 @@ class ChatStream:
                 first = False
                 logger.debug(
                     f"{llm.name}: {generation.reused_tokens} of {generation.prompt_tokens}"
-                    " prompt tokens were already read"
+                    f" prompt tokens were already read (the cache held {generation.held_tokens})"
                 )
             piece = text.decode(llm.engine.piece(token))
             if piece:
