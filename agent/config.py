@@ -127,8 +127,9 @@ class LLMConfig(_Section):
     # agent.llm.prompt.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)
     # llama-cpp: a reply that would say word for word what was said before (an earlier
-    # reply, a sentence the user just said) is held back and written anew. On 2 cores the
-    # turns it rewrites wait ~1.3 s longer (README, "Answers worth hearing").
+    # reply, a sentence the user just said) is held back and written anew, and a later
+    # sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer
+    # (README, "Answers worth hearing").
     rewrite_repeats: bool = True
     # backend openai: the longest wait for the server's first or next word.
     request_timeout_secs: float = Field(10.0, gt=0, le=300)

@@ -582,26 +582,31 @@ def _with_llm(config, **changes):
     return config.model_copy(update={"llm": config.llm.model_copy(update=changes)})
 
 
+async def _written(engine, config, session: str, messages: list[dict], wait: float) -> list[str]:
+    """The text frames the in-process LLM service writes for ``messages`` with ``engine``
+    (the shared model, or a stand-in), the session forgotten after."""
+    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    from pipelines.services.llm import backend, llm_settings
+
+    llm = backend("llama-cpp").service(engine, config, session, llm_settings(config, engine))
+    down, _ = await run_test(
+        llm, frames_to_send=[LLMContextFrame(context=LLMContext(messages)), pause(wait)]
+    )
+    engine.forget(session)
+    return [f.text for f in down if isinstance(f, LLMTextFrame)]
+
+
 async def test_a_reply_said_before_word_for_word_is_written_anew(stack):
     """The same question twice in a call: the model (greedy-ish, seeded) would answer it
     with the very same words; the second answer is written again, opening another way,
     and nothing of the repeat reaches the voice."""
-    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
-    from pipecat.processors.aggregators.llm_context import LLMContext
-
     from agent.llm.echo import clean
-    from pipelines.services.llm import backend, llm_settings
 
     async def reply(messages: list[dict], session: str, rewrite: bool = True) -> list[str]:
         config = _with_llm(stack.config, rewrite_repeats=rewrite)
-        llm = backend("llama-cpp").service(
-            stack.llm, config, session, llm_settings(config, stack.llm)
-        )
-        down, _ = await run_test(
-            llm, frames_to_send=[LLMContextFrame(context=LLMContext(messages)), pause(2.0)]
-        )
-        stack.llm.forget(session)
-        return [f.text for f in down if isinstance(f, LLMTextFrame)]
+        return await _written(stack.llm, config, session, messages, 2.0)
 
     question = {"role": "user", "content": "Say hello to me."}
     first = await reply([question], "repeat-1")
@@ -616,23 +621,14 @@ async def test_a_reply_said_before_word_for_word_is_written_anew(stack):
 async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack):
     """Told a plain statement, the test model says it back word for word; a reply that
     is the user's own words is written again."""
-    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
-    from pipecat.processors.aggregators.llm_context import LLMContext
-
     from agent.llm.echo import clean
-    from pipelines.services.llm import backend, llm_settings
 
     said = "The cat sat on the mat."
 
     async def reply(session: str, rewrite: bool = True) -> str:
         config = _with_llm(stack.config, rewrite_repeats=rewrite)
-        llm = backend("llama-cpp").service(
-            stack.llm, config, session, llm_settings(config, stack.llm)
-        )
-        context = LLMContext([{"role": "user", "content": said}])
-        down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(context=context), pause(2.0)])
-        stack.llm.forget(session)
-        return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+        messages = [{"role": "user", "content": said}]
+        return "".join(await _written(stack.llm, config, session, messages, 2.0)).strip()
 
     unguarded = await reply("echo-1", rewrite=False)
     guarded = await reply("echo-2")
@@ -668,11 +664,6 @@ class _Script(list):
 async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):
     """Sentences after the first are spoken whole anyway, so one said before word for
     word is held until it ends and, if it is the same, the reply ends before it."""
-    from pipecat.frames.frames import LLMContextFrame, LLMTextFrame
-    from pipecat.processors.aggregators.llm_context import LLMContext
-
-    from pipelines.services.llm import backend, llm_settings
-
     said = "Let me know if you need anything else."
     reply = "Paris is the capital. Let me know if you need anything else. It is big."
     pieces = [w + " " for w in reply.split()]
@@ -685,11 +676,7 @@ async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):
 
     async def spoken(rewrite: bool) -> str:
         config = _with_llm(stack.config, rewrite_repeats=rewrite)
-        llm = backend("llama-cpp").service(script, config, "scripted", llm_settings(config, script))
-        down, _ = await run_test(
-            llm, frames_to_send=[LLMContextFrame(context=LLMContext(messages)), pause(0.5)]
-        )
-        return "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+        return "".join(await _written(script, config, "scripted", messages, 0.5)).strip()
 
     assert await spoken(rewrite=False) == reply
     assert await spoken(rewrite=True) == "Paris is the capital."

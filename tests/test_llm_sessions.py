@@ -83,7 +83,7 @@ class Recorder:
 def llm(stack):
     llm = stack.llm
     yield llm
-    for session in ("a", "b", "c", "d", "t", "u"):
+    for session in ("a", "b", "c", "d", "r", "t", "u"):
         llm.forget(session)
 
 

@@ -335,16 +335,14 @@ class BatchedEngine:
         if len(rest) < GAP_MATCH_TOKENS or not self._can_shift:
             return keep
         probe = rest[:GAP_MATCH_TOKENS]
-        gap = next(
-            (
-                d
-                for d in range(1, len(held) - keep - GAP_MATCH_TOKENS + 1)
-                if held[keep + d] == probe[0] and held[keep + d : keep + d + GAP_MATCH_TOKENS] == probe
-            ),
+        starts = range(keep + 1, len(held) - GAP_MATCH_TOKENS + 1)
+        at = next(
+            (i for i in starts if held[i] == probe[0] and held[i : i + GAP_MATCH_TOKENS] == probe),
             None,
         )
-        if gap is None:
+        if at is None:
             return keep
+        gap = at - keep
         if any(o is not seq and _common_prefix(o.tokens, held) > keep for o in self._sequences):
             return keep
         moved = _common_prefix(held[keep + gap :], rest)

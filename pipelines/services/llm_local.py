@@ -175,9 +175,10 @@ class InProcessLLMService(LLMService):
         """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
         ``watch``, says nothing and returns None if it opens with what was said before
         word for word (its text is held back while it might), its first word added to
-        ``openings``; a later sentence said before ends the reply where it would begin. A later attempt opens with none of ``openings`` (the engine refuses
-        them) and samples hotter, with another seed: greedy-ish sampling on the same
-        conversation writes the same words again."""
+        ``openings``; a later sentence said before ends the reply where it would begin.
+        A later attempt opens with none of ``openings`` (the engine refuses them) and
+        samples hotter, with another seed: greedy-ish sampling on the same conversation
+        writes the same words again."""
         settings = self.settings
         temperature, seed = settings.temperature, settings.seed
         attempt = len(openings)
@@ -203,7 +204,7 @@ class InProcessLLMService(LLMService):
                 so_far = "".join(text)
                 ends = bool(_SENTENCE_END.search(piece))
                 if opening is not None:
-                    if ends and self._said_again(opening, so_far):
+                    if ends and self._said_again(opening, so_far, "again"):
                         openings.append(text[0])
                         return None
                     if opening.may_repeat(so_far):
@@ -215,8 +216,7 @@ class InProcessLLMService(LLMService):
                     # A later sentence said before ends the reply before it: the voice
                     # speaks a reply sentence by sentence, so holding it costs nothing.
                     sentence = so_far[sentence_at:]
-                    if ends and watch.repeats(sentence):
-                        logger.debug(f"{self}: {sentence.strip()!r} was said before; the reply ends")
+                    if ends and self._said_again(watch, sentence, "the reply ends"):
                         return so_far[:sentence_at]
                     if not ends and watch.may_repeat(sentence):
                         held.append(piece)
@@ -230,20 +230,22 @@ class InProcessLLMService(LLMService):
             stream.cancel()
             pieces.stop()
         so_far = "".join(text)
-        if opening is not None and self._said_again(opening, so_far):
+        if opening is not None and self._said_again(opening, so_far, "again"):
             openings.append(text[0])
             return None
-        if held and opening is None and watch.repeats(so_far[sentence_at:]):
+        last = so_far[sentence_at:] if sentence_at is not None else ""
+        if held and opening is None and self._said_again(watch, last, "the reply ends"):
             return so_far[:sentence_at]  # a last sentence said before, with no end mark
         for out in held:
             await self.push_frame(LLMTextFrame(out))
         return so_far
 
-    def _said_again(self, watch: RepeatWatch, text: str) -> bool:
-        """Whether ``text`` says again what ``watch`` keeps; logged, as the reply is rewritten."""
+    def _said_again(self, watch: RepeatWatch, text: str, then: str) -> bool:
+        """Whether ``text`` says again what ``watch`` keeps; logged with what ``then``
+        happens ("again": the reply is rewritten; "the reply ends")."""
         if not watch.repeats(text):
             return False
-        logger.debug(f"{self}: {text.strip()!r} was said before; again")
+        logger.debug(f"{self}: {text.strip()!r} was said before; {then}")
         return True
 
     async def _chat_messages(self, context: LLMContext) -> list[dict]:
