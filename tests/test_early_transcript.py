@@ -87,42 +87,83 @@ async def test_the_stt_sends_the_turns_words_so_far_before_its_transcript(stack)
     assert "market" not in said[-2].text.lower()  # the new turn's guess is its own
 
 
+async def _read_before_each_reply(stack, monkeypatch, session: str, frames: list):
+    """Runs ``frames`` through the in-process LLM service; what the session's cache held
+    and the prompt, at each reply the engine was asked for, and the frames sent down."""
+    from pipelines.services.llm import backend, llm_settings
+
+    config = stack.config
+    llm = backend("llama-cpp").service(stack.llm, config, session, llm_settings(config, stack.llm))
+    read_before: list[tuple[list[int], list[int]]] = []
+    real = stack.llm.stream_chat
+
+    def recorded(messages, **kwargs):
+        read_before.append((stack.llm.cached_tokens(session), stack.llm.tokens(messages)))
+        return real(messages, **kwargs)
+
+    monkeypatch.setattr(stack.llm, "stream_chat", recorded)
+    try:
+        down, _ = await run_test(llm, frames_to_send=frames, expected_down_frames=None)
+    finally:
+        stack.llm.forget(session)
+    return read_before, down
+
+
+def _asked(words: str, *, speculation: bool = False) -> LLMContextFrame:
+    context = LLMContext()
+    context.add_message({"role": "user", "content": words})
+    return LLMContextFrame(context=context, speculation=speculation)
+
+
 async def test_the_reply_to_words_read_ahead_reads_only_its_last_prompt_token(stack, monkeypatch):
     """The LLM reads the early transcript as the user's message, to where the reply
     begins; the turn's context then arrives with the same words and its reply starts
     from that cache. The guess itself is not answered."""
     from pipecat.frames.frames import LLMTextFrame
 
-    from pipelines.services.llm import backend, llm_settings
-
-    config = stack.config
-    llm = backend("llama-cpp").service(stack.llm, config, "early", llm_settings(config, stack.llm))
-    read_before: list[tuple[list[int], list[int]]] = []  # cached, prompt: at each reply
-    real = stack.llm.stream_chat
-
-    def recorded(messages, **kwargs):
-        read_before.append((stack.llm.cached_tokens("early"), stack.llm.tokens(messages)))
-        return real(messages, **kwargs)
-
-    monkeypatch.setattr(stack.llm, "stream_chat", recorded)
     question = "What is the capital of Italy?"
-    context = LLMContext()
-    context.add_message({"role": "user", "content": question})
-    try:
-        down, _ = await run_test(
-            llm,
-            frames_to_send=[
-                SleepFrame(sleep=1.0),
-                EarlyTranscriptFrame(text=question),
-                SleepFrame(sleep=2.0),
-                LLMContextFrame(context=context),
-            ],
-            expected_down_frames=None,
-        )
-    finally:
-        stack.llm.forget("early")
+    read_before, down = await _read_before_each_reply(
+        stack,
+        monkeypatch,
+        "early",
+        [
+            SleepFrame(sleep=1.0),
+            EarlyTranscriptFrame(text=question),
+            SleepFrame(sleep=2.0),
+            _asked(question),
+        ],
+    )
     assert len(read_before) == 1  # the guess was read, not answered
     cached, prompt = read_before[0]
     assert cached == prompt
     assert [f for f in down if isinstance(f, LLMTextFrame)]
     assert not [f for f in down if isinstance(f, EarlyTranscriptFrame)]
+
+
+async def test_a_withdrawn_speculative_reply_is_not_in_the_guess_of_the_turns_words(
+    stack, monkeypatch
+):
+    """A speculative reply to the turn's first words, written whole, then withdrawn
+    because the user went on: the guess of the whole turn is read after the conversation
+    the user heard, without it, so the turn's reply again finds its prompt read."""
+    from pipecat.frames.frames import EagerEndOfTurnCancelFrame
+
+    first, whole = "You have...", "You have... two new messages."
+    read_before, _ = await _read_before_each_reply(
+        stack,
+        monkeypatch,
+        "withdrawn",
+        [
+            SleepFrame(sleep=1.0),
+            _asked(first, speculation=True),
+            SleepFrame(sleep=3.0),  # the speculative reply is written whole
+            EagerEndOfTurnCancelFrame(),
+            SleepFrame(sleep=0.2),
+            EarlyTranscriptFrame(text=whole),
+            SleepFrame(sleep=2.0),
+            _asked(whole),
+        ],
+    )
+    assert len(read_before) == 2  # the speculative reply, then the turn's
+    cached, prompt = read_before[1]
+    assert cached == prompt

@@ -10,6 +10,7 @@ import re
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
+    EagerEndOfTurnCancelFrame,
     EndFrame,
     Frame,
     LLMContextFrame,
@@ -102,6 +103,9 @@ class InProcessLLMService(LLMService):
         # The conversation as the next user message will follow it: the latest context's
         # messages, with the reply written to them once it is written.
         self._conversation: list[dict] = []
+        # The conversation before a speculative context (a turn that may not have ended):
+        # if that turn goes on, its reply is withdrawn and the turn's words follow this.
+        self._before_speculation: list[dict] | None = None
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -121,7 +125,9 @@ class InProcessLLMService(LLMService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, ReplyVoicedFrame):
-            # The reply's speech is made: reading ahead no longer competes with it.
+            # The reply's speech is made: it was no guess, and reading ahead no longer
+            # competes with it.
+            self._before_speculation = None
             if self._next_prompt is not None:
                 self._read_ahead(self._next_prompt)
                 self._next_prompt = None
@@ -133,9 +139,17 @@ class InProcessLLMService(LLMService):
             return
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
+            self._before_speculation = self._conversation if frame.speculation else None
             await self._reply(frame.context)
-        else:
-            await self.push_frame(frame, direction)
+            return
+        if isinstance(frame, EagerEndOfTurnCancelFrame) and self._before_speculation is not None:
+            # The turn went on: its speculative reply, written or not, was never heard,
+            # and the rest of the turn's words are guessed after what was (the turn had
+            # 16 exchanges and the guess 17 with the withdrawn one: the guess was read
+            # trimmed, and the turn's own reply read its whole history again, 11.6 s).
+            self._conversation, self._next_prompt = self._before_speculation, None
+            self._before_speculation = None
+        await self.push_frame(frame, direction)
 
     async def _reply(self, context: LLMContext):
         await self.push_frame(LLMFullResponseStartFrame())
