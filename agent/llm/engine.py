@@ -89,6 +89,8 @@ class Generation:
         self.reused_tokens = 0  # prompt tokens that were already read
         self.prompt_tokens = 0
         self.held_tokens = 0  # what the session's sequence held when the job started
+        self.asked_at = time.monotonic()
+        self.started_at: float | None = None  # when the engine took the job up
 
     def __iter__(self) -> Iterator[int]:
         while True:
@@ -150,12 +152,15 @@ class BatchedEngine:
         threads: int,
         cpu: CpuShare | None = None,
         one_at_a_time: bool = False,
+        build: str = "auto",
     ):
         """``one_at_a_time``: jobs run whole, in arrival order, as a single-stream
-        llama.cpp would run them (benchmarks/llm_batch.py compares)."""
+        llama.cpp would run them (benchmarks/llm_batch.py compares). ``build``: which
+        llama.cpp (agent/llm/llama_build.py)."""
         from agent.llm import llama_lib
 
-        self._lib = lib = llama_lib.load()
+        self._lib = lib = llama_lib.load(build)
+        self.build = lib.build.name
         self.model = llama_lib.Model(model_path)
         params = lib.llama_context_default_params()
         params.n_ctx = context_tokens * sequences
@@ -303,6 +308,7 @@ class BatchedEngine:
             return False
         memory = self._context.memory
         job.out.held_tokens = len(seq.tokens)
+        job.out.started_at = time.monotonic()
         keep = _common_prefix(seq.tokens, job.tokens)
         donor = max(self._sequences, key=lambda s: _common_prefix(s.tokens, job.tokens))
         shared = _common_prefix(donor.tokens, job.tokens)

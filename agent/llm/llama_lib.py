@@ -1,9 +1,12 @@
-"""llama.cpp's C API, the part the LLM engine calls, over the library the `xllamacpp` wheel
-ships (a prebuilt llama.cpp, so installing the agent compiles nothing).
+"""llama.cpp's C API, the part the LLM engine calls, over a prebuilt llama.cpp (so installing
+the agent compiles nothing): the library of the `xllamacpp` wheel, or node-llama-cpp's
+prebuilt libraries fetched from npm (agent/llm/llama_build.py says which and why).
 
 The structs below follow `include/llama.h` of the llama.cpp that xllamacpp 2026.10.11549
 bundles, field for field: a different xllamacpp release may lay them out differently, which
-is why pyproject.toml pins that release exactly and `load()` checks it.
+is why pyproject.toml pins that release exactly and `load()` checks it. node-llama-cpp
+3.22.1's llama.cpp (its `llama/llama.cpp.info.json`: release v0.5.0) has the same structs
+but for one field, `moe_cache_size`, which it does not have yet.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import importlib.metadata
 from ctypes import POINTER, c_bool, c_char_p, c_float, c_int8, c_int32, c_size_t, c_uint32
 from ctypes import c_void_p as ptr
 from pathlib import Path
+
+from agent.llm.llama_build import Build, choose
 
 XLLAMACPP_VERSION = "2026.10.11549"
 
@@ -44,6 +49,8 @@ class ModelParams(ctypes.Structure):
 
 
 class ContextParams(ctypes.Structure):
+    """xllamacpp's llama_context_params (node-llama-cpp's: ``context_params_type``)."""
+
     _fields_ = [
         ("n_ctx", c_uint32),
         ("n_batch", c_uint32),
@@ -84,6 +91,14 @@ class ContextParams(ctypes.Structure):
         ("n_samplers", c_size_t),
         ("ctx_other", ptr),
     ]
+
+
+class ContextParamsWithoutMoeCache(ctypes.Structure):
+    _fields_ = [f for f in ContextParams._fields_ if f[0] != "moe_cache_size"]
+
+
+def context_params_type(build: Build) -> type[ctypes.Structure]:
+    return ContextParams if build.moe_cache_size else ContextParamsWithoutMoeCache
 
 
 class Batch(ctypes.Structure):
@@ -157,37 +172,45 @@ class LlamaLibraryError(RuntimeError):
     """llama.cpp's library is missing or not the release this binding was written for."""
 
 
-def library_path() -> Path:
-    try:
-        import xllamacpp
-    except ImportError:
-        raise LlamaLibraryError(
-            "the LLM runtime is missing: pip install xllamacpp==" + XLLAMACPP_VERSION
-        ) from None
-    return Path(xllamacpp.__file__).parent / "xllamacpp.abi3.so"
-
-
-def load():
-    """The library, its functions typed, llama.cpp's logging silenced (once)."""
+def load(build: str = "auto"):
+    """The library of ``build`` (agent/llm/llama_build.BUILDS), its functions typed,
+    llama.cpp's logging silenced; loaded once per process, so a later call asking for
+    another build is an error."""
     global _lib
     if _lib is not None:
+        if build not in ("auto", _lib.build.name):
+            raise LlamaLibraryError(
+                f"llama.cpp's {_lib.build.name} build is already loaded in this process, "
+                f"not {build}'s"
+            )
         return _lib
-    installed = importlib.metadata.version("xllamacpp")
-    if installed != XLLAMACPP_VERSION:
-        raise LlamaLibraryError(
-            f"xllamacpp {installed} is installed, but agent/llm/llama_lib.py describes the structs "
-            f"of {XLLAMACPP_VERSION}: pip install xllamacpp=={XLLAMACPP_VERSION}"
-        )
+    chosen = choose(build)
+    if chosen.name == "xllamacpp":
+        installed = importlib.metadata.version("xllamacpp")
+        if installed != XLLAMACPP_VERSION:
+            raise LlamaLibraryError(
+                f"xllamacpp {installed} is installed, but agent/llm/llama_lib.py describes the "
+                f"structs of {XLLAMACPP_VERSION}: pip install xllamacpp=={XLLAMACPP_VERSION}"
+            )
     try:
-        lib = ctypes.CDLL(str(library_path()))
+        if chosen.ggml is not None:
+            # ggml's CPU backends are libraries of their own, one per CPU family: the best
+            # one for this CPU is registered before llama.cpp looks for a device.
+            ggml = ctypes.CDLL(str(chosen.ggml), mode=ctypes.RTLD_GLOBAL)
+            ggml.ggml_backend_load_all_from_path.argtypes = [c_char_p]
+            ggml.ggml_backend_load_all_from_path(str(chosen.ggml.parent).encode())
+        lib = ctypes.CDLL(str(chosen.library))
     except OSError as e:
         raise LlamaLibraryError(
             f"llama.cpp's library did not load ({e}); it needs the system's libgomp "
             "(apt-get install libgomp1)"
         ) from e
+    params = context_params_type(chosen)
     for name, (result, arguments) in _FUNCTIONS.items():
         function = getattr(lib, name)
-        function.restype, function.argtypes = result, arguments
+        function.restype = params if result is ContextParams else result
+        function.argtypes = [params if a is ContextParams else a for a in arguments]
+    lib.build = chosen
     lib._quiet = _LOG_CALLBACK(lambda level, text, data: None)  # kept alive with the library
     lib.llama_log_set(ctypes.cast(lib._quiet, ptr), None)
     lib.llama_backend_init()
@@ -268,7 +291,7 @@ class Model:
 class Context:
     """An inference context (KV cache and all) of ``model``."""
 
-    def __init__(self, model: Model, params: ContextParams):
+    def __init__(self, model: Model, params: ctypes.Structure):
         self.lib = model.lib
         self.handle = self.lib.llama_init_from_model(model.handle, params)
         if not self.handle:

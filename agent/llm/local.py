@@ -45,9 +45,12 @@ class ChatStream:
         for token in generation:
             if first:
                 first = False
+                asked, started = generation.asked_at, generation.started_at
                 logger.debug(
                     f"{llm.name}: {generation.reused_tokens} of {generation.prompt_tokens}"
-                    f" prompt tokens were already read (the cache held {generation.held_tokens})"
+                    f" prompt tokens were already read (the cache held {generation.held_tokens});"
+                    f" taken up after {(started - asked) * 1000:.0f} ms, first token"
+                    f" {(time.monotonic() - started) * 1000:.0f} ms later"
                 )
             piece = text.decode(llm.engine.piece(token))
             if piece:
@@ -102,11 +105,12 @@ class LocalLLM:
         sessions: int = 1,
         chat_template: tuple[str, str, str] | None = None,
         one_at_a_time: bool = False,
+        build: str = "auto",
     ):
         """``sessions``: how many conversations stay read at once (one more is kept for
         warm-up and tools). ``chat_template``: (Jinja text, BOS, EOS) for a model whose
         file has none; else the file's own, else ChatML. ``one_at_a_time``: see
-        BatchedEngine."""
+        BatchedEngine. ``build``: which llama.cpp (agent/llm/llama_build.py)."""
         from agent.llm.chat_template import CHATML, ChatTemplate
 
         self.model_path = Path(model_path)
@@ -118,7 +122,9 @@ class LocalLLM:
             threads=threads or os.cpu_count() or 2,
             cpu=cpu,
             one_at_a_time=one_at_a_time,
+            build=build,
         )
+        logger.info(f"{self.name} runs on llama.cpp's {self.engine.build} build")
         model = self.engine.model
         self.metadata = model.metadata()
         if chat_template is None:
@@ -158,6 +164,7 @@ class LocalLLM:
             threads=config.threads,
             cpu=cpu,
             sessions=sessions,
+            build=config.runtime,
             **options,
         )
 
