@@ -135,6 +135,10 @@ class LLMConfig(_Section):
     # sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer
     # (README, "Answers worth hearing").
     rewrite_repeats: bool = True
+    # llama-cpp: how hard a reply is turned away, as it is written, from saying again word
+    # for word an earlier reply or the user's words (llama.cpp's DRY sampler, see
+    # agent/llm/engine.Sampling; 0: off). Fewer replies then need writing anew.
+    dry_multiplier: float = Field(0.8, ge=0, le=5)
     # backend openai: the longest wait for the server's first or next word.
     request_timeout_secs: float = Field(10.0, gt=0, le=300)
     # Said when a reply fails (the LLM server refuses, stalls or dies mid-reply).

@@ -601,11 +601,12 @@ async def _written(engine, config, session: str, messages: list[dict], wait: flo
 async def test_a_reply_said_before_word_for_word_is_written_anew(stack):
     """The same question twice in a call: the model (greedy-ish, seeded) would answer it
     with the very same words; the second answer is written again, opening another way,
-    and nothing of the repeat reaches the voice."""
+    and nothing of the repeat reaches the voice. (The DRY sampler, which turns most
+    replies away from a repeat before it is written, is off: the watch is the test.)"""
     from agent.llm.echo import clean
 
     async def reply(messages: list[dict], session: str, rewrite: bool = True) -> list[str]:
-        config = _with_llm(stack.config, rewrite_repeats=rewrite)
+        config = _with_llm(stack.config, rewrite_repeats=rewrite, dry_multiplier=0)
         return await _written(stack.llm, config, session, messages, 2.0)
 
     question = {"role": "user", "content": "Say hello to me."}
@@ -626,7 +627,7 @@ async def test_a_reply_that_only_says_the_users_words_back_is_written_anew(stack
     said = "The cat sat on the mat."
 
     async def reply(session: str, rewrite: bool = True) -> str:
-        config = _with_llm(stack.config, rewrite_repeats=rewrite)
+        config = _with_llm(stack.config, rewrite_repeats=rewrite, dry_multiplier=0)
         messages = [{"role": "user", "content": said}]
         return "".join(await _written(stack.llm, config, session, messages, 2.0)).strip()
 
@@ -675,7 +676,7 @@ async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):
     ]
 
     async def spoken(rewrite: bool) -> str:
-        config = _with_llm(stack.config, rewrite_repeats=rewrite)
+        config = _with_llm(stack.config, rewrite_repeats=rewrite, dry_multiplier=0)
         return "".join(await _written(script, config, "scripted", messages, 0.5)).strip()
 
     assert await spoken(rewrite=False) == reply

@@ -282,6 +282,37 @@ def test_a_refused_piece_is_never_written_and_the_reply_goes_on_past_it(llm):
     assert went_on.startswith(ended) and len(went_on) > len(ended)
 
 
+def test_a_reply_turns_away_from_saying_again_what_was_said_before(llm):
+    """With ``dry``, a reply that would go on saying an earlier reply word for word takes
+    another word as the run grows; what it opens with is free. Off, it says it again."""
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "Please enter your password followed by the pound key."},
+    ]
+    said = "".join(llm.stream_chat(messages, max_tokens=24, temperature=0.0, seed=0, session="r"))
+    again = "".join(
+        llm.stream_chat(
+            messages, max_tokens=24, temperature=0.0, seed=0, session="r", said_before=[said]
+        )
+    )
+    assert again == said  # without the DRY sampler: the same words
+    turned = "".join(
+        llm.stream_chat(
+            messages,
+            max_tokens=24,
+            temperature=0.0,
+            seed=0,
+            session="r",
+            said_before=["An unrelated line.", said],
+            dry=0.8,
+        )
+    )
+    assert turned.strip() and turned != said
+    # The first two tokens of a run are free: it may open as the earlier reply did.
+    opening = llm.engine.model.tokenize(said.encode(), add_bos=False, special=False)[:2]
+    assert llm.engine.model.tokenize(turned.encode(), add_bos=False, special=False)[:2] == opening
+
+
 def test_more_sessions_than_sequences_are_all_answered(stack):
     from agent.llm.local import LocalLLM
 

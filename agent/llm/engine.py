@@ -22,6 +22,7 @@ Knows tokens only; agent/llm/local.py turns chat messages into tokens and tokens
 
 from __future__ import annotations
 
+import ctypes
 import math
 import queue
 import threading
@@ -50,6 +51,13 @@ GAP_MATCH_TOKENS = 32
 # A token refused (``generate(refuse=...)``) is sampled again without it, at most this
 # many times for one position; then the last one sampled is taken.
 REFUSALS_PER_TOKEN = 8
+# llama.cpp's DRY sampler (``Sampling.dry``): a run of this many tokens said before is
+# free ("I'm sorry" may open many replies), each token beyond multiplies the penalty by
+# DRY_BASE (llama.cpp's defaults); a run does not reach across these strings.
+DRY_ALLOWED = 2
+DRY_BASE = 1.75
+DRY_BREAKERS = (b"\n", b":", b'"', b"*")
+DRY_LOOK_BACK = 1024  # tokens of what was said before, the reply's own included
 
 # ``refuse(written, token)``: whether a reply that has written ``written`` must not go on
 # with ``token`` (an end-of-generation token included).
@@ -64,6 +72,12 @@ class ContextFullError(RuntimeError):
 class Sampling:
     temperature: float = 0.0
     seed: int | None = None
+    # Said before (tokens; texts apart separated by a line break): a token that would go on
+    # saying a run of them again word for word is made less likely the longer the run
+    # (llama.cpp's DRY sampler: ``dry`` times DRY_BASE ** (run - DRY_ALLOWED)), so a reply
+    # turns away from a repeat as it begins instead of being written again after it.
+    said_before: tuple[int, ...] = ()
+    dry: float = 0.0
 
 
 @dataclass(eq=False)
@@ -130,9 +144,7 @@ class _Job:
 
     @property
     def urgent(self) -> bool:
-        return not self.background and (
-            self.unread > 0 or len(self.written) < FIRST_PHRASE_TOKENS
-        )
+        return not self.background and (self.unread > 0 or len(self.written) < FIRST_PHRASE_TOKENS)
 
     def finish(self, reason: str) -> None:
         self.out.finish_reason = reason
@@ -250,19 +262,39 @@ class BatchedEngine:
         from agent.llm import llama_lib
 
         lib = self._lib
+        first = []
+        if sampling.dry > 0 and sampling.said_before:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
+            first.append(
+                lib.llama_sampler_init_dry(
+                    self.model.vocab,
+                    sampling.dry,
+                    DRY_BASE,
+                    DRY_ALLOWED,
+                    DRY_LOOK_BACK,
+                    breakers,
+                    len(DRY_BREAKERS),
+                )
+            )
         if sampling.temperature <= 0:
-            return _Sampler(lib, llama_lib.sampler_chain(lib.llama_sampler_init_greedy()))
-        # The usual llama.cpp chat defaults (as llama-cpp-python's chat completion had them,
-        # so replies read as they did): top-k 40, top-p 0.95, min-p 0.05, then temperature.
-        seed = llama_lib.DEFAULT_SEED if sampling.seed is None else sampling.seed
-        return _Sampler(lib, llama_lib.sampler_chain(
-            lib.llama_sampler_init_top_k(40),
-            lib.llama_sampler_init_typical(1.0, 1),
-            lib.llama_sampler_init_top_p(0.95, 1),
-            lib.llama_sampler_init_min_p(0.05, 1),
-            lib.llama_sampler_init_temp(sampling.temperature),
-            lib.llama_sampler_init_dist(seed),
-        ))
+            chain = llama_lib.sampler_chain(*first, lib.llama_sampler_init_greedy())
+        else:
+            # The usual llama.cpp chat defaults (as llama-cpp-python's chat completion had
+            # them, so replies read as they did): top-k 40, top-p 0.95, min-p 0.05, then
+            # temperature.
+            seed = llama_lib.DEFAULT_SEED if sampling.seed is None else sampling.seed
+            chain = llama_lib.sampler_chain(
+                *first,
+                lib.llama_sampler_init_top_k(40),
+                lib.llama_sampler_init_typical(1.0, 1),
+                lib.llama_sampler_init_top_p(0.95, 1),
+                lib.llama_sampler_init_min_p(0.05, 1),
+                lib.llama_sampler_init_temp(sampling.temperature),
+                lib.llama_sampler_init_dist(seed),
+            )
+        for token in sampling.said_before if first else ():
+            lib.llama_sampler_accept(chain, token)  # what the DRY sampler looks back on
+        return _Sampler(lib, chain)
 
     # -- the engine's thread -----------------------------------------------------------
 

@@ -160,6 +160,11 @@ _FUNCTIONS = {
     "llama_sampler_init_min_p": (ptr, [c_float, c_size_t]),
     "llama_sampler_init_typical": (ptr, [c_float, c_size_t]),
     "llama_sampler_init_temp": (ptr, [c_float]),
+    "llama_sampler_init_dry": (
+        ptr,
+        [ptr, c_float, c_float, c_int32, c_int32, POINTER(c_char_p), c_size_t],
+    ),
+    "llama_sampler_accept": (None, [ptr, token_t]),
     "llama_sampler_sample": (token_t, [ptr, ptr, c_int32]),
     "llama_sampler_free": (None, [ptr]),
 }

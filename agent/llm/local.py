@@ -187,14 +187,24 @@ class LocalLLM:
         seed: int | None,
         session: Hashable = None,
         refuse: TextRefusal | None = None,
+        said_before: list[str] = (),
+        dry: float = 0.0,
     ) -> ChatStream:
         """The reply to ``messages``, as a stream of text pieces; with ``refuse``, never
-        going on with a piece it refuses (another token is sampled instead)."""
+        going on with a piece it refuses (another token is sampled instead); with ``dry``,
+        turning away from saying again word for word what ``said_before`` holds (the
+        engine's ``Sampling.dry``)."""
+        before = "\n".join(said_before).encode("utf-8")
+        said = (
+            tuple(self.engine.model.tokenize(before, add_bos=False, special=False))
+            if before
+            else ()
+        )
         generation = self.engine.generate(
             session,
             self.tokens(messages),
             max_tokens=max_tokens,
-            sampling=Sampling(temperature, seed),
+            sampling=Sampling(temperature, seed, said, dry),
             refuse=None if refuse is None else _RefusalOfText(refuse, self.engine.model),
         )
         return ChatStream(generation, self)

@@ -50,6 +50,7 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
         llm=engine,
         max_history_turns=llm.max_history_turns,
         rewrite_repeats=llm.rewrite_repeats,
+        dry_multiplier=llm.dry_multiplier,
         examples=[tuple(pair) for pair in llm.examples],
         session_id=session_id,
         apology=llm.apology,
@@ -89,6 +90,7 @@ class InProcessLLMService(LLMService):
         llm: LocalLLM,
         max_history_turns: int,
         rewrite_repeats: bool = True,
+        dry_multiplier: float = 0.0,
         examples: list[tuple[str, str]] = (),
         session_id: str | None = None,
         **kwargs,
@@ -97,6 +99,7 @@ class InProcessLLMService(LLMService):
         self._llm = llm
         self._max_history_turns = max_history_turns
         self._attempts = REPLY_ATTEMPTS if rewrite_repeats else 1
+        self._dry = dry_multiplier
         self._examples = list(examples)
         self._session_id = session_id
         self._next_prompt: list[dict] | None = None  # a written reply's, until it is voiced
@@ -168,12 +171,15 @@ class InProcessLLMService(LLMService):
                 if m.get("role") == "assistant" and isinstance(m.get("content"), str)
             ]
             heard = prompt[-1].get("content")
-            watch = RepeatWatch(earlier, heard if isinstance(heard, str) else "")
+            heard = heard if isinstance(heard, str) else ""
+            watch = RepeatWatch(earlier, heard)
             text = None
             openings: list[str] = []  # of the attempts that said something again
             for attempt in range(self._attempts):
                 last = attempt == self._attempts - 1
-                text = await self._write(prompt, openings, None if last else watch)
+                text = await self._write(
+                    prompt, openings, None if last else watch, said=[*earlier, heard]
+                )
                 if text is not None:
                     break
             written = messages + [{"role": "assistant", "content": text.strip()}]
@@ -185,14 +191,21 @@ class InProcessLLMService(LLMService):
             await self.stop_processing_metrics()
             await self.push_frame(LLMFullResponseEndFrame())
 
-    async def _write(self, prompt: list[dict], openings: list[str], watch: RepeatWatch | None):
+    async def _write(
+        self,
+        prompt: list[dict],
+        openings: list[str],
+        watch: RepeatWatch | None,
+        said: list[str] = (),
+    ):
         """Writes a reply to ``prompt`` in LLMTextFrames and returns its text; or, with
         ``watch``, says nothing and returns None if it opens with what was said before
         word for word (its text is held back while it might), its first word added to
         ``openings``; a later sentence said before ends the reply where it would begin.
         A later attempt opens with none of ``openings`` (the engine refuses them) and
         samples hotter, with another seed: greedy-ish sampling on the same conversation
-        writes the same words again."""
+        writes the same words again. Every attempt is turned away from ``said`` as it
+        writes (the DRY sampler, ``dry_multiplier``), so few need a second."""
         settings = self.settings
         temperature, seed = settings.temperature, settings.seed
         attempt = len(openings)
@@ -205,6 +218,8 @@ class InProcessLLMService(LLMService):
             seed=seed,
             session=self._session_id,
             refuse=_NotOpeningWith(openings) if openings else None,
+            said_before=said if self._dry > 0 else (),
+            dry=self._dry,
         )
         pieces = ThreadFedIterator(lambda: stream, start_thread)
         opening = watch  # the reply's start is watched until it says something new
