@@ -194,7 +194,7 @@ class LocalLLM:
         going on with a piece it refuses (another token is sampled instead); with ``dry``,
         turning away from saying again word for word what ``said_before`` holds (the
         engine's ``Sampling.dry``)."""
-        before = "\n".join(said_before).encode("utf-8")
+        before = "\n".join(said_before).encode("utf-8") if dry > 0 else b""
         said = (
             tuple(self.engine.model.tokenize(before, add_bos=False, special=False))
             if before

@@ -173,13 +173,12 @@ class InProcessLLMService(LLMService):
             heard = prompt[-1].get("content")
             heard = heard if isinstance(heard, str) else ""
             watch = RepeatWatch(earlier, heard)
+            said = [*earlier, heard]  # what every attempt is turned away from (DRY)
             text = None
             openings: list[str] = []  # of the attempts that said something again
             for attempt in range(self._attempts):
                 last = attempt == self._attempts - 1
-                text = await self._write(
-                    prompt, openings, None if last else watch, said=[*earlier, heard]
-                )
+                text = await self._write(prompt, openings, None if last else watch, said)
                 if text is not None:
                     break
             written = messages + [{"role": "assistant", "content": text.strip()}]
@@ -218,7 +217,7 @@ class InProcessLLMService(LLMService):
             seed=seed,
             session=self._session_id,
             refuse=_NotOpeningWith(openings) if openings else None,
-            said_before=said if self._dry > 0 else (),
+            said_before=said,
             dry=self._dry,
         )
         pieces = ThreadFedIterator(lambda: stream, start_thread)
