@@ -37,9 +37,10 @@ class ASRConfig(_Section):
     # Whisper's own no-speech probability above which a segment is dropped as noise.
     no_speech_prob: float = Field(0.6, ge=0, le=1)
     beam_size: int = Field(1, ge=1, le=10)
-    # Encode each turn over its own length (at least 10 s) instead of Whisper's 30 s
-    # window: 4-5x faster on a CPU for the same words (agent/asr/whisper.py).
+    # Encode each turn over its own length (at least min_window_secs) instead of
+    # Whisper's 30 s window: 4-5x faster on a CPU for the same words (agent/asr/whisper.py).
     utterance_window: bool = True
+    min_window_secs: float = Field(10.0, ge=1, le=30)
     # CTranslate2 threads; 0 lets it choose. On 2 cores, 2 leaves nothing oversubscribed.
     cpu_threads: int = Field(0, ge=0)
     # p99 time from the end of speech to the final transcript (measured by

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -27,7 +28,9 @@ class ModelRef(BaseModel):
     """One model's location. Exactly one of ``path``, ``package``, ``parts`` or ``hf``.
 
     ``package`` names an importable package and ``file`` a path inside it. ``parts`` lists
-    ``package:relative/path`` pieces to concatenate, in order, into ``file`` in the cache.
+    ``package:relative/path`` pieces to concatenate, in order, into ``file`` in the cache;
+    ``beside`` lists ``package:relative/path`` files copied next to it, and the model is
+    then the folder they share (a CTranslate2 model: model.bin, config, vocabulary).
     ``install`` is the command shown when the model is missing.
     """
 
@@ -36,6 +39,7 @@ class ModelRef(BaseModel):
     path: str | None = None
     package: str | None = None
     parts: list[str] | None = None
+    beside: list[str] | None = None
     hf: str | None = None
     file: str | None = None
     size: int | None = None
@@ -53,6 +57,8 @@ class ModelRef(BaseModel):
             raise ValueError(
                 "a model assembled from parts needs 'file', the name to assemble it to"
             )
+        if self.beside and self.parts is None:
+            raise ValueError("'beside' files go next to a model assembled from 'parts'")
         return self
 
 
@@ -84,7 +90,9 @@ def resolve_model(ref: ModelRef, role: str) -> Path:
             )
         return path
     if ref.parts:
-        return _assemble_parts(ref, role)
+        assembled = _assemble_parts(ref, role)
+        # With files beside it, the model is the folder they share (a CTranslate2 model).
+        return assembled.parent if ref.beside else assembled
     return _from_hub(ref, role)
 
 
@@ -100,9 +108,9 @@ def _package_dir(package: str, role: str, ref: ModelRef) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _part_paths(ref: ModelRef, role: str) -> list[Path]:
+def _part_paths(ref: ModelRef, role: str, parts: list[str] | None) -> list[Path]:
     paths = []
-    for part in ref.parts or []:
+    for part in parts or []:
         package, sep, rel = part.partition(":")
         if not sep:
             raise ModelNotFoundError(f"{role} model: part '{part}' is not 'package:path'")
@@ -116,7 +124,13 @@ def _part_paths(ref: ModelRef, role: str) -> list[Path]:
 def _assemble_parts(ref: ModelRef, role: str) -> Path:
     assert ref.file is not None
     target = cache_dir() / ref.file
-    parts = _part_paths(ref, role)
+    parts = _part_paths(ref, role, ref.parts)
+    for path in _part_paths(ref, role, ref.beside):
+        copy = target.with_name(path.name)
+        if not copy.exists() or copy.stat().st_size != path.stat().st_size:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy.with_name(copy.name + ".partial"))
+            os.replace(copy.with_name(copy.name + ".partial"), copy)
     total = sum(p.stat().st_size for p in parts)
     expected_size = ref.size or total
     verified_marker = target.with_name(target.name + ".verified")

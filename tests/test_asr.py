@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.asr.whisper import ShortUtteranceWhisper, repeats_itself
+from agent.asr.whisper import ShortUtteranceWhisper, ended_early, repeats_itself
+from agent.audio import load_input_wav
+from agent.config import load_config
+from agent.models import resolve_model
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS
 from tests.conftest import QUESTIONS, speak, wer
 
@@ -142,3 +145,35 @@ def test_a_word_lost_in_a_long_stretch_of_noise_is_not_a_turn(stack):
     # The same words alone are a turn.
     segments, _ = short.transcribe(np.concatenate([words, np.zeros(8000, np.float32)]), "en")
     assert "thank" in " ".join(s.text for s in segments).lower()
+
+
+@pytest.mark.parametrize(
+    "text, secs, early",
+    [
+        ("Please", 3.3, True),  # the first word of "Please enter your password ..."
+        ("change", 1.8, True),  # "Change to which folder?"
+        ("No.", 1.1, False),  # a one-word turn
+        ("Press 1-4. New messages.", 4.0, False),  # slow, with a pause
+        ("Go forward 10 meters.", 2.05, False),
+    ],
+)
+def test_too_few_words_for_the_audio_is_whisper_ending_early(text, secs, early):
+    assert ended_early(text, secs) == early
+
+
+def test_the_default_whisper_hears_a_turn_it_would_end_after_a_word(asterisk):
+    """The default config's Whisper (base) stops after "Please" on this human prompt in a
+    10 s window; heard again over the full window, the whole sentence comes back."""
+    from faster_whisper import WhisperModel
+
+    asr = load_config("default").asr
+    model = WhisperModel(
+        str(resolve_model(asr.model, "asr")), device="cpu", compute_type=asr.compute_type
+    )
+    whisper = ShortUtteranceWhisper(
+        model, min_window_secs=asr.min_window_secs, filler_prompt=asr.filler_prompt
+    )
+    samples, _ = load_input_wav(asterisk.folder / "enter-num-blacklist.wav", 16000)
+    _, text = asterisk("enter-num-blacklist")
+    (utterance,), _ = whisper.transcribe(samples.astype(np.float32) / 32768, language="en")
+    assert wer(text, utterance.text) <= 0.2, utterance.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,31 @@ def test_split_parts_are_assembled_once_and_checked(split_package):
     assert path.read_bytes() == blob
     mtime = path.stat().st_mtime_ns
     assert resolve_model(ref, "llm").stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_parts_with_files_beside_them_are_a_folder(split_package):
+    """A CTranslate2 model: model.bin from parts, its config next to it, the folder is the
+    model; a config changed in the package is copied again."""
+    blob, parts = split_package
+    package = Path(importlib.util.find_spec("fake_split_model").submodule_search_locations[0])
+    (package / "data" / "config.json").write_text('{"a": 1}')
+    ref = ModelRef(
+        parts=parts,
+        beside=["fake_split_model:data/config.json"],
+        file="whisper/model.bin",
+        size=len(blob),
+    )
+    folder = resolve_model(ref, "asr")
+    assert folder.is_dir() and folder.name == "whisper"
+    assert (folder / "model.bin").read_bytes() == blob
+    assert (folder / "config.json").read_text() == '{"a": 1}'
+    (package / "data" / "config.json").write_text('{"a": 22}')
+    assert (resolve_model(ref, "asr") / "config.json").read_text() == '{"a": 22}'
+
+
+def test_files_beside_need_parts():
+    with pytest.raises(ValueError, match="beside"):
+        ModelRef(package="x", file="m", beside=["x:c.json"])
 
 
 def test_corrupt_parts_fail_the_checksum(split_package):

@@ -11,8 +11,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from agent.models import cache_dir
-from pipelines.callers.human_speech import asterisk_prompts
 from pipelines.callers.phone import RATE, PhoneCall, phone_line, ulaw_decode, ulaw_encode
 from pipelines.callers.webrtc import WebRTCCaller
 from pipelines.serve.telephony.routes import StreamTokens
@@ -206,26 +204,6 @@ async def _no_sessions(app):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"sessions still running: {list(app.state.server.sessions)}")
-
-
-@pytest.fixture(scope="module")
-def asterisk():
-    """Asterisk's English prompts: one professional human voice recorded for telephones
-    (8 kHz), with official transcripts; from Debian's asterisk-core-sounds-en-wav, fetched
-    once into the cache (apt-get download, no root needed)."""
-    try:
-        folder, texts, _ = asterisk_prompts(cache_dir() / "test-data")
-    except Exception as e:  # noqa: BLE001 - no apt, no network to Debian
-        pytest.skip(f"Asterisk's prompts could not be fetched from Debian: {e}")
-
-    def prompt(name: str) -> tuple[np.ndarray, str]:
-        import soundfile as sf
-
-        samples, rate = sf.read(str(folder / f"{name}.wav"), dtype="int16")
-        assert rate == 8000
-        return samples, texts[name]
-
-    return prompt
 
 
 async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):

@@ -27,10 +27,17 @@ from loguru import logger
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100
 FULL_WINDOW_FRAMES = 3000
-# Whisper was trained on 30 s windows. Below about 10 s it starts repeating itself
+# Whisper was trained on 30 s windows. Below about 10 s tiny.en starts repeating itself
 # (measured on 24 spoken questions: 5 s windows WER 0.56, 10 s windows 0.08 on Piper's
 # voice and equal to the full window's on espeak's); 10 s costs 105 ms instead of 480.
-MIN_WINDOW_FRAMES = 1000
+MIN_WINDOW_SECS = 10.0
+# The multilingual base, in a 10 s window, can stop after a turn's first word ("Please"
+# for 3.3 s of "Please enter your password followed by the pound key."). So few words for
+# that much audio (below this rate, over at least SHORT_SECS) is heard again over the
+# full window. Every turn of the human and everyday sets read at 1.0 word/s or more,
+# except those cut short (0.3-0.56) and one-word turns shorter than 1.1 s.
+ENDED_EARLY_WORDS_PER_SEC = 0.8
+SHORT_SECS = 1.5
 MARGIN_FRAMES = 100
 # Roughly the most tokens anyone speaks per second, to bound decoding of a short window.
 MAX_TOKENS_PER_SECOND = 8
@@ -62,9 +69,11 @@ class ShortUtteranceWhisper:
         beam_size: int = 1,
         utterance_window: bool = True,
         max_short_secs: float = 20.0,
+        min_window_secs: float = MIN_WINDOW_SECS,
         filler_prompt: str | None = None,
     ):
         self._model = model
+        self._min_window_frames = int(min_window_secs * FRAMES_PER_SECOND)
         self._beam_size = beam_size
         # Text Whisper takes as what came before. Written with fillers ("um", "uh"), it
         # makes Whisper keep the user's fillers instead of tidying them away, and a turn
@@ -174,7 +183,7 @@ class ShortUtteranceWhisper:
         model = self._model
         features = model.feature_extractor(audio)
         speech_frames = min(features.shape[-1], FULL_WINDOW_FRAMES - MARGIN_FRAMES)
-        window = max(MIN_WINDOW_FRAMES, speech_frames + MARGIN_FRAMES)
+        window = max(self._min_window_frames, speech_frames + MARGIN_FRAMES)
         window = int(np.ceil(window / 100) * 100)  # whole seconds: fewer distinct shapes
         encoded = model.encode(pad_or_trim(features[..., :speech_frames], window))
 
@@ -189,6 +198,14 @@ class ShortUtteranceWhisper:
         if previous and repeats_itself(utterance.text):
             # A prompt can send Whisper into a loop ("Um, um, um, um, ..."): without it.
             utterance = self._decode(model, tokenizer, encoded, [], hotwords, len(audio))
+        if window < FULL_WINDOW_FRAMES and ended_early(utterance.text, len(audio) / SAMPLE_RATE):
+            encoded = model.encode(pad_or_trim(features[..., :speech_frames], FULL_WINDOW_FRAMES))
+            whole = self._decode(model, tokenizer, encoded, previous, hotwords, len(audio))
+            if len(whole.text.split()) > len(utterance.text.split()):
+                logger.debug(
+                    f"Whisper ended early ({utterance.text!r}); the full window: {whole.text!r}"
+                )
+                utterance = whole
         return utterance
 
     def _decode(self, model, tokenizer, encoded, previous, hotwords, samples: int) -> Utterance:
@@ -219,6 +236,12 @@ class ShortUtteranceWhisper:
 # babble came out as "Thank you." and was answered.
 MIN_WORDS_PER_SEC = 0.4
 LONG_SEGMENT_SECS = 6.0
+
+
+def ended_early(text: str, secs: float) -> bool:
+    """Whether ``text`` is too few words for ``secs`` of a turn's audio: Whisper stopped
+    before the speech did."""
+    return secs >= SHORT_SECS and len(text.split()) < ENDED_EARLY_WORDS_PER_SEC * secs
 
 
 def meaningless(text: str, secs: float) -> str | None:

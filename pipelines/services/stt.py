@@ -30,7 +30,7 @@ from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregate
 from pipecat.utils.time import time_now_iso8601
 
 from agent.asr.speech_end import SpeechEndWatch
-from agent.asr.whisper import ShortUtteranceWhisper, meaningless
+from agent.asr.whisper import MIN_WINDOW_SECS, ShortUtteranceWhisper, meaningless
 from pipelines.turns.record import EarlyTranscriptFrame
 
 # Silence Pipecat's segmented STT appends to each segment (its default, set explicitly
@@ -58,6 +58,7 @@ class SharedWhisperSTTService(SegmentedSTTService):
         model,
         beam_size: int = 1,
         utterance_window: bool = True,
+        min_window_secs: float = MIN_WINDOW_SECS,
         early: bool = True,
         filler_prompt: str | None = None,
         settings: WhisperSTTSettings,
@@ -73,6 +74,7 @@ class SharedWhisperSTTService(SegmentedSTTService):
             model,
             beam_size=beam_size,
             utterance_window=utterance_window,
+            min_window_secs=min_window_secs,
             filler_prompt=filler_prompt,
         )
         self._onset = SpeechEndWatch() if early else None
