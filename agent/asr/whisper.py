@@ -32,10 +32,11 @@ FULL_WINDOW_FRAMES = 3000
 # voice and equal to the full window's on espeak's); 10 s costs 105 ms instead of 480.
 MIN_WINDOW_SECS = 10.0
 # The multilingual base, in a 10 s window, can stop after a turn's first word ("Please"
-# for 3.3 s of "Please enter your password followed by the pound key."). So few words for
-# that much audio (below this rate, over at least SHORT_SECS) is heard again over the
-# full window. Every turn of the human and everyday sets read at 1.0 word/s or more,
-# except those cut short (0.3-0.56) and one-word turns shorter than 1.1 s.
+# for 3 s of "Please enter your password followed by the pound key."). So few words for
+# that much speech (below this rate, over at least SHORT_SECS from the first sound to the
+# last, the silence Pipecat pads a segment with left out) is heard again over the full
+# window. Every turn of the human and everyday sets read at 1.0 word/s or more of their
+# clips, silence and all, except those cut short (0.3-0.56).
 ENDED_EARLY_WORDS_PER_SEC = 0.8
 SHORT_SECS = 1.5
 MARGIN_FRAMES = 100
@@ -198,7 +199,7 @@ class ShortUtteranceWhisper:
         if previous and repeats_itself(utterance.text):
             # A prompt can send Whisper into a loop ("Um, um, um, um, ..."): without it.
             utterance = self._decode(model, tokenizer, encoded, [], hotwords, len(audio))
-        if window < FULL_WINDOW_FRAMES and ended_early(utterance.text, len(audio) / SAMPLE_RATE):
+        if window < FULL_WINDOW_FRAMES and ended_early(utterance.text, sounding_secs(audio)):
             encoded = model.encode(pad_or_trim(features[..., :speech_frames], FULL_WINDOW_FRAMES))
             whole = self._decode(model, tokenizer, encoded, previous, hotwords, len(audio))
             if len(whole.text.split()) > len(utterance.text.split()):
@@ -238,8 +239,20 @@ MIN_WORDS_PER_SEC = 0.4
 LONG_SEGMENT_SECS = 6.0
 
 
+def sounding_secs(audio: np.ndarray) -> float:
+    """Seconds from the first 20 ms frame with sound in it to the last: louder than
+    SILENCE_RMS and SILENCE_FRACTION of the loudest frame."""
+    frame = SAMPLE_RATE // 50
+    frames = audio[: len(audio) // frame * frame].reshape(-1, frame)
+    if not len(frames):
+        return 0.0
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    loud = np.flatnonzero(rms > max(SILENCE_RMS, SILENCE_FRACTION * float(rms.max())))
+    return (loud[-1] - loud[0] + 1) * frame / SAMPLE_RATE if len(loud) else 0.0
+
+
 def ended_early(text: str, secs: float) -> bool:
-    """Whether ``text`` is too few words for ``secs`` of a turn's audio: Whisper stopped
+    """Whether ``text`` is too few words for ``secs`` of a turn's speech: Whisper stopped
     before the speech did."""
     return secs >= SHORT_SECS and len(text.split()) < ENDED_EARLY_WORDS_PER_SEC * secs
 
