@@ -1,11 +1,14 @@
 """Which Whisper settings hear a caller best, and whether Whisper knows when it misheard.
 
-    python -m benchmarks.asr_choice [--config default] [--beams 1 5] [--half tune]
+    python -m benchmarks.asr_choice [--config default fast] [--beams 1 5] [--half tune]
+        [--questions]
 
 Transcribes, as the pipeline does (agent/asr/whisper.py: the turn's own window, the filler
 prompt), the everyday questions of one half spoken by four voices unlike Piper
 (``python -m pipelines.callers.everyday_speech``) and the human set's finished turns
-(questions, statements, commands, short turns), once per beam size. Reported per setting:
+(questions, statements, commands, short turns), once per config and beam size; with
+``--questions`` also the answer set's 36 questions (pipelines/callers/answer_set.py, not
+the everyday set) spoken by each of the four voices. Reported per setting:
 WER, the share of turns heard with a mistake that changes words (WER > 0), time per turn
 p50/p95; and, for asking the caller to repeat instead of answering a mishearing, how
 Whisper's average log-probability separates the misheard turns from the rest: for each
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from agent.asr.whisper import ShortUtteranceWhisper
 from agent.audio import load_input_wav
@@ -25,10 +29,28 @@ from agent.config import load_config
 from agent.models import resolve_model
 from benchmarks.call_latency import EVERYDAY_DIR, load_set
 from benchmarks.report import write_report
+from pipelines.callers.answer_set import QUESTIONS
+from pipelines.callers.everyday_speech import VOICES, speak
 from pipelines.callers.scoring import corpus_wer, percentile, wer
 
 RATE = 16000
 THRESHOLDS = (-0.2, -0.3, -0.4, -0.5, -0.6, -0.8)
+
+
+QUESTIONS_DIR = Path("out/asr_questions")
+
+
+def spoken_questions() -> list[dict]:
+    """The answer set's questions in each of the everyday voices, rendered once."""
+    items = []
+    for voice in VOICES:
+        for number, question in enumerate(QUESTIONS):
+            path = QUESTIONS_DIR / voice / f"{number:02d}.wav"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                speak(voice, question.text, path)
+            items.append({"path": str(path), "text": question.text, "set": f"q-{voice}"})
+    return items
 
 
 def clips(half: str) -> list[dict]:
@@ -49,17 +71,17 @@ def clips(half: str) -> list[dict]:
 def run(args) -> dict:
     from faster_whisper import WhisperModel
 
-    config = load_config(args.config)
-    model = WhisperModel(
-        str(resolve_model(config.asr.model, "asr")),
-        device="cpu",
-        compute_type=config.asr.compute_type,
-        cpu_threads=config.asr.cpu_threads,
-    )
-    items = clips(args.half)
+    items = clips(args.half) + (spoken_questions() if args.questions else [])
     audio = {c["path"]: load_input_wav(c["path"], RATE)[0] for c in items}
     settings = {}
-    for beams in args.beams:
+    for name, beams in [(c, b) for c in args.config for b in args.beams]:
+        config = load_config(name)
+        model = WhisperModel(
+            str(resolve_model(config.asr.model, "asr")),
+            device="cpu",
+            compute_type=config.asr.compute_type,
+            cpu_threads=config.asr.cpu_threads,
+        )
         whisper = ShortUtteranceWhisper(
             model,
             beam_size=beams,
@@ -84,7 +106,7 @@ def run(args) -> dict:
                     "secs": round(secs, 3),
                 }
             )
-        settings[f"beam {beams}"] = summarize(rows)
+        settings[f"{name} beam {beams}"] = summarize(rows)
     return {"config": args.config, "half": args.half, "turns": len(items), "settings": settings}
 
 
@@ -126,8 +148,11 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default="default")
+    parser.add_argument("--config", nargs="+", default=["default"])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument(
+        "--questions", action="store_true", help="also the answer set's questions, four voices"
+    )
     parser.add_argument("--half", choices=["tune", "report", "all"], default="tune")
     parser.add_argument("--out", default="out/benchmarks/asr_choice.json")
     args = parser.parse_args()
