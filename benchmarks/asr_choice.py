@@ -74,7 +74,7 @@ def run(args) -> dict:
     items = clips(args.half) + (spoken_questions() if args.questions else [])
     audio = {c["path"]: load_input_wav(c["path"], RATE)[0] for c in items}
     settings = {}
-    for name, beams in [(c, b) for c in args.config for b in args.beams]:
+    for name in args.config:
         config = load_config(name)
         model = WhisperModel(
             str(resolve_model(config.asr.model, "asr")),
@@ -82,32 +82,38 @@ def run(args) -> dict:
             compute_type=config.asr.compute_type,
             cpu_threads=config.asr.cpu_threads,
         )
-        whisper = ShortUtteranceWhisper(
-            model,
-            beam_size=beams,
-            min_window_secs=config.asr.min_window_secs,
-            filler_prompt=config.asr.filler_prompt or None,
-        )
-        rows = []
-        for clip in items:
-            samples = audio[clip["path"]].astype("float32") / 32768
-            start = time.perf_counter()
-            segments, _ = whisper.transcribe(samples, language=config.asr.language)
-            secs = time.perf_counter() - start
-            text = " ".join(s.text for s in segments).strip()
-            logprob = min((s.avg_logprob for s in segments), default=-9.0)
-            rows.append(
-                {
-                    "set": clip["set"],
-                    "text": clip["text"],
-                    "heard": text,
-                    "wer": round(wer(clip["text"], text), 3),
-                    "avg_logprob": round(logprob, 3),
-                    "secs": round(secs, 3),
-                }
-            )
-        settings[f"{name} beam {beams}"] = summarize(rows)
+        for beams in args.beams:
+            settings[f"{name} beam {beams}"] = _transcribed(model, beams, config, items, audio)
     return {"config": args.config, "half": args.half, "turns": len(items), "settings": settings}
+
+
+def _transcribed(model, beams: int, config, items: list[dict], audio: dict) -> dict:
+    """Every clip through the pipeline's Whisper with ``beams``, summarized."""
+    whisper = ShortUtteranceWhisper(
+        model,
+        beam_size=beams,
+        min_window_secs=config.asr.min_window_secs,
+        filler_prompt=config.asr.filler_prompt or None,
+    )
+    rows = []
+    for clip in items:
+        samples = audio[clip["path"]].astype("float32") / 32768
+        start = time.perf_counter()
+        segments, _ = whisper.transcribe(samples, language=config.asr.language)
+        secs = time.perf_counter() - start
+        text = " ".join(s.text for s in segments).strip()
+        logprob = min((s.avg_logprob for s in segments), default=-9.0)
+        rows.append(
+            {
+                "set": clip["set"],
+                "text": clip["text"],
+                "heard": text,
+                "wer": round(wer(clip["text"], text), 3),
+                "avg_logprob": round(logprob, 3),
+                "secs": round(secs, 3),
+            }
+        )
+    return summarize(rows)
 
 
 def summarize(rows: list[dict]) -> dict:
