@@ -115,9 +115,17 @@ class LLMConfig(_Section):
     )
     # Example exchanges (what a person says, what the assistant answers) placed before the
     # conversation: small models answer and react to statements far better with them.
+    # A second statement and a fragment: without them the 1.5B said statements back in
+    # other words and turned fragments away ("I'm sorry, but "six" is not a valid
+    # command.") in human calls.
     examples: list[tuple[str, str]] = [
         ("What is the capital of Spain?", "Madrid."),
         ("I painted my kitchen.", "Nice! What color did you pick?"),
+        (
+            "The bus was late again this morning.",
+            "Oh no, that's annoying. Did you make it on time?",
+        ),
+        ("So, uh, the thing is", "Sorry, I missed that. Could you say it again?"),
     ]
     max_tokens: int = Field(80, ge=1, le=4096)
     temperature: float = Field(0.3, ge=0, le=2)
@@ -131,6 +139,13 @@ class LLMConfig(_Section):
     # Past this many user/assistant exchanges the oldest are dropped (in blocks, see
     # agent.llm.prompt.trim_history), which bounds the prompt within context_tokens.
     max_history_turns: int = Field(16, ge=1)
+    # How the model sees its own past replies: whole, or cut to their first sentence
+    # (agent.llm.prompt.replies_cut), which keeps a call's replies from running longer
+    # and longer.
+    history_replies: Literal["whole", "first-sentence"] = "first-sentence"
+    # Past exchanges whose reply turned the person away ("I'm sorry, but I can't assist
+    # with that.") left out of the prompt (agent.llm.prompt.without_refusals).
+    drop_refusals: bool = True
     # llama-cpp: a reply that would say word for word what was said before (an earlier
     # reply, a sentence the user just said) is held back and written anew, and a later
     # sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer

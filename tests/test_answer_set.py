@@ -158,3 +158,21 @@ def test_a_reply_that_opens_with_what_was_said_before_is_watched_until_it_differ
     heard = RepeatWatch([], "Hello? Press one for sales. Mary rolled the barrel.")
     assert heard.repeats("Mary rolled the barrel!") and heard.repeats("Press one for sales.")
     assert not heard.repeats("Hello!")  # a greeting is answered in kind
+
+
+def test_a_statement_said_back_in_other_words_is_watched_until_it_says_something_new():
+    from agent.llm.echo import RepeatWatch
+
+    watch = RepeatWatch([], "Bobby ripped the ledger.")
+    # Held while it opens with nothing or with the statement's words ...
+    assert watch.may_repeat("Oh no,") and watch.may_repeat("Yes, Bobby ripped")
+    assert watch.repeats("It was Bobby who ripped the ledger.")
+    assert watch.repeats("Oh no, Bobby ripped the ledger, and it's gone.")
+    # ... and let go once it says something of its own.
+    assert not watch.may_repeat("That's a bit")
+    assert not watch.repeats("That's a bit mean.") and not watch.repeats("Oh no! Why did he?")
+    assert not watch.may_repeat("Oh no! Why")  # the first sentence ended: not an echo
+    # A question's answer shares its words; a statement of one word is answered in kind.
+    question = RepeatWatch([], "Who ripped the ledger?")
+    assert not question.may_repeat("Bobby ripped") and not question.repeats("Bobby ripped it.")
+    assert not RepeatWatch([], "Seven.").may_repeat("Seven")

@@ -7,6 +7,7 @@ so a SleepFrame lets queued audio through before each system frame, as time does
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     Frame,
@@ -606,7 +607,11 @@ async def test_a_reply_said_before_word_for_word_is_written_anew(stack):
     from agent.llm.echo import clean
 
     async def reply(messages: list[dict], session: str, rewrite: bool = True) -> list[str]:
-        config = _with_llm(stack.config, rewrite_repeats=rewrite, dry_multiplier=0)
+        # The first reply is read whole, as it was said: cut to its first sentence, the
+        # model writes that sentence alone and says nothing word for word again.
+        config = _with_llm(
+            stack.config, rewrite_repeats=rewrite, dry_multiplier=0, history_replies="whole"
+        )
         return await _written(stack.llm, config, session, messages, 2.0)
 
     question = {"role": "user", "content": "Say hello to me."}
@@ -660,6 +665,39 @@ class _ScriptedLLM:
 class _Script(list):
     def cancel(self):
         pass
+
+
+class _ScriptedReplies(_ScriptedLLM):
+    """Writes the next of ``replies`` each time it is asked, the last one from then on."""
+
+    def __init__(self, replies: list[str]):
+        self.replies = [[w + " " for w in reply.split()] for reply in replies]
+        self.asked = 0
+
+    def stream_chat(self, messages, **_):
+        self.asked += 1
+        return _Script(self.replies[min(self.asked, len(self.replies)) - 1])
+
+
+@pytest.mark.parametrize(
+    "heard, first, spoken",
+    [
+        # A statement said back in other words is written anew; none of it is spoken.
+        ("Bobby ripped the ledger.", "Oh no, it was Bobby who ripped the ledger.", "Oh no! Why?"),
+        ("Mary rolled the barrel.", "Yes, Mary rolled the barrel.", "Oh no! Why?"),
+        # A reaction that shares a word goes out as written.
+        ("Bobby ripped the ledger.", "Oh no, was the ledger important?", None),
+        # An answer shares the question's words, and is no echo.
+        ("Who ripped the ledger?", "Bobby ripped the ledger.", None),
+    ],
+)
+async def test_a_statement_said_back_in_other_words_is_written_anew(stack, heard, first, spoken):
+    script = _ScriptedReplies([first, "Oh no! Why?"])
+    config = _with_llm(stack.config, rewrite_repeats=True, dry_multiplier=0)
+    messages = [{"role": "user", "content": heard}]
+    said = "".join(await _written(script, config, "scripted", messages, 0.5)).strip()
+    assert said == (spoken or first)
+    assert script.asked == (2 if spoken else 1)
 
 
 async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):

@@ -1,5 +1,7 @@
 """The LLM prompt stays bounded, and its prefix stays put so llama.cpp can reuse its cache."""
 
+import pytest
+
 from agent.llm.prompt import joined_user_runs, trim_history
 
 
@@ -93,3 +95,63 @@ def test_a_turn_taken_back_reads_as_one_message():
     # Nothing else changes, and the input is left as it was.
     assert joined_user_runs(_conversation(3)) == _conversation(3)
     assert len(messages) == 5
+
+
+def test_past_replies_are_cut_to_their_first_sentence():
+    from agent.llm.prompt import first_sentences, history
+
+    assert first_sentences("You can save it to your inbox. Or a folder like Work.") == (
+        "You can save it to your inbox."
+    )
+    # A first sentence of fewer than three words takes the next one with it.
+    assert first_sentences("Hi! How are you? I'm fine.") == "Hi! How are you?"
+    assert first_sentences("Dr. Smith is in today. Come by.") == "Dr. Smith is in today."
+    assert first_sentences("It is 3.5 km away. Turn left.") == "It is 3.5 km away."
+    assert first_sentences("no end mark here") == "no end mark here"
+    messages = [
+        {"role": "system", "content": "Be brief. Plain words."},
+        {"role": "user", "content": "Which folder should I save this to?"},
+        {"role": "assistant", "content": "Your inbox is fine. Or make a folder for it."},
+        {"role": "user", "content": "Thanks. And after that?"},
+    ]
+    cut = history(messages, replies="first-sentence")
+    assert cut[2] == {"role": "assistant", "content": "Your inbox is fine."}
+    # The system prompt and the person's words are left whole, and so is the input.
+    assert cut[:2] == messages[:2] and cut[3] == messages[3]
+    assert messages[2]["content"].endswith("for it.")
+    assert history(messages) == messages
+
+
+@pytest.mark.parametrize(
+    "reply, refusal",
+    [
+        ("I'm sorry, but I can't assist with that.", True),
+        ("I apologize, I can\u2019t help with that.", True),
+        ("As an AI, I don't have feelings.", True),
+        ("I don't have the ability to browse the internet.", True),
+        ('I\'m sorry, but "six" is not a valid command.', True),
+        ("I'm sorry to hear that. Was it important?", False),
+        ("I can help with that! Which one?", False),
+        ("Sorry, I missed that. Could you say it again?", False),
+        ("Madrid.", False),
+    ],
+)
+def test_is_refusal(reply, refusal):
+    from agent.llm.prompt import is_refusal
+
+    assert is_refusal(reply) is refusal
+
+
+def test_exchanges_whose_reply_turned_the_person_away_can_be_left_out():
+    from agent.llm.prompt import history
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "Six."},
+        {"role": "assistant", "content": 'I\'m sorry, but "six" is not a valid command.'},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Firefox."},
+    ]
+    assert history(messages, drop_refusals=True) == [messages[0], *messages[3:]]
+    assert history(messages) == messages

@@ -139,29 +139,61 @@ def is_repeat(reply: str, earlier: list[str]) -> bool:
     return any(len(s.split()) >= 3 and s in before for s in sentences(reply))
 
 
+# Words a reaction may open with before saying the statement back ("Yes, Mary rolled the
+# barrel."): they do not count against a reply that is holding back a possible echo.
+_OPENERS = frozenset("yes yeah yep okay ok right sure indeed hmm ah uh".split())
+
+
 class RepeatWatch:
-    """Watches a reply being written for one that says again, word for word, what was
-    said before: an earlier reply, whole, or one of its sentences of two words or more
-    ("That's correct." to every other turn), or a sentence the user just said ("He was not
-    an ill-disposed young man." said back). ``may_repeat``: the reply so far is the start
-    of such a thing, so its text is worth holding back; ``repeats``: it is one."""
+    """Watches a reply being written for one that says again what was said before: an
+    earlier reply, whole, or one of its sentences of two words or more ("That's correct."
+    to every other turn), word for word; a sentence the user just said, word for word ("He
+    was not an ill-disposed young man." said back); or, when the user made a statement,
+    a first sentence that says it back in other words (``is_echo``: "Bobby ripped the
+    ledger." -> "It was Bobby who ripped the ledger."). ``may_repeat``: the reply so far
+    is the start of such a thing, so its text is worth holding back; ``repeats``: it is
+    one."""
 
     def __init__(self, earlier: list[str], heard: str = ""):
         """``earlier``: the bot's replies; ``heard``: what the user just said, whose
         sentences of three words or more are not to be said back ("Hello?" may be
-        answered "Hello!")."""
+        answered "Hello!"). A question is not watched for echoes: its answer shares its
+        words ("What is the capital of Spain?" -> "The capital of Spain is Madrid.")."""
         said = {clean(e) for e in earlier}
         said |= {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
         said |= {s for s in sentences(heard) if len(s.split()) >= 3}
         said.discard("")
         self._said = said
+        statement = "?" not in heard and len(set(content_words(heard))) >= 2
+        self._statement = heard if statement else ""
+        self._statement_words = set(content_words(heard)) if statement else set()
 
     def may_repeat(self, text: str) -> bool:
         so_far = clean(text)
-        return bool(so_far) and any(s.startswith(so_far) for s in self._said)
+        return bool(so_far) and (
+            any(s.startswith(so_far) for s in self._said) or self._may_echo(text)
+        )
 
     def repeats(self, text: str) -> bool:
         """Whether ``text`` (a reply, or its start up to a sentence's end) opens with a
-        sentence said before, or is a whole earlier reply."""
+        sentence said before, is a whole earlier reply, or says the statement back."""
         first = sentences(text)
-        return clean(text) in self._said or (bool(first) and first[0] in self._said)
+        return (
+            clean(text) in self._said
+            or (bool(first) and first[0] in self._said)
+            or (bool(self._statement) and bool(first) and is_echo(first[0], self._statement))
+        )
+
+    def _may_echo(self, text: str) -> bool:
+        """Whether ``text``, within its first sentence, may still say the statement back:
+        at least half its content words so far are the statement's, or it has none yet."""
+        if not self._statement or len(sentences(text)) > 1 or _ends_sentence(text):
+            return False
+        words = [w for w in content_words(text) if w not in _OPENERS]
+        if not words:
+            return True
+        return sum(w in self._statement_words for w in words) >= len(words) / 2
+
+
+def _ends_sentence(text: str) -> bool:
+    return bool(re.search(r"[.!?]\s*$", text))

@@ -4,6 +4,10 @@ went on with read as one message."""
 
 from __future__ import annotations
 
+import re
+
+from pipecat.utils.string import match_endofsentence
+
 from agent.llm.echo import is_echo, is_repeat
 
 
@@ -31,6 +35,72 @@ def without_echoes(messages: list[dict]) -> list[dict]:
     return kept
 
 
+# A reply that turns the person away ("I'm sorry, but I can't assist with that.", "As an
+# AI, I don't have ..."): a small model that sees itself do it once does it to every turn
+# that is not a plain question (24 of 61 turns of a human call, one seed).
+_REFUSAL = re.compile(
+    r"\b(?:can ?not|can't|unable to) (?:assist|help|respond|do that)|\bas an ai\b|"
+    r"\blanguage model\b|\bdon't have the (?:ability|capability)|"
+    r"^(?:i'm sorry|i apologize|sorry),? but\b",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(reply: str) -> bool:
+    """Whether ``reply`` turns the person away instead of answering or responding."""
+    return bool(_REFUSAL.search(reply.replace("\u2019", "'")))
+
+
+def without_refusals(messages: list[dict]) -> list[dict]:
+    """The messages without past exchanges whose reply turned the person away
+    (``is_refusal``): the person's words go with it, as an echoed exchange's do."""
+    kept: list[dict] = []
+    for message in messages:
+        previous = kept[-1] if kept else None
+        content = message.get("content")
+        if (
+            message.get("role") == "assistant"
+            and previous is not None
+            and previous.get("role") == "user"
+            and isinstance(content, str)
+            and is_refusal(content)
+        ):
+            kept.pop()
+            continue
+        kept.append(message)
+    return kept
+
+
+def first_sentences(text: str, min_words: int = 3) -> str:
+    """``text`` up to the end of its first sentence of ``min_words`` words or more ("Hi!
+    How are you?" stays whole); all of it if no such sentence ends."""
+    end = 0
+    while end < len(text):
+        length = match_endofsentence(text[end:])
+        if not length:
+            return text
+        sentence = text[end : end + length]
+        end += length
+        if len(sentence.split()) >= min_words:
+            return text[:end].strip()
+    return text.strip()
+
+
+def replies_cut(messages: list[dict]) -> list[dict]:
+    """The messages with each past reply cut to its first sentence (``first_sentences``).
+
+    How long the model's earlier replies ran is how long it goes on writing them: one
+    call whose first answer ran to two sentences went on at twice the length, and a long
+    first sentence is a long wait for the first sound. The person heard the whole reply;
+    the model sees its gist."""
+    return [
+        {**m, "content": first_sentences(m["content"])}
+        if m.get("role") == "assistant" and isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+
+
 def joined_user_runs(messages: list[dict]) -> list[dict]:
     """The messages with each run of user messages that no reply came between made one.
 
@@ -51,6 +121,19 @@ def joined_user_runs(messages: list[dict]) -> list[dict]:
             continue
         joined.append(message)
     return joined
+
+
+def history(messages: list[dict], *, replies: str = "whole", drop_refusals: bool = False):
+    """The conversation as the model reads it: a turn taken back as one message, past
+    exchanges that echoed, repeated (or, with ``drop_refusals``, turned the person away)
+    left out, and with ``replies="first-sentence"`` past replies cut to their first
+    sentence."""
+    messages = without_echoes(joined_user_runs(messages))
+    if drop_refusals:
+        messages = without_refusals(messages)
+    if replies == "first-sentence":
+        messages = replies_cut(messages)
+    return messages
 
 
 def _leading_system_messages(messages: list[dict]) -> int:

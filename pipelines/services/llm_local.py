@@ -27,7 +27,7 @@ from pipecat.services.settings import is_given
 from agent.cpu_share import CpuShare
 from agent.llm.echo import RepeatWatch
 from agent.llm.local import LocalLLM
-from agent.llm.prompt import joined_user_runs, trim_history, with_examples, without_echoes
+from agent.llm.prompt import history, trim_history, with_examples
 from pipelines.services.llm import ApologizesOnFailure
 from pipelines.services.threads import ThreadFedIterator, start_thread
 from pipelines.turns.record import EarlyTranscriptFrame, ReplyVoicedFrame
@@ -49,6 +49,8 @@ def service(engine: LocalLLM, config, session_id: str, settings) -> LocalLLMServ
     return LocalLLMService(
         llm=engine,
         max_history_turns=llm.max_history_turns,
+        history_replies=llm.history_replies,
+        drop_refusals=llm.drop_refusals,
         rewrite_repeats=llm.rewrite_repeats,
         dry_multiplier=llm.dry_multiplier,
         examples=[tuple(pair) for pair in llm.examples],
@@ -89,6 +91,8 @@ class InProcessLLMService(LLMService):
         *,
         llm: LocalLLM,
         max_history_turns: int,
+        history_replies: str = "whole",
+        drop_refusals: bool = False,
         rewrite_repeats: bool = True,
         dry_multiplier: float = 0.0,
         examples: list[tuple[str, str]] = (),
@@ -98,6 +102,8 @@ class InProcessLLMService(LLMService):
         super().__init__(**kwargs)
         self._llm = llm
         self._max_history_turns = max_history_turns
+        self._history_replies = history_replies
+        self._drop_refusals = drop_refusals
         self._attempts = REPLY_ATTEMPTS if rewrite_repeats else 1
         self._dry = dry_multiplier
         self._examples = list(examples)
@@ -287,7 +293,10 @@ class InProcessLLMService(LLMService):
 
     def _prompt(self, messages: list[dict]) -> list[dict]:
         """The messages the model reads for a conversation ending in a user message."""
-        messages = trim_history(without_echoes(joined_user_runs(messages)), self._max_history_turns)
+        messages = history(
+            messages, replies=self._history_replies, drop_refusals=self._drop_refusals
+        )
+        messages = trim_history(messages, self._max_history_turns)
         return with_examples(messages, self._examples)
 
     def _next_user_prompt(self, messages: list[dict]) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipecat.services.openai.llm import OpenAILLMService
 
-from agent.llm.prompt import joined_user_runs, with_examples, without_echoes
+from agent.llm.prompt import history, with_examples
 from pipelines.services.llm import ApologizesOnFailure
 
 
@@ -20,6 +20,8 @@ def service(_engine: None, config, session_id: str, settings) -> ServerLLMServic
         api_key=llm.api_key,
         base_url=llm.base_url,
         examples=[tuple(pair) for pair in llm.examples],
+        history_replies=llm.history_replies,
+        drop_refusals=llm.drop_refusals,
         timeout_secs=llm.request_timeout_secs,
         apology=llm.apology,
         settings=settings,
@@ -32,11 +34,18 @@ class ServerLLMService(ApologizesOnFailure, OpenAILLMService):
     server ends the reply with the apology instead of holding the caller)."""
 
     def __init__(
-        self, *, examples: list[tuple[str, str]] = (), timeout_secs: float = 10.0, **kwargs
+        self,
+        *,
+        examples: list[tuple[str, str]] = (),
+        history_replies: str = "whole",
+        drop_refusals: bool = False,
+        timeout_secs: float = 10.0,
+        **kwargs,
     ):
         self._timeout_secs = timeout_secs  # create_client, called by __init__, reads it
         super().__init__(**kwargs)
         self._examples = list(examples)
+        self._history = {"replies": history_replies, "drop_refusals": drop_refusals}
 
     def create_client(self, *args, **kwargs):
         # One quick retry (a restarted server), then the apology: no minute-long backoff.
@@ -46,6 +55,6 @@ class ServerLLMService(ApologizesOnFailure, OpenAILLMService):
     def build_chat_completion_params(self, params_from_context) -> dict:
         params = super().build_chat_completion_params(params_from_context)
         params["messages"] = with_examples(
-            without_echoes(joined_user_runs(params["messages"])), self._examples
+            history(params["messages"], **self._history), self._examples
         )
         return params
