@@ -147,8 +147,8 @@ class LLMConfig(_Section):
     # with that.") left out of the prompt (agent.llm.prompt.without_refusals).
     drop_refusals: bool = True
     # llama-cpp: a reply that would say word for word what was said before (an earlier
-    # reply, a sentence the user just said) is held back and written anew, and a later
-    # sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer
+    # reply, a sentence the user just said), or say a statement back in other words, is
+    # held back and written anew, and a later sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer
     # (README, "Answers worth hearing").
     rewrite_repeats: bool = True
     # llama-cpp: how hard a reply is turned away, as it is written, from saying again word

@@ -680,24 +680,26 @@ class _ScriptedReplies(_ScriptedLLM):
 
 
 @pytest.mark.parametrize(
-    "heard, first, spoken",
+    "heard, replies, spoken",
     [
         # A statement said back in other words is written anew; none of it is spoken.
-        ("Bobby ripped the ledger.", "Oh no, it was Bobby who ripped the ledger.", "Oh no! Why?"),
-        ("Mary rolled the barrel.", "Yes, Mary rolled the barrel.", "Oh no! Why?"),
+        ("Bobby ripped the ledger.", ["Oh no, it was Bobby who ripped the ledger.", "Why?"], 1),
+        ("Mary rolled the barrel.", ["Yes, Mary rolled the barrel.", "Oh no! Why?"], 1),
+        # Once: a second echo is spoken rather than written a third time.
+        ("Please try again.", ["I'll try again.", "No, try it again.", "Okay."], 1),
         # A reaction that shares a word goes out as written.
-        ("Bobby ripped the ledger.", "Oh no, was the ledger important?", None),
+        ("Bobby ripped the ledger.", ["Oh no, was the ledger important?", "Why?"], 0),
         # An answer shares the question's words, and is no echo.
-        ("Who ripped the ledger?", "Bobby ripped the ledger.", None),
+        ("Who ripped the ledger?", ["Bobby ripped the ledger.", "Why?"], 0),
     ],
 )
-async def test_a_statement_said_back_in_other_words_is_written_anew(stack, heard, first, spoken):
-    script = _ScriptedReplies([first, "Oh no! Why?"])
+async def test_a_statement_said_back_in_other_words_is_written_anew(stack, heard, replies, spoken):
+    script = _ScriptedReplies(replies)
     config = _with_llm(stack.config, rewrite_repeats=True, dry_multiplier=0)
     messages = [{"role": "user", "content": heard}]
     said = "".join(await _written(script, config, "scripted", messages, 0.5)).strip()
-    assert said == (spoken or first)
-    assert script.asked == (2 if spoken else 1)
+    assert said == replies[spoken]
+    assert script.asked == spoken + 1
 
 
 async def test_a_reply_ends_before_a_later_sentence_it_said_before(stack):

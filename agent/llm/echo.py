@@ -154,17 +154,18 @@ class RepeatWatch:
     is the start of such a thing, so its text is worth holding back; ``repeats``: it is
     one."""
 
-    def __init__(self, earlier: list[str], heard: str = ""):
+    def __init__(self, earlier: list[str], heard: str = "", *, echoes: bool = True):
         """``earlier``: the bot's replies; ``heard``: what the user just said, whose
         sentences of three words or more are not to be said back ("Hello?" may be
-        answered "Hello!"). A question is not watched for echoes: its answer shares its
-        words ("What is the capital of Spain?" -> "The capital of Spain is Madrid.")."""
+        answered "Hello!"); with ``echoes``, nor said back in other words, if it is a
+        statement. A question is not watched for echoes: its answer shares its words
+        ("What is the capital of Spain?" -> "The capital of Spain is Madrid.")."""
         said = {clean(e) for e in earlier}
         said |= {s for e in earlier for s in sentences(e) if len(s.split()) >= 2}
         said |= {s for s in sentences(heard) if len(s.split()) >= 3}
         said.discard("")
         self._said = said
-        statement = "?" not in heard and len(set(content_words(heard))) >= 2
+        statement = echoes and "?" not in heard and len(set(content_words(heard))) >= 2
         self._statement = heard if statement else ""
         self._statement_words = set(content_words(heard)) if statement else set()
 

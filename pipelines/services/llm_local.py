@@ -178,13 +178,17 @@ class InProcessLLMService(LLMService):
             ]
             heard = prompt[-1].get("content")
             heard = heard if isinstance(heard, str) else ""
-            watch = RepeatWatch(earlier, heard)
+            # A statement said back in other words is written anew once: the 1.5B told
+            # "Please try again." said it back three times over, each written whole
+            # before it was known (~1 s a time).
+            watches = [RepeatWatch(earlier, heard), RepeatWatch(earlier, heard, echoes=False)]
             said = [*earlier, heard]  # what every attempt is turned away from (DRY)
             text = None
             openings: list[str] = []  # of the attempts that said something again
             for attempt in range(self._attempts):
                 last = attempt == self._attempts - 1
-                text = await self._write(prompt, openings, None if last else watch, said)
+                watch = None if last else watches[min(attempt, 1)]
+                text = await self._write(prompt, openings, watch, said)
                 if text is not None:
                     break
             written = messages + [{"role": "assistant", "content": text.strip()}]
