@@ -155,3 +155,24 @@ def test_exchanges_whose_reply_turned_the_person_away_can_be_left_out():
     ]
     assert history(messages, drop_refusals=True) == [messages[0], *messages[3:]]
     assert history(messages) == messages
+
+
+def test_exchanges_whose_reply_leaned_on_a_statement_are_left_out():
+    from agent.llm.echo import leans_on
+    from agent.llm.prompt import without_echoes
+
+    assert leans_on("Bobby broke the ledger.", "Bobby ripped the ledger.")
+    assert leans_on("All circuits are in use.", "All circuits are busy now.")
+    assert not leans_on("Oh no! Why did he do that?", "Bobby ripped the ledger.")
+    # An answer shares its question's words; a one-word turn is answered in kind.
+    assert not leans_on("The capital of Spain is Madrid.", "What is the capital of Spain?")
+    assert not leans_on("Seven, got it.", "Seven.")
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "All circuits are busy now."},
+        {"role": "assistant", "content": "All circuits are in use."},
+        {"role": "user", "content": "What is the capital of Spain?"},
+        {"role": "assistant", "content": "Madrid, in the middle of Spain."},
+        {"role": "user", "content": "Mary rolled the barrel."},
+    ]
+    assert without_echoes(messages) == [messages[0], *messages[3:]]

@@ -121,6 +121,19 @@ def is_echo(reply: str, said: str) -> bool:
     return (covered >= 0.7 and from_said >= 0.5) or (covered >= 0.5 and from_said == 1.0)
 
 
+def leans_on(reply: str, said: str) -> bool:
+    """Whether ``reply`` to the statement ``said`` is made mostly of its words: half or more
+    of the reply's content words are the statement's ("Bobby ripped the ledger." ->
+    "Bobby broke the ledger."; "All circuits are busy now." -> "All circuits are in
+    use."). Looser than ``is_echo``; a question's answer shares its words, so a question
+    (a "?" in ``said``) never counts, nor a statement of fewer than two content words."""
+    said_words = set(content_words(said))
+    reply_words = content_words(reply)
+    if "?" in said or len(said_words) < 2 or not reply_words:
+        return False
+    return sum(w in said_words for w in reply_words) >= len(reply_words) / 2
+
+
 def sentences(text: str) -> list[str]:
     """The cleaned sentences of ``text`` (split on . ! ?)."""
     return [c for c in (clean(s) for s in re.split(r"[.!?]+(?:\s|$)|\n", text)) if c]

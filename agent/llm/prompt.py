@@ -8,13 +8,15 @@ import re
 
 from pipecat.utils.string import match_endofsentence
 
-from agent.llm.echo import is_echo, is_repeat
+from agent.llm.echo import is_echo, is_repeat, leans_on
 
 
 def without_echoes(messages: list[dict]) -> list[dict]:
-    """The messages without past exchanges whose reply only repeated what was said, or
-    said again what an earlier reply said: a small model that sees itself do either once
-    goes on doing it every turn (agent/llm/echo.py)."""
+    """The messages without past exchanges whose reply only repeated what was said, was
+    made mostly of a statement's words (``leans_on``), or said again what an earlier reply
+    said: a small model that sees itself do any of these once goes on doing it every turn
+    (agent/llm/echo.py). A reply said back in other words ("Bobby broke the ledger.")
+    led to a call of them ("All circuits are in use.", "Speak your name now.")."""
     kept: list[dict] = []
     replies: list[str] = []
     for message in messages:
@@ -27,7 +29,8 @@ def without_echoes(messages: list[dict]) -> list[dict]:
             and isinstance(content, str)
             and isinstance(previous.get("content"), str)
         ):
-            if is_echo(content, previous["content"]) or is_repeat(content, replies):
+            said = previous["content"]
+            if is_echo(content, said) or leans_on(content, said) or is_repeat(content, replies):
                 kept.pop()
                 continue
             replies.append(content)
