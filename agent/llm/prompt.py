@@ -5,18 +5,19 @@ went on with read as one message."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from pipecat.utils.string import match_endofsentence
 
 from agent.llm.echo import is_echo, is_repeat, leans_on
 
 
-def without_echoes(messages: list[dict]) -> list[dict]:
-    """The messages without past exchanges whose reply only repeated what was said, was
-    made mostly of a statement's words (``leans_on``), or said again what an earlier reply
-    said: a small model that sees itself do any of these once goes on doing it every turn
-    (agent/llm/echo.py). A reply said back in other words ("Bobby broke the ledger.")
-    led to a call of them ("All circuits are in use.", "Speak your name now.")."""
+def _without_exchanges(
+    messages: list[dict], unwanted: Callable[[str, str, list[str]], bool]
+) -> list[dict]:
+    """The messages without the past exchanges (a user message and the reply right after
+    it) for which ``unwanted(reply, said, replies)`` holds; ``replies``: the replies kept
+    before it."""
     kept: list[dict] = []
     replies: list[str] = []
     for message in messages:
@@ -29,13 +30,26 @@ def without_echoes(messages: list[dict]) -> list[dict]:
             and isinstance(content, str)
             and isinstance(previous.get("content"), str)
         ):
-            said = previous["content"]
-            if is_echo(content, said) or leans_on(content, said) or is_repeat(content, replies):
+            if unwanted(content, previous["content"], replies):
                 kept.pop()
                 continue
             replies.append(content)
         kept.append(message)
     return kept
+
+
+def without_echoes(messages: list[dict]) -> list[dict]:
+    """The messages without past exchanges whose reply only repeated what was said, was
+    made mostly of a statement's words (``leans_on``), or said again what an earlier reply
+    said: a small model that sees itself do any of these once goes on doing it every turn
+    (agent/llm/echo.py). A reply said back in other words ("Bobby broke the ledger.")
+    led to a call of them ("All circuits are in use.", "Speak your name now.")."""
+    return _without_exchanges(
+        messages,
+        lambda reply, said, replies: (
+            is_echo(reply, said) or leans_on(reply, said) or is_repeat(reply, replies)
+        ),
+    )
 
 
 # A reply that turns the person away ("I'm sorry, but I can't assist with that.", "As an
@@ -57,21 +71,7 @@ def is_refusal(reply: str) -> bool:
 def without_refusals(messages: list[dict]) -> list[dict]:
     """The messages without past exchanges whose reply turned the person away
     (``is_refusal``): the person's words go with it, as an echoed exchange's do."""
-    kept: list[dict] = []
-    for message in messages:
-        previous = kept[-1] if kept else None
-        content = message.get("content")
-        if (
-            message.get("role") == "assistant"
-            and previous is not None
-            and previous.get("role") == "user"
-            and isinstance(content, str)
-            and is_refusal(content)
-        ):
-            kept.pop()
-            continue
-        kept.append(message)
-    return kept
+    return _without_exchanges(messages, lambda reply, _said, _replies: is_refusal(reply))
 
 
 def first_sentences(text: str, min_words: int = 3) -> str:
