@@ -148,8 +148,8 @@ class LLMConfig(_Section):
     drop_refusals: bool = True
     # llama-cpp: a reply that would say word for word what was said before (an earlier
     # reply, a sentence the user just said), or say a statement back in other words, is
-    # held back and written anew, and a later sentence said before ends it. On 2 cores the turns it rewrites wait ~0.6 s longer
-    # (README, "Answers worth hearing").
+    # held back and written anew, and a later sentence said before ends it. On 2 cores
+    # the turns it rewrites wait ~0.6 s longer (README, "Answers worth hearing").
     rewrite_repeats: bool = True
     # llama-cpp: how hard a reply is turned away, as it is written, from saying again word
     # for word an earlier reply or the user's words (llama.cpp's DRY sampler, see

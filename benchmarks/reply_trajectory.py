@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from pipecat.workers.runner import WorkerRunner
 from agent.config import load_config
 from agent.cpu_share import CpuShare
 from agent.llm.echo import is_echo, is_repeat, leans_on
-from agent.llm.prompt import is_refusal
+from agent.llm.prompt import first_sentences, is_refusal
 from benchmarks.report import write_report
 from pipelines.callers.scoring import percentile
 from pipelines.services.llm import backend, llm_settings
@@ -113,7 +112,7 @@ async def one_call(engine, config, seed: int, turns: list[dict]) -> list[dict]:
 
 def summary(rows: list[dict]) -> dict:
     words = [len(r["reply"].split()) for r in rows]
-    first = [len(re.split(r"(?<=[.!?])\s", r["reply"])[0].split()) for r in rows]
+    first = [len(first_sentences(r["reply"], min_words=1).split()) for r in rows]
     statements = [r for r in rows if r["category"] == "statement"]
     secs = [r["secs"] for r in rows]
     return {

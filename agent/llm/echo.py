@@ -7,6 +7,7 @@ Text is compared after ``clean``: lower case, no punctuation, digits as words.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _ONES = (
@@ -50,6 +51,10 @@ def _number(match: re.Match) -> str:
     return f" {_int_words(int(digits))} "
 
 
+# The prompt is built again from the whole conversation several times a turn, and its
+# echo and repeat checks clean every past message each time (45,000 calls for the ten
+# prompts of a 62-turn call): the same few hundred texts.
+@functools.lru_cache(maxsize=4096)
 def clean(text: str) -> str:
     """Lower case, no punctuation, digits as words ("7" and "seven" are the same word).
 
@@ -121,17 +126,28 @@ def is_echo(reply: str, said: str) -> bool:
     return (covered >= 0.7 and from_said >= 0.5) or (covered >= 0.5 and from_said == 1.0)
 
 
+def statement_words(said: str) -> set[str]:
+    """The content words of ``said`` if it is a statement a reply could say back: not a
+    question (a "?" in it: its answer shares its words, "What is the capital of Spain?" ->
+    "The capital of Spain is Madrid."), and of two content words or more ("Seven." may be
+    answered "Seven, got it."); else none."""
+    words = set(content_words(said))
+    return words if "?" not in said and len(words) >= 2 else set()
+
+
+def mostly_from(words: list[str], statement: set[str]) -> bool:
+    """Whether half or more of ``words`` (content words) are the ``statement``'s."""
+    return sum(w in statement for w in words) >= len(words) / 2
+
+
 def leans_on(reply: str, said: str) -> bool:
     """Whether ``reply`` to the statement ``said`` is made mostly of its words: half or more
     of the reply's content words are the statement's ("Bobby ripped the ledger." ->
     "Bobby broke the ledger."; "All circuits are busy now." -> "All circuits are in
-    use."). Looser than ``is_echo``; a question's answer shares its words, so a question
-    (a "?" in ``said``) never counts, nor a statement of fewer than two content words."""
-    said_words = set(content_words(said))
+    use."). Looser than ``is_echo``; never for a question (``statement_words``)."""
+    statement = statement_words(said)
     reply_words = content_words(reply)
-    if "?" in said or len(said_words) < 2 or not reply_words:
-        return False
-    return sum(w in said_words for w in reply_words) >= len(reply_words) / 2
+    return bool(statement) and bool(reply_words) and mostly_from(reply_words, statement)
 
 
 def sentences(text: str) -> list[str]:
@@ -178,9 +194,8 @@ class RepeatWatch:
         said |= {s for s in sentences(heard) if len(s.split()) >= 3}
         said.discard("")
         self._said = said
-        statement = echoes and "?" not in heard and len(set(content_words(heard))) >= 2
-        self._statement = heard if statement else ""
-        self._statement_words = set(content_words(heard)) if statement else set()
+        self._statement_words = statement_words(heard) if echoes else set()
+        self._statement = heard if self._statement_words else ""
 
     def may_repeat(self, text: str) -> bool:
         so_far = clean(text)
@@ -204,9 +219,7 @@ class RepeatWatch:
         if not self._statement or len(sentences(text)) > 1 or _ends_sentence(text):
             return False
         words = [w for w in content_words(text) if w not in _OPENERS]
-        if not words:
-            return True
-        return sum(w in self._statement_words for w in words) >= len(words) / 2
+        return not words or mostly_from(words, self._statement_words)
 
 
 def _ends_sentence(text: str) -> bool:
