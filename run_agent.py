@@ -324,11 +324,10 @@ def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
     import secrets
     import socket
 
-    import uvicorn
-
     from agent.models import cache_dir
     from pipelines.serve.access import certificate_fingerprint, is_loopback, self_signed_certificate
     from pipelines.serve.server import create_app
+    from pipelines.serve.uvicorn_server import AgentServer, uvicorn_config
 
     host = args.host or stack.config.server.host
     port = stack.config.server.port if args.port is None else args.port
@@ -352,19 +351,19 @@ def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
         print("warning: --no-auth: anyone who can reach this address can talk to the bot")
     print(f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README).")
     app = create_app(stack, access_token=token)
-    # uvicorn takes Ctrl-C from here on (a shutdown that lets calls finish).
+    # uvicorn takes Ctrl-C from here on: a shutdown that lets every call's reply finish
+    # (server.shutdown_grace_secs), then closes what is left.
     starting.started()
-    uvicorn.run(
+    config = uvicorn_config(
         app,
         host=host,
         port=port,
         log_level="warning",
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
-        # Open websockets (phone calls) are closed after this; then the app's own shutdown
-        # lets browser calls' replies finish (server.shutdown_grace_secs).
         timeout_graceful_shutdown=5,
     )
+    AgentServer(config).run()
     return 0
 
 

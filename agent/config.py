@@ -271,15 +271,24 @@ class ServerConfig(_Section):
     busy_message: str = "Sorry, all lines are busy right now. Please call again in a few minutes."
     # An SDP offer is a few kB; anything far larger is not an offer.
     max_offer_bytes: int = Field(64 * 1024, ge=1024)
-    # Admission: a request body must arrive within request_timeout_secs; a session whose
-    # peer has not connected within connect_timeout_secs of its offer frees its slot; one
-    # client (IP address) may send offers_per_minute offers. Browsers' offers must come from
-    # this server's own page, or from one of allowed_origins ("https://example.org").
+    # Admission: a request's line, headers and body must arrive within
+    # request_timeout_secs (every route); a session whose peer has not connected within
+    # connect_timeout_secs of its offer frees its slot; one client (IP address) may send
+    # offers_per_minute offers and have pending_offers_per_client of them not yet
+    # connected (else two offers every 10 s from one address keep a 2-slot server full;
+    # a new offer waits a few seconds for its earlier ones to connect before it is refused).
+    # Browsers' offers must come from this server's own page, or from one of
+    # allowed_origins ("https://example.org").
     request_timeout_secs: float = Field(10.0, gt=0, le=120)
     # On SIGTERM / Ctrl-C: replies being spoken may finish for this long, then calls end.
     shutdown_grace_secs: float = Field(10.0, ge=0, le=120)
     connect_timeout_secs: float = Field(10.0, gt=0, le=120)
     offers_per_minute: int = Field(30, ge=1)
+    pending_offers_per_client: int = Field(1, ge=1)
+    # A call whose far end sends no audio for this long is over: a browser or phone line
+    # sends audio all the time (silence too), so its process or network is gone. Without
+    # this a dead browser held its slot until ICE gave up (~35 s).
+    peer_silence_secs: float = Field(5.0, gt=0, le=120)
     allowed_origins: list[str] = []
     # STUN/TURN servers for callers behind NAT, for the page's and the server's own peer
     # connections. With turn_secret (coturn's static-auth-secret) the turn: servers get

@@ -9,6 +9,10 @@ each caller asks one spoken question and waits for the spoken answer, and stays
 connected. Reports the server's RSS after start-up, after each session, the mean growth
 per session, the CPU the server burns while the open sessions are silent, RSS after
 every caller has hung up, and after a second round of as many calls (one at a time).
+
+``--sequential N``: then N more calls one after another (each asks, is answered, hangs
+up), RSS after each, and the growth per call over the first and the second half: memory
+that levels off grows less in the second.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ async def run(args) -> dict:
                 await hang_up(caller)
             await asyncio.sleep(3)
             report["rss_after_second_round_mib"] = mib(process)
+            if args.sequential:
+                report["sequential"] = await sequential(new_caller, question, process, args)
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{url}/api/health") as response:
                     report["sessions_left_after_hangups"] = (await response.json())["sessions"]
@@ -111,6 +117,32 @@ async def run(args) -> dict:
     return report
 
 
+async def sequential(new_caller, question: np.ndarray, process, args) -> dict:
+    """``args.sequential`` calls one after another: RSS after each, growth per call."""
+    rss = [mib(process)]
+    for _ in range(args.sequential):
+        caller = new_caller()
+        await caller.connect()
+        await asyncio.sleep(0.5)
+        await ask(caller, question)
+        await hang_up(caller)
+        await asyncio.sleep(2)  # aiortc winds a closed connection down
+        rss.append(mib(process))
+    half = args.sequential // 2
+
+    def per_call(values: list[float]) -> float:
+        return round((values[-1] - values[0]) / (len(values) - 1), 2)
+
+    return {
+        "calls": args.sequential,
+        "rss_after_each_call_mib": rss[1:],
+        "growth_per_call_mib": {
+            "first_half": per_call(rss[: half + 1]),
+            "second_half": per_call(rss[half:]),
+        },
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,6 +150,7 @@ def main():
     parser.add_argument("--config", default="default")
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--transport", choices=["webrtc", "phone"], default="webrtc")
+    parser.add_argument("--sequential", type=int, default=0, help="N calls one after another")
     parser.add_argument("--out", help="default out/benchmarks/server_memory[_phone].json")
     args = parser.parse_args()
     suffix = "_phone" if args.transport == "phone" else ""

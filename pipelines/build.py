@@ -1,6 +1,6 @@
 """Assembles one session's Pipecat pipeline around any transport.
 
-    transport.input → half-duplex gate → Whisper STT → keypad (DTMF) entries
+    transport.input → [peer silence watch] → half-duplex gate → Whisper STT → keypad entries
       → user aggregator (Silero VAD, turn end) → user turn (the turn's record)
       → LLM → first phrase, then sentences → TTS → [phone marks] → transport.output
       → reply-played watcher → assistant aggregator
@@ -34,6 +34,7 @@ from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from agent.config import AgentConfig
+from pipelines.serve.peer_silence import PeerSilenceWatch
 from pipelines.services.analyzers import SharedSileroVADAnalyzer
 from pipelines.services.llm import backend, llm_settings
 from pipelines.services.stt import SharedWhisperSTTService
@@ -67,6 +68,8 @@ class Session:
     gate: HalfDuplexGate
     timeline: TurnTimeline
     tts: EngineTTSService
+    # Fires "on_peer_silent" when the far end stops sending audio (server calls only).
+    peer_watch: PeerSilenceWatch | None = None
 
     @property
     def user_turns(self) -> list[SpokenAudio]:
@@ -101,13 +104,16 @@ def build_session(
     page: bool = True,
     playout_marks: MarkProtocol | None = None,
     on_turn: Callable[[dict], None] | None = None,
+    peer_silence_secs: float | None = None,
 ) -> Session:
     """One conversation's pipeline on ``transport``. ``page``: the transport carries the
     browser page's messages (state, conversation, latency); a phone call's must not get
     them (its serializer would send them to the provider). ``playout_marks``: the
     transport's far end reports when audio has played (a phone provider's marks); the
     bot listens again on that report rather than when the audio has been sent.
-    ``on_turn(stages)``: called with each answered turn's stage latencies (metrics)."""
+    ``on_turn(stages)``: called with each answered turn's stage latencies (metrics).
+    ``peer_silence_secs``: watch for a far end that stops sending audio (a server's calls,
+    whose peers stream all the time; pipelines/serve/peer_silence.py)."""
     config = stack.config
     session_id = session_id or uuid.uuid4().hex[:12]
     context = LLMContext()
@@ -125,9 +131,11 @@ def build_session(
         stack.llm, config, session_id, llm_settings(config, stack.llm)
     )
     tts = EngineTTSService(engine=stack.speech, session_id=session_id, cpu=stack.cpu)
+    peer_watch = PeerSilenceWatch(peer_silence_secs) if peer_silence_secs else None
     pipeline = Pipeline(
         [
             transport.input(),
+            *([peer_watch] if peer_watch else []),
             gate,
             _stt(stack),
             # Keys a caller presses become a user turn of their own, "I pressed 42#": after
@@ -160,7 +168,7 @@ def build_session(
         idle_timeout_secs=None,
         enable_rtvi=False,
     )
-    session = Session(session_id, worker, context, gate, timeline, tts)
+    session = Session(session_id, worker, context, gate, timeline, tts, peer_watch)
     _connect_events(session, aggregators, user_turn, page=page, on_turn=on_turn)
     return session
 

@@ -19,6 +19,7 @@ from pipelines.callers.scoring import transcribe as transcribe_reply
 from pipelines.callers.scoring import wer  # noqa: F401 (the tests' one WER)
 from pipelines.callers.webrtc import free_loopback_port
 from pipelines.serve.server import create_app
+from pipelines.serve.uvicorn_server import AgentServer, uvicorn_config
 from pipelines.stack import ModelStack, load_stack
 
 QUESTIONS = CONVERSATION_QUESTIONS[:5]
@@ -79,9 +80,11 @@ async def serving(app, **ssl_files):
     """``app`` served by uvicorn on a free loopback port (HTTPS with ``ssl_certfile`` and
     ``ssl_keyfile``): the port."""
     port = free_loopback_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **ssl_files)
-    )
+    options = dict(host="127.0.0.1", port=port, log_level="warning", **ssl_files)
+    if hasattr(app.state, "server"):  # the agent's app, served as run_agent.py serves it
+        uv = AgentServer(uvicorn_config(app, **options))
+    else:
+        uv = uvicorn.Server(uvicorn.Config(app, **options))
     task = asyncio.create_task(uv.serve())
     while not uv.started:
         await asyncio.sleep(0.05)

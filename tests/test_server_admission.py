@@ -16,16 +16,9 @@ from aiortc import RTCPeerConnection
 
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.webrtc import WebRTCCaller
+from pipelines.callers.webrtc import unconnected_offer as raw_offer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def raw_offer(**extra) -> tuple[RTCPeerConnection, dict]:
-    """A real SDP offer from an aiortc peer that will never go on to connect."""
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, {"sdp": pc.localDescription.sdp, "type": "offer", **extra}
 
 
 async def _no_sessions(app, timeout: float = 15):
@@ -106,6 +99,8 @@ async def test_offers_that_never_connect_free_their_slots(server, monkeypatch):
     app, url = server
     config = app.state.server.config.server
     monkeypatch.setattr(config, "connect_timeout_secs", 2.0)
+    # As if from many addresses (one address holds one pending offer: tests/test_front_door.py).
+    monkeypatch.setattr(config, "pending_offers_per_client", config.max_sessions + 1)
     await _no_sessions(app)
     peers = []
     try:

@@ -353,6 +353,11 @@ class PhoneCall:
         if self._ws is not None and not self._ws.closed:
             await self._send(self.provider.stop(self))
 
+    def go_quiet(self):
+        """The line stops sending audio and its socket stays open: a far end gone without
+        a word (a dead caller process, a network that dropped)."""
+        self._tasks[0].cancel()
+
     async def send_raw(self, text: str):
         """Send a message as is (for testing what the server does with bad input)."""
         await self._ws.send_str(text)

@@ -28,6 +28,15 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+async def unconnected_offer(**extra) -> tuple[RTCPeerConnection, dict]:
+    """A real SDP offer (the offer request's JSON, with ``extra``) from an aiortc peer that
+    will never go on to connect: a probe of the server's admission."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, {"sdp": pc.localDescription.sdp, "type": "offer", **extra}
+
+
 class SentClip:
     """A clip queued on a ScriptedMicrophone; ``started_at`` is when its first sample went
     out (time.monotonic()), so a caller can time the bot from the end of its speech."""

@@ -47,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipelines.build import Session, build_session
 from pipelines.serve.access import token_matches, turn_credentials
+from pipelines.serve.deadlines import BodyDeadline
 from pipelines.serve.metrics import ServerMetrics
 from pipelines.serve.telephony.routes import add_phone_routes
 from pipelines.stack import ModelStack
@@ -63,14 +64,15 @@ REFUSAL_REASONS = {
 }
 
 
+# How long a client's new offer waits for its earlier ones to connect (a peer on loopback
+# connects in ~0.1 s, over the internet in about a second).
+PENDING_WAIT_SECS = 3.0
+
+
 class OfferError(ValueError):
     """The body of an offer request is not a usable SDP offer."""
 
     status = 400
-
-
-class SlowRequest(OfferError):
-    status = 408
 
 
 def json_object(body: bytes, what: str) -> dict:
@@ -112,6 +114,8 @@ class WebRTCServer:
         self.stack = stack
         self.sessions: dict[str, Session] = {}
         self._secrets: dict[str, str] = {}  # pc_id → the session secret its creator holds
+        # pc_id (or an offer being answered) → client, for offers not yet connected.
+        self._pending: dict[object, str] = {}
         self._offers: dict[str, deque[float]] = {}  # client → times of its recent offers
         self._tasks: set[asyncio.Task] = set()
         self._handler = SmallWebRTCRequestHandler()
@@ -151,21 +155,37 @@ class WebRTCServer:
                 status_code=403, detail="not this session's session_secret: it is someone else's"
             )
 
-    async def answer(self, request: SmallWebRTCRequest, secret: str | None = None) -> dict:
+    async def answer(
+        self, request: SmallWebRTCRequest, secret: str | None = None, client: str = "?"
+    ) -> dict:
         if request.pc_id:
             self.check_owner(request.pc_id, secret)
+        elif not await self._earlier_offers_connected(client):
+            raise HTTPException(
+                status_code=429,
+                detail=f"{self._pending_from(client)} earlier offer(s) from {client} have not"
+                " connected yet: connect, or wait for them to time out",
+            )
         elif not self.has_room():
             raise HTTPException(status_code=503, detail=self.config.server.busy_message)
         else:
             self._handler.update_ice_servers(
                 [RTCIceServer(**server) for server in ice_servers(self.config.server)]
             )
+        # Pending from now on: a second offer of this client's, sent at once, waits for it.
+        answering = object()
+        if not request.pc_id:
+            self._pending[answering] = client
         try:
-            answer = await self._handler.handle_web_request(request, self._start_session)
+            answer = await self._handler.handle_web_request(
+                request, lambda connection: self._start_session(connection, client)
+            )
         except HTTPException:
             raise
         except Exception as e:
             raise OfferError(f"the SDP offer was rejected: {type(e).__name__}: {e}") from None
+        finally:
+            self._pending.pop(answering, None)
         if answer is None:
             raise OfferError("the SDP offer produced no answer")
         if request.pc_id:
@@ -176,7 +196,22 @@ class WebRTCServer:
         self._secrets[pc_id] = secrets.token_urlsafe(24)
         return {**answer, "session_secret": self._secrets[pc_id]}
 
-    async def _start_session(self, connection: SmallWebRTCConnection):
+    def _pending_from(self, client: str) -> int:
+        return sum(1 for c in self._pending.values() if c == client)
+
+    async def _earlier_offers_connected(self, client: str) -> bool:
+        """Whether ``client`` has fewer than ``server.pending_offers_per_client`` offers
+        not yet connected, waiting ``PENDING_WAIT_SECS`` for them: two callers behind one
+        address who press Talk together both get in, while offers that never connect
+        cannot fill the server from one address."""
+        deadline = time.monotonic() + PENDING_WAIT_SECS
+        while self._pending_from(client) >= self.config.server.pending_offers_per_client:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _start_session(self, connection: SmallWebRTCConnection, client: str):
         params = TransportParams(
             audio_in_enabled=True,
             audio_out_enabled=True,
@@ -189,13 +224,16 @@ class WebRTCServer:
             transport,
             session_id=connection.pc_id,
             on_turn=lambda stages: self.metrics.turn("webrtc", stages),
+            peer_silence_secs=self.config.server.peer_silence_secs,
         )
         self.sessions[connection.pc_id] = session
+        self._pending[connection.pc_id] = client
 
         connected = asyncio.Event()
 
         @transport.event_handler("on_client_connected")
         async def _on_connected(_transport, _connection):
+            self._pending.pop(connection.pc_id, None)
             connected.set()
 
         @transport.event_handler("on_client_disconnected")
@@ -209,10 +247,19 @@ class WebRTCServer:
             except TimeoutError:
                 await self.end_session(connection.pc_id, "never connected")
 
-        for work in (
-            self.run_session(connection.pc_id, session, kind="webrtc"),
-            drop_if_never_connected(),
-        ):
+        async def run():
+            try:
+                await self.run_session(connection.pc_id, session, kind="webrtc")
+            finally:
+                self._pending.pop(connection.pc_id, None)
+                # Its peer connection goes with it (an offer that never connected kept
+                # its own until shutdown).
+                try:
+                    await asyncio.wait_for(connection.disconnect(), 5)
+                except Exception as e:  # noqa: BLE001 - the session has ended either way
+                    logger.warning(f"peer connection {connection.pc_id} did not close: {e!r}")
+
+        for work in (run(), drop_if_never_connected()):
             task = asyncio.create_task(work)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -221,6 +268,12 @@ class WebRTCServer:
         """Run a session (``kind``: webrtc or phone) until it ends."""
         self.sessions[session_id] = session
         self.metrics.session_started(kind)
+        if session.peer_watch is not None:
+
+            @session.peer_watch.event_handler("on_peer_silent")
+            async def _on_peer_silent(_watch, secs: float):
+                await self.end_session(session_id, f"peer silent: no audio for {secs:g} s")
+
         logger.info(f"session {session_id} started ({kind}, {len(self.sessions)} active)")
         try:
             runner = WorkerRunner(handle_sigint=False)
@@ -294,6 +347,12 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
     _add_page_routes(app, server)
     _add_offer_routes(app, server)
     add_phone_routes(app, server)
+    # Outermost (added last): every route's body is bounded in time, the token's too.
+    app.add_middleware(
+        BodyDeadline,
+        secs=lambda: server.config.server.request_timeout_secs,
+        on_refused=lambda status: server.metrics.refused.labels(REFUSAL_REASONS[status]).inc(),
+    )
 
     @app.on_event("shutdown")
     async def _shutdown():
@@ -353,8 +412,7 @@ def _add_offer_routes(app: FastAPI, server: WebRTCServer) -> None:
         return JSONResponse({"error": error}, status_code=status)
 
     async def read_json(request: Request, what: str) -> dict:
-        config = server.config.server
-        body = await _read_limited(request, config.max_offer_bytes, config.request_timeout_secs)
+        body = await _read_limited(request, server.config.server.max_offer_bytes)
         return json_object(body, what)
 
     @app.post("/api/offer")
@@ -368,7 +426,7 @@ def _add_offer_routes(app: FastAPI, server: WebRTCServer) -> None:
             )
         try:
             data = await read_json(request, "offer")
-            answer = await server.answer(parse_offer(data), data.get("session_secret"))
+            answer = await server.answer(parse_offer(data), data.get("session_secret"), client)
         except OfferError as e:
             return refused(e.status, str(e))
         except HTTPException as e:
@@ -424,22 +482,22 @@ def same_site(request: Request, allowed: list[str]) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.headers.get("host") or origin in allowed
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1": not an origin any page has
+        return False
+    return netloc == request.headers.get("host") or origin in allowed
 
 
-async def _read_limited(request: Request, max_bytes: int, timeout_secs: float) -> bytes:
-    """Read the body within ``timeout_secs``, refusing to buffer more than a little past
-    ``max_bytes``."""
+async def _read_limited(request: Request, max_bytes: int) -> bytes:
+    """Read the body, refusing to buffer more than a little past ``max_bytes`` (its time
+    is bounded for every route, pipelines/serve/deadlines.BodyDeadline)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise OfferError(f"request body of {declared} bytes is over the {max_bytes} allowed")
     body = bytearray()
-    try:
-        async with asyncio.timeout(timeout_secs):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise OfferError(f"request body is over the {max_bytes} bytes allowed")
-    except TimeoutError:
-        raise SlowRequest(f"the request body did not arrive within {timeout_secs:g} s") from None
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise OfferError(f"request body is over the {max_bytes} bytes allowed")
     return bytes(body)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from loguru import logger
 from pipecat.frames.frames import OutputAudioRawFrame
@@ -98,7 +98,7 @@ def add_phone_routes(app: FastAPI, server) -> None:
         if not tokens.redeem(token):
             logger.warning("refused a media stream: unknown, used or expired token")
             server.metrics.refused.labels("bad_stream_token").inc()
-            await websocket.close(code=CLOSE_POLICY, reason="unknown or used stream token")
+            await close_quietly(websocket, CLOSE_POLICY, "unknown or used stream token")
             return
         await _serve_stream(websocket, server, busy)
 
@@ -126,6 +126,15 @@ def _add_webhook(app: FastAPI, provider: PhoneProvider, config, tokens: StreamTo
     app.add_api_route(
         provider.webhook_path, webhook, methods=list(provider.methods), name=provider.name
     )
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close a stream the server refuses; one whose client has already left is a log
+    line, not a traceback."""
+    try:
+        await websocket.close(code=code, reason=reason)
+    except (WebSocketDisconnect, RuntimeError) as e:
+        logger.info(f"the refused stream's client had already left ({type(e).__name__})")
 
 
 class BusyLine:
@@ -171,7 +180,7 @@ async def _handshake(websocket: WebSocket, config, server):
         reason = "no handshake" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
         logger.warning(f"refused a media stream: {reason}")
         server.metrics.refused.labels("bad_stream").inc()
-        await websocket.close(code=CLOSE_POLICY, reason=reason[:120])
+        await close_quietly(websocket, CLOSE_POLICY, reason[:120])
         return None
 
 
@@ -187,7 +196,7 @@ async def _serve_stream(websocket: WebSocket, server, busy: BusyLine):
     if not server.has_room():
         server.metrics.refused.labels("full").inc()
         await busy.say(websocket, serializer)
-        await websocket.close(code=CLOSE_FULL, reason="the server is at its session limit")
+        await close_quietly(websocket, CLOSE_FULL, "the server is at its session limit")
         return
     transport = FastAPIWebsocketTransport(
         websocket=websocket,
@@ -213,6 +222,7 @@ async def _serve_stream(websocket: WebSocket, server, busy: BusyLine):
         page=False,
         playout_marks=provider.marks(call) if provider.marks else None,
         on_turn=lambda stages: server.metrics.turn("phone", stages),
+        peer_silence_secs=config.server.peer_silence_secs,
     )
 
     @transport.event_handler("on_client_disconnected")
