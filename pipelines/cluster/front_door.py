@@ -1,0 +1,213 @@
+"""The front door of a cluster: the same page, offer endpoint and phone webhooks as one
+server, with every call placed on a node (pipelines/cluster/node.py).
+
+    browser ──POST /api/offer──► front door ──offer()──► node with the most room
+       ▲                                                     │ SDP answer (its ICE
+       └───────────── RTP / DTLS, straight ◄─────────────────┘  candidates)
+    phone provider ──POST /──► front door ──stream_url()──► node: ws://NODE/ws/TOKEN
+       └──────────────────── media websocket, straight ───────► node
+
+Admission is shared: a new call goes to the node with the most free slots (then the
+least CPU), and the caller is refused (503, or the busy message) only when every node
+is full or draining. Later requests for a call (renegotiation, ICE candidates) go to the
+node that holds it, which checks the session secret as one server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from fastapi import FastAPI, Request
+from loguru import logger
+
+from agent.config import AgentConfig
+from pipelines.serve.metrics import ServerMetrics
+from pipelines.serve.server import OfferRate, front_door
+from pipelines.serve.telephony.routes import add_webhooks
+
+# How often the front door asks every node for its load (and notices a lost one).
+POLL_SECS = 1.0
+# A node that does not answer a load request within this is taken for lost.
+NODE_TIMEOUT_SECS = 5.0
+
+
+class Node:
+    """The front door's view of one node: its actor and its latest load."""
+
+    def __init__(self, node_id: str, actor, url: str):
+        self.node_id = node_id
+        self.actor = actor
+        self.url = url
+        self.load: dict = {"sessions": [], "max_sessions": 0, "draining": False, "cpu": 0.0}
+        self.placed = 0  # calls placed here since its load was last read
+
+    @property
+    def free(self) -> int:
+        if self.load["draining"]:
+            return 0
+        return self.load["max_sessions"] - len(self.load["sessions"]) - self.placed
+
+
+class ClusterDesk:
+    """What pipelines/serve/server.front_door asks of a desk, over a cluster's nodes."""
+
+    def __init__(self, config: AgentConfig, nodes: list[Node]):
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.nodes = {n.node_id: n for n in nodes}
+        self.lost: dict[str, str] = {}  # node id → why
+        self._rate = OfferRate(config)
+        self._call_node: dict[str, str] = {}  # a browser call's pc_id → its node's id
+        self._poller: asyncio.Task | None = None
+
+    # -- what front_door asks -----------------------------------------------------------
+
+    @property
+    def sessions(self) -> dict[str, str]:
+        """Every call in the cluster → its node's id (as of the last poll)."""
+        return {s: n.node_id for n in self.nodes.values() for s in n.load["sessions"]}
+
+    def admit_offer(self, client: str) -> bool:
+        return self._rate.admit(client)
+
+    async def offer(self, data: dict, client: str) -> tuple[int, dict]:
+        self.start_polling()
+        pc_id = data.get("pc_id")
+        if pc_id is not None:  # renegotiating a call: its own node, which checks the secret
+            node = self._node_of(pc_id)
+            if node is None:
+                return 404, {"error": f"no session {pc_id}: it has ended"}
+            return await self._ask(node, node.actor.offer.remote(data, client))
+        for node in self._by_room():
+            node.placed += 1
+            status, body = await self._ask(node, node.actor.offer.remote(data, client))
+            if status == 503:  # it filled up meanwhile: the next one
+                continue
+            if status == 200:
+                self._call_node[body["pc_id"]] = node.node_id
+            return status, body
+        return 503, {"error": self.config.server.busy_message}
+
+    async def candidates(self, data: dict) -> tuple[int, dict]:
+        pc_id = data.get("pc_id")
+        node = self._node_of(pc_id) if isinstance(pc_id, str) else None
+        if node is None:
+            return 404, {"error": f"no session {pc_id}: it has ended"}
+        return await self._ask(node, node.actor.candidates.remote(data))
+
+    async def stream_url(self, request: Request, secure: bool) -> str:
+        """A new phone call's stream URL, on the node with the most room (when every node
+        is full, any node: its stream plays the busy message)."""
+        self.start_polling()
+        nodes = self._by_room() or list(self.nodes.values())
+        if not nodes:
+            raise RuntimeError("no node in the cluster")
+        nodes[0].placed += 1
+        return await nodes[0].actor.stream_url.remote()
+
+    async def close(self):
+        """Every node lets its replies finish and ends its calls."""
+        if self._poller is not None:
+            self._poller.cancel()
+        await asyncio.gather(
+            *(n.actor.stop.remote() for n in self.nodes.values()), return_exceptions=True
+        )
+
+    # -- the cluster ---------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Nodes, their calls and load (``GET /api/cluster``)."""
+        return {
+            "nodes": [
+                {
+                    "node": n.node_id,
+                    "url": n.url,
+                    "sessions": n.load["sessions"],
+                    "max_sessions": n.load["max_sessions"],
+                    "draining": n.load["draining"],
+                    "cpu": n.load["cpu"],
+                }
+                for n in self.nodes.values()
+            ],
+            "lost": self.lost,
+            "sessions": len(self.sessions),
+            "free": sum(max(0, n.free) for n in self.nodes.values()),
+        }
+
+    async def drain(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        await node.actor.drain.remote()
+        node.load["draining"] = True
+
+    async def poll(self) -> None:
+        """Read every node's load; a node that fails to answer is lost."""
+        results = await asyncio.gather(
+            *(self._read_load(n) for n in list(self.nodes.values())), return_exceptions=True
+        )
+        for node, result in zip(list(self.nodes.values()), results, strict=True):
+            if isinstance(result, BaseException):
+                self._lose(node, f"{type(result).__name__}: {result}")
+            else:
+                node.load, node.placed = result, 0
+                self.metrics.node_sessions.labels(node.node_id).set(len(result["sessions"]))
+        live = self.sessions
+        self._call_node = {p: n for p, n in self._call_node.items() if p in live}
+
+    def start_polling(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll()
+            except Exception as e:  # noqa: BLE001 - the next poll tries again
+                logger.warning(f"reading the nodes' load failed: {e!r}")
+            await asyncio.sleep(max(0.0, POLL_SECS - (time.monotonic() - started)))
+
+    async def _read_load(self, node: Node) -> dict:
+        return await asyncio.wait_for(node.actor.load.remote(), NODE_TIMEOUT_SECS)
+
+    async def _ask(self, node: Node, reply) -> tuple[int, dict]:
+        try:
+            return tuple(await asyncio.wait_for(reply, NODE_TIMEOUT_SECS * 2))
+        except Exception as e:  # noqa: BLE001 - a lost node is a refusal of this request
+            self._lose(node, f"{type(e).__name__}: {e}")
+            return 503, {"error": "the node holding this call was lost"}
+
+    def _lose(self, node: Node, why: str) -> None:
+        if self.nodes.pop(node.node_id, None) is not None:
+            self.lost[node.node_id] = why[:200]
+            with contextlib.suppress(KeyError):  # never polled
+                self.metrics.node_sessions.remove(node.node_id)
+            logger.warning(f"node {node.node_id} lost ({why[:200]}); {len(self.nodes)} left")
+
+    def _node_of(self, pc_id: str) -> Node | None:
+        node_id = self._call_node.get(pc_id)
+        return self.nodes.get(node_id) if node_id else None
+
+    def _by_room(self) -> list[Node]:
+        """Nodes with a free slot, the most room (then the least CPU) first."""
+        open_nodes = [n for n in self.nodes.values() if n.free > 0]
+        return sorted(open_nodes, key=lambda n: (-n.free, n.load["cpu"]))
+
+
+def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) -> FastAPI:
+    """The front door's app: one server's routes over ``desk``, the phone webhooks with
+    stream URLs from the nodes, and ``GET /api/cluster``."""
+    app = front_door(desk, access_token=access_token)
+    add_webhooks(app, desk.config, desk.stream_url)
+
+    @app.get("/api/cluster")
+    async def cluster():
+        return desk.status()
+
+    @app.on_event("startup")
+    async def _first_poll():
+        await desk.poll()
+        desk.start_polling()
+
+    return app

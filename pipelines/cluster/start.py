@@ -1,0 +1,101 @@
+"""Joining (or starting) a Ray cluster and placing one agent node on each of its machines.
+
+    --cluster local:N   a local cluster of N nodes on this machine (to try it, and tests)
+    --cluster ADDRESS   a running cluster (`ray start --head` on one machine, `ray start
+                        --address=HEAD:6379` on the others); "auto" finds the local one
+
+Each alive Ray node gets one AgentNode actor, pinned to it (Ray's node affinity), which
+loads its own model stack and serves the calls placed on it. The nodes' start-up (the
+models' loading) runs in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+from loguru import logger
+
+from agent.config import AgentConfig
+from pipelines.cluster.front_door import Node
+from pipelines.cluster.node import AgentNode
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be joined or started (the message says why)."""
+
+
+@dataclass
+class Cluster:
+    """A joined cluster and its agent nodes; ``close()`` leaves it (and stops a local one)."""
+
+    nodes: list[Node]
+    local: object | None  # ray.cluster_utils.Cluster when started here
+    joined_secs: float
+    ready_secs: float
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+        if self.local is not None:
+            self.local.shutdown()
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """("local", N) or ("address", 0) for ``--cluster``'s value; a clear error otherwise."""
+    if value.startswith("local:"):
+        count = value.removeprefix("local:")
+        if not count.isdigit() or not 1 <= int(count) <= 16:
+            raise ClusterError(f"--cluster {value}: local:N needs N between 1 and 16")
+        return "local", int(count)
+    if not value:
+        raise ClusterError("--cluster needs local:N or the address of a Ray cluster")
+    return "address", 0
+
+
+async def start_cluster(value: str, config: AgentConfig) -> Cluster:
+    """Join or start the cluster ``value`` names and start an AgentNode on every node."""
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:
+        raise ClusterError("Ray is not installed: run ./setup.sh --cluster") from None
+    kind, count = parse_address(value)
+    started = time.monotonic()
+    local = None
+    if kind == "local":
+        from ray.cluster_utils import Cluster as LocalCluster
+
+        cpus = max(1, (os.cpu_count() or 1) // count)
+        local = LocalCluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": cpus, "include_dashboard": False},
+        )
+        for _ in range(count - 1):
+            local.add_node(num_cpus=cpus)
+        address = local.address
+    else:
+        address = value
+    try:
+        ray.init(address=address, logging_level="warning", log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - Ray's own errors say what failed
+        if local is not None:
+            local.shutdown()
+        raise ClusterError(f"could not join the Ray cluster at {address}: {e}") from None
+    joined = time.monotonic() - started
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    remote = ray.remote(num_cpus=0, max_restarts=0)(AgentNode)
+    actors = [
+        remote.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(config, n["NodeManagerAddress"])
+        for n in alive
+    ]
+    urls = await asyncio.gather(*(a.start.remote() for a in actors))
+    nodes = [Node(n["NodeID"][:12], a, u) for n, a, u in zip(alive, actors, urls, strict=True)]
+    ready = time.monotonic() - started
+    logger.info(f"cluster: {len(nodes)} node(s) joined in {joined:.1f} s, ready in {ready:.1f} s")
+    return Cluster(nodes, local, round(joined, 2), round(ready, 2))

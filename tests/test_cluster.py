@@ -1,0 +1,156 @@
+"""The agent on a Ray cluster: a local cluster of two nodes on loopback, each with the test
+stack (tiny config), behind the front door (pipelines/cluster/). Calls land on both
+nodes and are answered, follow-up requests reach their own node and only their owner's
+are taken, a full cluster turns the next caller away, a drained node takes no new call,
+and a phone call's media goes to its node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from pipelines.callers.phone import PhoneCall
+from pipelines.callers.webrtc import WebRTCCaller
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (./setup.sh --cluster)")
+
+from agent.config import load_config
+from pipelines.cluster.front_door import ClusterDesk, create_cluster_app
+from pipelines.cluster.start import start_cluster
+from tests.conftest import serving
+
+
+@pytest.fixture(scope="module")
+async def cluster():
+    """(front door URL, desk): two nodes of one call each."""
+    config = load_config("tiny")
+    config.server.max_sessions = 1
+    started = await start_cluster("local:2", config)
+    desk = ClusterDesk(config, started.nodes)
+    try:
+        async with serving(create_cluster_app(desk)) as port:
+            yield f"http://127.0.0.1:{port}", desk
+    finally:
+        started.close()
+
+
+async def _status(url: str) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/cluster") as r:
+        assert r.status == 200
+        return await r.json()
+
+
+async def _settled(desk: ClusterDesk, calls: int, within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while len(desk.sessions) != calls:
+        assert time.monotonic() < deadline, desk.sessions
+        await asyncio.sleep(0.2)
+
+
+async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_wavs):
+    url, desk = cluster
+    await _settled(desk, 0)
+    import soundfile as sf
+
+    samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
+    callers = [WebRTCCaller(url), WebRTCCaller(url)]
+    try:
+        for caller in callers:
+            await caller.connect()
+        await desk.poll()
+        per_node = [len(n["sessions"]) for n in (await _status(url))["nodes"]]
+        assert per_node == [1, 1]
+        # Each call's media goes to its node: the answer's ICE candidates are the node's.
+        for caller in callers:
+            started = time.monotonic()
+            caller.mic.say(samples, rate)
+            reply = await caller.wait_for_reply(started, timeout=90)
+            assert len(reply) > rate // 2
+        # A third caller finds the cluster full.
+        extra = WebRTCCaller(url)
+        with pytest.raises(RuntimeError, match="503"):
+            await extra.connect()
+        await extra.close()
+    finally:
+        for caller in callers:
+            await caller.close()
+    await _settled(desk, 0)
+
+
+async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(cluster):
+    url, desk = cluster
+    await _settled(desk, 0)
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    try:
+        async with aiohttp.ClientSession() as http:
+            patch = {"pc_id": caller.pc_id, "candidates": []}
+            async with http.patch(f"{url}/api/offer", json=patch) as r:
+                assert r.status == 403  # no secret: someone else's call
+            patch["session_secret"] = "guessed"
+            async with http.patch(f"{url}/api/offer", json=patch) as r:
+                assert r.status == 403
+            patch["session_secret"] = caller.session_secret
+            async with http.patch(f"{url}/api/offer", json=patch) as r:
+                assert r.status == 200, await r.text()
+            made_up = {"pc_id": "made-up", "candidates": [], "session_secret": "x"}
+            async with http.patch(f"{url}/api/offer", json=made_up) as r:
+                assert r.status == 404
+        assert caller.pc.connectionState == "connected"
+    finally:
+        await caller.close()
+    await _settled(desk, 0)
+
+
+async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
+    url, desk = cluster
+    await _settled(desk, 0)
+    first = WebRTCCaller(url)
+    await first.connect()
+    await desk.poll()
+    (holding,) = [n for n in desk.nodes.values() if n.load["sessions"]]
+    await desk.drain(holding.node_id)
+    try:
+        second = WebRTCCaller(url)
+        await second.connect()  # placed on the other node
+        await desk.poll()
+        status = await _status(url)
+        drained = next(n for n in status["nodes"] if n["node"] == holding.node_id)
+        assert drained["draining"] and drained["sessions"] == [first.pc_id]
+        assert first.pc.connectionState == "connected"
+        third = WebRTCCaller(url)
+        with pytest.raises(RuntimeError, match="503"):
+            await third.connect()
+        await third.close()
+        await second.close()
+    finally:
+        await first.close()
+        holding.load["draining"] = False
+        await holding.actor.undrain.remote()
+    await _settled(desk, 0)
+
+
+async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, stack):
+    url, desk = cluster
+    await _settled(desk, 0)
+    call = PhoneCall(url)
+    stream_url = await _stream_url(url)
+    node_hosts = {n.url.removeprefix("http://") for n in desk.nodes.values()}
+    assert stream_url.split("/")[2] in node_hosts  # not the front door's address
+    await call.connect(stream_url)
+    try:
+        question = stack.speech.synthesize_all("What is the capital of France?", 16000)
+        sent = await call.say(question, 16000)
+        reply = await call.wait_for_reply(sent, timeout=90)
+        assert len(reply) > 4000
+    finally:
+        await call.hang_up()
+    await _settled(desk, 0)
+
+
+async def _stream_url(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/") as r:
+        return (await r.text()).split('url="')[1].split('"')[0]
