@@ -289,6 +289,11 @@ class ServerConfig(_Section):
     # sends audio all the time (silence too), so its process or network is gone. Without
     # this a dead browser held its slot until ICE gave up (~35 s).
     peer_silence_secs: float = Field(5.0, gt=0, le=120)
+    # A JSON Lines log per call (heard words, replies, stage latencies; flushed line by
+    # line, pipelines/serve/session_log.py) in session_log_dir (empty: the cache folder's
+    # sessions/, ~/.cache/voice-agent/sessions).
+    session_logs: bool = True
+    session_log_dir: str = ""
     allowed_origins: list[str] = []
     # STUN/TURN servers for callers behind NAT, for the page's and the server's own peer
     # connections. With turn_secret (coturn's static-auth-secret) the turn: servers get

@@ -49,7 +49,7 @@ from pipelines.turns.half_duplex import (
     ReplyPlayedWatcher,
 )
 from pipelines.turns.record import NoWordsFrame
-from pipelines.turns.timeline import TurnTimeline
+from pipelines.turns.timeline import TurnRecord, TurnTimeline
 from pipelines.turns.turn_end import KeypadUserTurnStartStrategy
 from pipelines.turns.user_turn import UserTurnProcessor
 from tts.base import SpokenAudio, Utterance
@@ -103,7 +103,7 @@ def build_session(
     session_id: str | None = None,
     page: bool = True,
     playout_marks: MarkProtocol | None = None,
-    on_turn: Callable[[dict], None] | None = None,
+    on_turn: Callable[[TurnRecord], None] | None = None,
     peer_silence_secs: float | None = None,
 ) -> Session:
     """One conversation's pipeline on ``transport``. ``page``: the transport carries the
@@ -111,7 +111,8 @@ def build_session(
     them (its serializer would send them to the provider). ``playout_marks``: the
     transport's far end reports when audio has played (a phone provider's marks); the
     bot listens again on that report rather than when the audio has been sent.
-    ``on_turn(stages)``: called with each answered turn's stage latencies (metrics).
+    ``on_turn(turn)``: called with each answered turn's record, once its reply has played
+    (metrics, the session log).
     ``peer_silence_secs``: watch for a far end that stops sending audio (a server's calls,
     whose peers stream all the time; pipelines/serve/peer_silence.py)."""
     config = stack.config
@@ -257,7 +258,7 @@ def _connect_events(session: Session, aggregators, user_turn, *, page: bool, on_
         # Every transport gets the same per-turn latency line; the page shows the figures.
         logger.info(f"session {session.session_id} {turn.summary()}")
         if on_turn is not None:
-            on_turn(turn.stages())
+            on_turn(turn)
         # The two instants are on the server's monotonic clock: a benchmark caller on the
         # same machine splits its far-end figure into uplink, server and downlink with them.
         await tell_client(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,14 +21,22 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (./setup.sh --clus
 from agent.config import load_config
 from pipelines.cluster.front_door import ClusterDesk, create_cluster_app
 from pipelines.cluster.start import start_cluster
+from pipelines.serve.session_log import read_log
 from tests.conftest import serving
 
 
 @pytest.fixture(scope="module")
-async def cluster():
-    """(front door URL, desk): two nodes of one call each."""
+def session_logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sessions")
+
+
+@pytest.fixture(scope="module")
+async def cluster(session_logs):
+    """(front door URL, desk): two nodes of one call each, writing their calls' logs in
+    ``session_logs``."""
     config = load_config("tiny")
     config.server.max_sessions = 1
+    config.server.session_log_dir = str(session_logs)
     started = await start_cluster("local:2", config)
     desk = ClusterDesk(config, started.nodes)
     try:
@@ -154,3 +163,46 @@ async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, 
 async def _stream_url(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.post(f"{url}/") as r:
         return (await r.text()).split('url="')[1].split('"')[0]
+
+
+async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, session_logs):
+    """Last here: it kills one of the module's two nodes."""
+    url, desk = cluster
+    await _settled(desk, 0)
+    browser = WebRTCCaller(url)
+    await browser.connect()
+    phone = PhoneCall(url)
+    await phone.connect(await _stream_url(url))  # the node with room: the other one
+    question = stack.speech.synthesize_all("What is the capital of France?", 16000)
+    try:
+        sent = await phone.say(question, 16000)
+        await phone.wait_for_reply(sent, timeout=90)
+        await desk.poll()
+        (doomed,) = [n for n in desk.nodes.values() if browser.pc_id not in n.load["sessions"]]
+        (phone_session,) = doomed.load["sessions"]
+        ray.kill(doomed.actor, no_restart=True)
+        killed_at = time.monotonic()
+        await asyncio.wait_for(phone.closed.wait(), 10)  # its stream closes with the node
+        while doomed.node_id not in (await _status(url))["lost"]:
+            assert time.monotonic() - killed_at < 10, "the lost node was not noticed"
+            await asyncio.sleep(0.2)
+        # The other node's call goes on and is answered.
+        assert browser.pc.connectionState == "connected"
+        started = time.monotonic()
+        browser.mic.say(question, 16000)
+        assert len(await browser.wait_for_reply(started, timeout=90)) > 8000
+    finally:
+        await phone.close()
+        await browser.close()
+    # The lost node's call kept its answered turn in its log.
+    (log,) = [p for p in session_logs.glob("*.jsonl") if phone_session in read_log(p)[0]["session"]]
+    turns = [r for r in read_log(log) if r["event"] == "turn"]
+    assert turns and turns[0]["heard"] and turns[0]["reply"]
+    # The next call is answered, on the node that is left.
+    await _settled(desk, 0)
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    started = time.monotonic()
+    caller.mic.say(question, 16000)
+    assert len(await caller.wait_for_reply(started, timeout=90)) > 8000
+    await caller.close()

@@ -349,3 +349,31 @@ async def test_on_sigterm_a_phone_reply_being_spoken_finishes_too(question_wavs)
         await call.close()
         await asyncio.to_thread(process.wait, 25)  # it exits (TimeoutExpired if not)
     assert heard_after is not None, "the phone reply was cut off at SIGTERM"
+
+
+async def test_each_call_is_logged_as_it_goes(server, question_wavs, monkeypatch, tmp_path):
+    """A JSON Lines log per call: started, each answered turn (heard, reply, stages),
+    ended with the reason; written line by line, so a server that dies keeps its turns."""
+    import soundfile as sf
+
+    from pipelines.serve.session_log import read_log
+
+    app, url = server
+    monkeypatch.setattr(app.state.server.config.server, "session_log_dir", str(tmp_path))
+    await _no_sessions(app)
+    samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    started = time.monotonic()
+    caller.mic.say(samples, rate)
+    await caller.wait_for_reply(started, timeout=90)
+    await asyncio.sleep(0.5)
+    (log,) = tmp_path.glob("*.jsonl")
+    records = read_log(log)  # while the call goes on
+    assert records[0]["event"] == "started" and records[0]["session"] == caller.pc_id
+    (turn,) = [r for r in records if r["event"] == "turn"]
+    assert turn["turn"] == 1 and turn["heard"] and turn["reply"]
+    assert turn["stages"]["voice_to_voice"] > 0
+    await caller.close()
+    await _no_sessions(app)
+    assert read_log(log)[-1] == {**read_log(log)[-1], "event": "ended", "reason": "hung up"}

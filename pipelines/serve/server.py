@@ -45,12 +45,15 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agent.models import cache_dir
 from pipelines.build import Session, build_session
 from pipelines.serve.access import token_matches, turn_credentials
 from pipelines.serve.deadlines import BodyDeadline
 from pipelines.serve.metrics import ServerMetrics
+from pipelines.serve.session_log import SessionLog
 from pipelines.serve.telephony.routes import add_phone_routes
 from pipelines.stack import ModelStack
+from pipelines.turns.timeline import TurnRecord
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # /metrics labels for refused requests, by HTTP status.
@@ -145,6 +148,7 @@ class WebRTCServer:
         self.metrics = ServerMetrics()
         self.draining = False  # shutting down: no new sessions
         self._end_reasons: dict[str, str] = {}  # why a session is being ended
+        self._logs: dict[str, SessionLog] = {}  # each session's JSON Lines log
 
     @property
     def config(self):
@@ -257,7 +261,7 @@ class WebRTCServer:
             self.stack,
             transport,
             session_id=connection.pc_id,
-            on_turn=lambda stages: self.metrics.turn("webrtc", stages),
+            on_turn=lambda turn: self.turn_done(connection.pc_id, "webrtc", turn),
             peer_silence_secs=self.config.server.peer_silence_secs,
         )
         self.sessions[connection.pc_id] = session
@@ -302,6 +306,8 @@ class WebRTCServer:
         """Run a session (``kind``: webrtc or phone) until it ends."""
         self.sessions[session_id] = session
         self.metrics.session_started(kind)
+        if self.config.server.session_logs:
+            self._logs[session_id] = SessionLog(self.session_log_dir, session_id, kind)
         if session.peer_watch is not None:
 
             @session.peer_watch.event_handler("on_peer_silent")
@@ -321,7 +327,20 @@ class WebRTCServer:
             self._secrets.pop(session_id, None)
             reason = self._end_reasons.pop(session_id, "ended")
             self.metrics.session_ended(kind, reason.split(":")[0])
+            if (log := self._logs.pop(session_id, None)) is not None:
+                log.end(reason)
             logger.info(f"session {session_id} ended: {reason} ({len(self.sessions)} active)")
+
+    def turn_done(self, session_id: str, kind: str, turn: TurnRecord) -> None:
+        """An answered turn: into the metrics and the session's log."""
+        self.metrics.turn(kind, turn.stages())
+        if (log := self._logs.get(session_id)) is not None:
+            log.turn(turn.index + 1, turn.transcript, turn.reply, turn.stages())
+
+    @property
+    def session_log_dir(self) -> Path:
+        folder = self.config.server.session_log_dir
+        return Path(folder).expanduser() if folder else cache_dir() / "sessions"
 
     async def end_session(self, session_id: str, reason: str, *, gracefully: bool = False):
         """End a session, saying why (the log line and the metrics keep the first reason).

@@ -237,7 +237,7 @@ async def _serve_stream(websocket: WebSocket, server, busy: BusyLine):
         session_id=session_id,
         page=False,
         playout_marks=provider.marks(call) if provider.marks else None,
-        on_turn=lambda stages: server.metrics.turn("phone", stages),
+        on_turn=lambda turn: server.turn_done(session_id, "phone", turn),
         peer_silence_secs=config.server.peer_silence_secs,
     )
 
