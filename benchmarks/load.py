@@ -10,7 +10,8 @@ phone``, pipelines/callers/phone.py), each playing the first M clips of the huma
 voice-to-voice at the caller (end of speech sent → first reply audio heard) p50 / p95 /
 max over the finished turns, turns left unanswered, callers turned away, the server's CPU
 (cores) and peak RSS. The capacity is the largest K with p95 ≤ 2 s and nothing unanswered
-or turned away.
+or turned away. ``--cluster local:2`` calls a cluster's front door instead
+(``--max-sessions`` is then per node) and reports the most calls each node held.
 
 ``--soak-minutes``: K callers call again and again (M turns, hang up, call again) for that
 long; RSS is sampled after every call, and its slope per call is reported (a leak shows as
@@ -26,6 +27,7 @@ import random
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import psutil
 
@@ -38,29 +40,71 @@ from pipelines.callers.scoring import percentile
 TARGET_P95_SECS = 2.0
 
 
-class ServerWatch:
-    """The server process's CPU (cores, over a stretch) and peak RSS, sampled."""
+def tree(process: psutil.Process) -> list[psutil.Process]:
+    """The server and the processes it started (a local cluster's Ray nodes and agent
+    nodes); none for one server."""
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [process]
 
-    def __init__(self, process: psutil.Process):
+
+def cpu_secs(processes: list[psutil.Process]) -> dict[int, float]:
+    secs = {}
+    for p in processes:
+        try:
+            secs[p.pid] = sum(p.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return secs
+
+
+def tree_mib(process: psutil.Process) -> float:
+    total = 0.0
+    for p in tree(process):
+        try:
+            total += mib(p)
+        except psutil.NoSuchProcess:
+            continue
+    return round(total, 1)
+
+
+class ServerWatch:
+    """The server's CPU (cores, over a stretch) and peak RSS, sampled; with its child
+    processes (a local cluster). With ``url`` of a cluster's front door, the most calls
+    each node held at once (``GET /api/cluster``)."""
+
+    def __init__(self, process: psutil.Process, url: str | None = None):
         self.process = process
         self.peak_mib = 0.0
+        self.node_sessions: dict[str, int] = {}
+        self._url = url
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self):
-        self._cpu = sum(self.process.cpu_times()[:2])
+        self._cpu = cpu_secs(tree(self.process))
         self._wall = time.monotonic()
-        self.peak_mib = mib(self.process)
+        self.peak_mib = tree_mib(self.process)
         self._task = asyncio.create_task(self._sample())
         return self
 
     async def _sample(self):
-        while True:
-            self.peak_mib = max(self.peak_mib, mib(self.process))
-            await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.peak_mib = max(self.peak_mib, tree_mib(self.process))
+                if self._url:
+                    async with http.get(f"{self._url}/api/cluster") as r:
+                        for node in (await r.json())["nodes"]:
+                            held = len(node["sessions"])
+                            self.node_sessions[node["node"]] = max(
+                                held, self.node_sessions.get(node["node"], 0)
+                            )
+                await asyncio.sleep(0.5)
 
     async def __aexit__(self, *exc):
         self._task.cancel()
-        used = sum(self.process.cpu_times()[:2]) - self._cpu
+        now = cpu_secs(tree(self.process))
+        used = sum(now[pid] - self._cpu.get(pid, 0.0) for pid in now)
         self.cpu_cores = round(used / (time.monotonic() - self._wall), 3)
 
 
@@ -74,7 +118,7 @@ async def one_caller(url: str, clips: list[dict], args, delay: float) -> dict:
 
 async def at_once(url: str, k: int, clips: list[dict], args, process) -> dict:
     rng = random.Random(k)
-    async with ServerWatch(process) as watch:
+    async with ServerWatch(process, url if args.cluster else None) as watch:
         callers = await asyncio.gather(
             *(
                 one_caller(url, clips, args, 0 if i == 0 else rng.uniform(0.5, 3.0))
@@ -100,6 +144,8 @@ async def at_once(url: str, k: int, clips: list[dict], args, process) -> dict:
         "server_cpu_cores": watch.cpu_cores,
         "server_peak_rss_mib": watch.peak_mib,
     }
+    if args.cluster:
+        result["most_calls_per_node"] = watch.node_sessions
     p95 = result["voice_to_voice_finished"]["p95"]
     result["within_target"] = bool(
         p95 is not None
@@ -157,10 +203,13 @@ async def run(args) -> dict:
     log = Path(args.out).with_suffix(".server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     extra = ["--max-sessions", str(args.max_sessions)] if args.max_sessions else []
+    extra += ["--cluster", args.cluster] if args.cluster else []
     async with agent_server(args.config, log=log, extra_args=extra) as (url, server):
         process = psutil.Process(server.pid)
         report: dict = {"config": args.config, "transport": args.transport, "turns": args.turns}
-        report["rss_idle_mib"] = mib(process)
+        report["rss_idle_mib"] = tree_mib(process)
+        if args.cluster:
+            report["cluster"] = args.cluster
         if args.soak_minutes:
             report["soak"] = await soak(url, clips, args, process)
             return report
@@ -187,6 +236,11 @@ def main():
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument(
         "--max-sessions", type=int, help="the server's session limit (default: the config's)"
+    )
+    parser.add_argument(
+        "--cluster",
+        help="serve from a Ray cluster (run_agent.py --cluster), e.g. local:2; the CPU and "
+        "RSS then cover the front door and the nodes it started",
     )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")

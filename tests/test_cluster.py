@@ -121,7 +121,12 @@ async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
     await first.connect()
     await desk.poll()
     (holding,) = [n for n in desk.nodes.values() if n.load["sessions"]]
-    await desk.drain(holding.node_id)
+    async with aiohttp.ClientSession() as http:
+        drain = f"{url}/api/cluster/nodes/{holding.node_id}/drain"
+        async with http.post(drain) as r:
+            assert r.status == 200 and (await r.json())["draining"]
+        async with http.post(f"{url}/api/cluster/nodes/no-such-node/drain") as r:
+            assert r.status == 404
     try:
         second = WebRTCCaller(url)
         await second.connect()  # placed on the other node
@@ -137,8 +142,7 @@ async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
         await second.close()
     finally:
         await first.close()
-        holding.load["draining"] = False
-        await holding.actor.undrain.remote()
+        await desk.drain(holding.node_id, False)
     await _settled(desk, 0)
 
 

@@ -20,6 +20,7 @@ import contextlib
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from loguru import logger
 
 from agent.config import AgentConfig
@@ -128,6 +129,7 @@ class ClusterDesk:
                     "max_sessions": n.load["max_sessions"],
                     "draining": n.load["draining"],
                     "cpu": n.load["cpu"],
+                    "peak_rss_mib": n.load.get("peak_rss_mib"),
                 }
                 for n in self.nodes.values()
             ],
@@ -136,10 +138,12 @@ class ClusterDesk:
             "free": sum(max(0, n.free) for n in self.nodes.values()),
         }
 
-    async def drain(self, node_id: str) -> None:
+    async def drain(self, node_id: str, draining: bool = True) -> None:
+        """No new calls on the node (its calls go on to their end); ``draining=False``
+        takes it back. KeyError for a node the cluster does not have."""
         node = self.nodes[node_id]
-        await node.actor.drain.remote()
-        node.load["draining"] = True
+        await (node.actor.drain if draining else node.actor.undrain).remote()
+        node.load["draining"] = draining
 
     async def poll(self) -> None:
         """Read every node's load; a node that fails to answer is lost."""
@@ -204,6 +208,17 @@ def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) ->
     @app.get("/api/cluster")
     async def cluster():
         return desk.status()
+
+    @app.post("/api/cluster/nodes/{node_id}/{action}")
+    async def drain(node_id: str, action: str):
+        """``drain``: no new calls on the node, its calls finish; ``undrain``: back."""
+        if action not in ("drain", "undrain"):
+            return JSONResponse({"error": "the action is drain or undrain"}, status_code=404)
+        try:
+            await desk.drain(node_id, action == "drain")
+        except KeyError:
+            return JSONResponse({"error": f"no node {node_id} in the cluster"}, status_code=404)
+        return {"node": node_id, "draining": action == "drain"}
 
     @app.on_event("startup")
     async def _first_poll():

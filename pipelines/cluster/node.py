@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import secrets
 import socket
 import time
@@ -86,6 +87,8 @@ class AgentNode:
             "max_sessions": calls.config.server.max_sessions,
             "draining": calls.draining,
             "cpu": self._load,
+            # Peak resident memory of this node's process (Linux reports KiB).
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
     async def offer(self, data: dict, client: str) -> tuple[int, dict]:
