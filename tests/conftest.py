@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -93,6 +94,17 @@ async def serving(app, **ssl_files):
     finally:
         uv.should_exit = True
         await asyncio.wait_for(task, timeout=30)
+
+
+async def no_sessions(app, timeout: float = 15) -> None:
+    """Wait until the calls of earlier tests have ended on the server (fails past
+    ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while app.state.server.sessions:
+        assert time.monotonic() < deadline, (
+            f"sessions still running: {list(app.state.server.sessions)}"
+        )
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,9 @@ from loguru import logger
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.webrtc import WebRTCCaller, unconnected_offer
+from tests.conftest import no_sessions
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def _no_sessions(app, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while app.state.server.sessions:
-        assert time.monotonic() < deadline, list(app.state.server.sessions)
-        await asyncio.sleep(0.1)
 
 
 async def _session_gone(app, session_id: str, within: float) -> float:
@@ -81,7 +75,7 @@ async def test_a_browser_caller_whose_process_dies_frees_its_slot_within_seconds
 ):
     """Killed without a DTLS close, a caller held its slot 34.6 s, until ICE gave up."""
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     script = (
         "import asyncio, sys\n"
         "from pipelines.callers.webrtc import WebRTCCaller\n"
@@ -110,14 +104,14 @@ async def test_a_browser_caller_whose_process_dies_frees_its_slot_within_seconds
     await caller.connect()
     assert caller.pc.connectionState == "connected"
     await caller.close()
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 async def test_a_phone_stream_that_goes_quiet_frees_its_slot(server, short_peer_silence):
     """A provider streams audio all the time; a stream that stops (its socket left open)
     is a line that has gone."""
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     call = PhoneCall(url)
     await call.connect()
     await asyncio.sleep(1.0)
@@ -132,7 +126,7 @@ async def test_a_phone_stream_that_goes_quiet_frees_its_slot(server, short_peer_
 async def test_a_phone_message_of_six_megabytes_ends_that_call_at_once(server):
     """One 6 MB media message kept its call's slot ~18 s."""
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     call = PhoneCall(url)
     await call.connect()
     await asyncio.sleep(0.5)
@@ -158,7 +152,7 @@ async def test_offers_that_never_connect_close_their_peer_connections(server, mo
     config = app.state.server.config.server
     monkeypatch.setattr(config, "connect_timeout_secs", 1.0)
     monkeypatch.setattr(config, "offers_per_minute", 1000)
-    await _no_sessions(app)
+    await no_sessions(app)
     gc.collect()
     before = {id(o) for o in gc.get_objects() if isinstance(o, RTCPeerConnection)}
     ours = []
@@ -169,7 +163,7 @@ async def test_offers_that_never_connect_close_their_peer_connections(server, mo
                 ours.append(pc)
                 async with http.post(f"{url}/api/offer", json=offer) as r:
                     assert r.status == 200, await r.text()
-                await _no_sessions(app)
+                await no_sessions(app)
     finally:
         for pc in ours:
             await pc.close()
@@ -198,7 +192,7 @@ async def test_one_address_cannot_fill_the_server_with_offers_that_never_connect
     app, url = server
     config = app.state.server.config.server
     monkeypatch.setattr(config, "offers_per_minute", 1000)
-    await _no_sessions(app)
+    await no_sessions(app)
     ours = []
     try:
         async with aiohttp.ClientSession() as http:
@@ -215,19 +209,19 @@ async def test_one_address_cannot_fill_the_server_with_offers_that_never_connect
     finally:
         for pc in ours:
             await pc.close()
-    await _no_sessions(app, timeout=config.connect_timeout_secs + 5)
+    await no_sessions(app, timeout=config.connect_timeout_secs + 5)
 
 
 async def test_two_callers_behind_one_address_who_call_together_both_get_in(server):
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     callers = [WebRTCCaller(url), WebRTCCaller(url)]
     await asyncio.gather(*(c.connect() for c in callers))
     assert all(c.pc.connectionState == "connected" for c in callers)
     assert len(app.state.server.sessions) == 2
     for caller in callers:
         await caller.close()
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
@@ -360,7 +354,7 @@ async def test_each_call_is_logged_as_it_goes(server, question_wavs, monkeypatch
 
     app, url = server
     monkeypatch.setattr(app.state.server.config.server, "session_log_dir", str(tmp_path))
-    await _no_sessions(app)
+    await no_sessions(app)
     samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
     caller = WebRTCCaller(url)
     await caller.connect()
@@ -375,5 +369,5 @@ async def test_each_call_is_logged_as_it_goes(server, question_wavs, monkeypatch
     assert turn["turn"] == 1 and turn["heard"] and turn["reply"]
     assert turn["stages"]["voice_to_voice"] > 0
     await caller.close()
-    await _no_sessions(app)
+    await no_sessions(app)
     assert read_log(log)[-1] == {**read_log(log)[-1], "event": "ended", "reason": "hung up"}

@@ -17,20 +17,14 @@ from aiortc import RTCPeerConnection
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.webrtc import WebRTCCaller
 from pipelines.callers.webrtc import unconnected_offer as raw_offer
+from tests.conftest import no_sessions
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _no_sessions(app, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while app.state.server.sessions:
-        assert time.monotonic() < deadline, list(app.state.server.sessions)
-        await asyncio.sleep(0.1)
-
-
 async def test_a_live_session_cannot_be_taken_over_and_a_dead_one_cannot_be_revived(server):
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     victim = WebRTCCaller(url)
     await victim.connect()
     assert victim.session_secret
@@ -59,7 +53,7 @@ async def test_a_live_session_cannot_be_taken_over_and_a_dead_one_cannot_be_revi
                 assert r.status == 200
             # Once it has ended, its id is dead, even with its secret.
             await victim.close()
-            await _no_sessions(app)
+            await no_sessions(app)
             revive = {**takeover, "session_secret": victim.session_secret}
             async with http.post(f"{url}/api/offer", json=revive) as r:
                 assert r.status == 404
@@ -89,9 +83,8 @@ async def test_an_offer_without_a_dtls_fingerprint_is_refused(server):
     offer["sdp"] = "".join(
         line for line in offer["sdp"].splitlines(keepends=True) if "a=fingerprint" not in line
     )
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/offer", json=offer) as r:
-            assert r.status == 400 and "fingerprint" in (await r.json())["error"]
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/api/offer", json=offer) as r:
+        assert r.status == 400 and "fingerprint" in (await r.json())["error"]
 
 
 async def test_offers_that_never_connect_free_their_slots(server, monkeypatch):
@@ -101,7 +94,7 @@ async def test_offers_that_never_connect_free_their_slots(server, monkeypatch):
     monkeypatch.setattr(config, "connect_timeout_secs", 2.0)
     # As if from many addresses (one address holds one pending offer: tests/test_front_door.py).
     monkeypatch.setattr(config, "pending_offers_per_client", config.max_sessions + 1)
-    await _no_sessions(app)
+    await no_sessions(app)
     peers = []
     try:
         async with aiohttp.ClientSession() as http:
@@ -114,7 +107,7 @@ async def test_offers_that_never_connect_free_their_slots(server, monkeypatch):
             peers.append(pc)
             async with http.post(f"{url}/api/offer", json=offer) as r:
                 assert r.status == 503  # full, for now
-        await _no_sessions(app, timeout=10)
+        await no_sessions(app, timeout=10)
         caller = WebRTCCaller(url)
         await caller.connect()
         assert caller.pc.connectionState == "connected"
@@ -211,7 +204,7 @@ async def test_metrics_count_sessions_turns_stages_and_refusals(server, question
     import soundfile as sf
 
     app, url = server
-    await _no_sessions(app)
+    await no_sessions(app)
     async with aiohttp.ClientSession() as http:
 
         async def metrics() -> str:
@@ -231,7 +224,7 @@ async def test_metrics_count_sessions_turns_stages_and_refusals(server, question
         await asyncio.sleep(1.0)  # the turn's figures come once the reply has played
         during = await metrics()
         await caller.close()
-        await _no_sessions(app)
+        await no_sessions(app)
         after = await metrics()
 
     def grew(text, name, **labels):
@@ -283,7 +276,7 @@ async def test_hostile_requests_at_every_endpoint_get_no_500_and_the_server_stay
     report = await fuzz(url, 30, seed=1)
     assert not report["findings"], report["findings"]
     assert report["endpoints"]["WS /ws/{token}"]["sessions_left"] == 0
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(
@@ -302,7 +295,7 @@ async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(
     app, url = server
     # The offers earlier tests sent this minute do not count against these calls.
     monkeypatch.setattr(app.state.server.config.server, "offers_per_minute", 1000)
-    await _no_sessions(app)
+    await no_sessions(app)
     kinds = (PipelineWorker, UserTurnProcessor, LocalLLMService, RTCPeerConnection)
 
     def alive() -> list[object]:
@@ -321,7 +314,7 @@ async def test_calls_that_ended_leave_nothing_of_their_sessions_behind(
         caller.mic.say(samples, rate)
         await caller.wait_for_reply(started, timeout=90)
         await caller.close()
-        await _no_sessions(app)
+        await no_sessions(app)
     del caller
 
     def left() -> list[str]:

@@ -15,7 +15,7 @@ from pipelines.callers.phone import RATE, PhoneCall, phone_line, ulaw_decode, ul
 from pipelines.callers.webrtc import WebRTCCaller
 from pipelines.serve.telephony.routes import StreamTokens
 from pipelines.serve.telephony.twilio import twilio_signature, twiml
-from tests.conftest import BARGE_IN, replies, speak, wer
+from tests.conftest import BARGE_IN, no_sessions, replies, speak, wer
 
 
 def test_ulaw_is_g711_as_audioop_writes_it():
@@ -152,7 +152,7 @@ async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
         assert call.marks_answered == ["turn-1"] and session.gate.listening
     finally:
         await call.hang_up()
-    await _no_sessions(app)  # hanging up ends the session
+    await no_sessions(app)  # hanging up ends the session
 
 
 async def test_speech_once_the_reply_plays_never_reaches_the_transcript(server, stack):
@@ -190,20 +190,11 @@ async def test_speech_once_the_reply_plays_never_reaches_the_transcript(server, 
 
 async def _dial(app, url: str, provider: str = "twilio") -> PhoneCall:
     """A new call, once the calls of earlier tests have ended, settled for half a second."""
-    await _no_sessions(app)
+    await no_sessions(app)
     call = PhoneCall(url, provider=provider)
     await call.connect()
     await asyncio.sleep(0.5)
     return call
-
-
-async def _no_sessions(app):
-    """Wait until the calls of earlier tests have ended on the server."""
-    for _ in range(100):
-        if not app.state.server.sessions:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"sessions still running: {list(app.state.server.sessions)}")
 
 
 async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
@@ -243,7 +234,7 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
 
     app, url = server
     monkeypatch.setattr(app.state.server.config.server, "max_sessions", 4)
-    await _no_sessions(app)
+    await no_sessions(app)
     questions = question_wavs[:4]
     calls = [PhoneCall(url) for _ in range(3)]
     browser = WebRTCCaller(url)
@@ -308,14 +299,14 @@ async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, b
     await call.send_raw(bad)
     await asyncio.wait_for(call.closed.wait(), 15)
     await call.close()
-    await _no_sessions(app)
+    await no_sessions(app)
     # The server goes on serving calls.
     other = PhoneCall(url)
     await other.connect()
     await asyncio.sleep(0.3)
     assert len(app.state.server.sessions) == 1
     await other.hang_up()
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
@@ -324,7 +315,7 @@ async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
     assert len(app.state.server.sessions) == 1
     await call.stop()
     await asyncio.wait_for(call.closed.wait(), 15)  # the server closed it
-    await _no_sessions(app)
+    await no_sessions(app)
     await call.close()
 
 
@@ -340,7 +331,7 @@ async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
     finally:
         await first.hang_up()
         await second.hang_up()
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 @pytest.mark.parametrize("provider", ["telnyx", "plivo", "exotel"])
@@ -389,7 +380,7 @@ async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
         await asyncio.wait_for(call.closed.wait(), 15)
     finally:
         await call.close()
-    await _no_sessions(app)
+    await no_sessions(app)
 
 
 async def test_keys_pressed_on_the_keypad_are_a_turn_of_their_own(server):
@@ -469,4 +460,4 @@ async def test_a_call_is_hung_up_after_max_call_secs(server, monkeypatch):
         assert 9.5 <= time.monotonic() - started < 20
     finally:
         await call.close()
-    await _no_sessions(app)
+    await no_sessions(app)

@@ -25,7 +25,7 @@ from loguru import logger
 
 from agent.config import AgentConfig
 from pipelines.serve.metrics import ServerMetrics
-from pipelines.serve.server import OfferRate, front_door
+from pipelines.serve.server import OfferError, OfferRate, front_door, parse_offer
 from pipelines.serve.telephony.routes import add_webhooks
 
 # How often the front door asks every node for its load (and notices a lost one).
@@ -75,6 +75,10 @@ class ClusterDesk:
 
     async def offer(self, data: dict, client: str) -> tuple[int, dict]:
         self.start_polling()
+        try:
+            parse_offer(data)  # a bad offer is refused here, not sent to a node
+        except OfferError as e:
+            return e.status, {"error": str(e)}
         pc_id = data.get("pc_id")
         if pc_id is not None:  # renegotiating a call: its own node, which checks the secret
             node = self._node_of(pc_id)

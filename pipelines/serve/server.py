@@ -216,7 +216,11 @@ class WebRTCServer:
     async def offer(self, data: dict, client: str) -> tuple[int, dict]:
         """An offer request (its JSON object, from ``client``) → (HTTP status, answer or
         error): what ``POST /api/offer`` does once the request is read."""
-        return await outcome(self.answer(parse_offer(data), data.get("session_secret"), client))
+
+        async def take():
+            return await self.answer(parse_offer(data), data.get("session_secret"), client)
+
+        return await outcome(take())
 
     async def candidates(self, data: dict) -> tuple[int, dict]:
         """An ICE candidate request's JSON object → (HTTP status, body), for its owner only."""
