@@ -108,6 +108,8 @@ async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(clust
             made_up = {"pc_id": "made-up", "candidates": [], "session_secret": "x"}
             async with http.patch(f"{url}/api/offer", json=made_up) as r:
                 assert r.status == 404
+            async with http.post(f"{url}/api/offer", json={"type": "offer", "sdp": "x"}) as r:
+                assert r.status == 400  # refused at the door, no node asked
         assert caller.pc.connectionState == "connected"
     finally:
         await caller.close()
