@@ -108,9 +108,10 @@ async def no_sessions(app, timeout: float = 15) -> None:
 
 
 @pytest.fixture(scope="module")
-async def server(stack):
+async def server(stack, tmp_path_factory):
     """The agent's server (browser page and phone entry) on a loopback port:
-    (app, base URL)."""
+    (app, base URL). Its calls' logs go to a temporary folder, not the user's cache."""
+    stack.config.server.session_log_dir = str(tmp_path_factory.mktemp("session-logs"))
     app = create_app(stack)
     async with serving(app) as port:
         yield app, f"http://127.0.0.1:{port}"

@@ -171,6 +171,18 @@ async def _stream_url(url: str) -> str:
         return (await r.text()).split('url="')[1].split('"')[0]
 
 
+async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(cluster):
+    """pipelines/callers/fuzz.py, a short round, at the cluster's front door: malformed
+    bodies, deep JSON, mutated offers, bad candidates, webhook junk."""
+    from pipelines.callers.fuzz import fuzz
+
+    url, desk = cluster
+    report = await fuzz(url, 15, seed=3, streams=False)
+    assert not report["findings"], report["findings"]
+    assert len(desk.nodes) == 2 and not desk.lost
+    await _settled(desk, 0)
+
+
 async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, session_logs):
     """Last here: it kills one of the module's two nodes."""
     url, desk = cluster

@@ -25,7 +25,7 @@ from loguru import logger
 
 from agent.config import AgentConfig
 from pipelines.serve.metrics import ServerMetrics
-from pipelines.serve.server import OfferError, OfferRate, front_door, parse_offer
+from pipelines.serve.server import OfferError, OfferRate, front_door_app, parse_offer
 from pipelines.serve.telephony.routes import add_webhooks
 
 # How often the front door asks every node for its load (and notices a lost one).
@@ -52,7 +52,7 @@ class Node:
 
 
 class ClusterDesk:
-    """What pipelines/serve/server.front_door asks of a desk, over a cluster's nodes."""
+    """What pipelines/serve/server.front_door_app asks of a desk, over a cluster's nodes."""
 
     def __init__(self, config: AgentConfig, nodes: list[Node]):
         self.config = config
@@ -206,7 +206,7 @@ class ClusterDesk:
 def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) -> FastAPI:
     """The front door's app: one server's routes over ``desk``, the phone webhooks with
     stream URLs from the nodes, and ``GET /api/cluster``."""
-    app = front_door(desk, access_token=access_token)
+    app = front_door_app(desk, access_token=access_token)
     add_webhooks(app, desk.config, desk.stream_url)
 
     @app.get("/api/cluster")

@@ -397,12 +397,12 @@ def create_app(stack: ModelStack, *, access_token: str | None = None) -> FastAPI
     """The server's app. ``access_token``: every request but the health check and the
     phone provider's (signed or one-time) ones must carry it (pipelines/serve/access.py)."""
     server = WebRTCServer(stack)
-    app = front_door(server, access_token=access_token)
+    app = front_door_app(server, access_token=access_token)
     add_phone_routes(app, server)
     return app
 
 
-def front_door(desk, *, access_token: str | None = None) -> FastAPI:
+def front_door_app(desk, *, access_token: str | None = None) -> FastAPI:
     """The routes every server has, in front of ``desk``: this process's WebRTCServer, or
     a cluster's (pipelines/cluster/front_door.py), which has the same ``config``,
     ``metrics``, ``sessions``, ``admit_offer``, ``offer``, ``candidates`` and ``close``."""
