@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
 
-import aiohttp
 import numpy as np
 import pytest
 
-from pipelines.callers.webrtc import free_loopback_port
+from pipelines.callers.browser import CHROMIUM, chromium, page_text
 from tests.conftest import wer, write_wav
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-async def page_text(devtools_port: int, element_id: str) -> str:
-    """The text of an element of the open page, read over Chromium's DevTools protocol."""
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{devtools_port}/json") as response:
-            pages = [t for t in await response.json() if t["type"] == "page"]
-        async with http.ws_connect(pages[0]["webSocketDebuggerUrl"]) as ws:
-            expression = f"document.getElementById({json.dumps(element_id)}).innerText"
-            await ws.send_json(
-                {"id": 1, "method": "Runtime.evaluate", "params": {"expression": expression}}
-            )
-            async for message in ws:
-                data = json.loads(message.data)
-                if data.get("id") == 1:
-                    return data["result"]["result"].get("value", "")
-    return ""
 
 
 @pytest.mark.skipif(
@@ -74,30 +51,7 @@ async def _talk_in_chromium(app, page: str, question_wavs, tmp_path, extra: list
         tmp_path / "mic.wav", np.concatenate([np.zeros(rate, np.int16), speech, pause]), rate
     )
     before = set(app.state.server.sessions)
-    devtools_port = free_loopback_port()
-    browser = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={mic}",
-            "--autoplay-policy=no-user-gesture-required",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--remote-debugging-port={devtools_port}",
-            *extra,
-            page,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with chromium(page, mic, tmp_path / "profile", extra) as devtools_port:
         session = None
         for _ in range(600):  # up to 60 s for the call to come up and the bot to answer
             await asyncio.sleep(0.1)
@@ -120,6 +74,3 @@ async def _talk_in_chromium(app, page: str, question_wavs, tmp_path, extra: list
                 break
             await asyncio.sleep(0.1)
         assert f"You: {users[0]}" in shown and f"Bot: {reply}" in shown, shown
-    finally:
-        browser.terminate()
-        browser.wait(timeout=10)

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
+from pipelines.callers.browser import CHROMIUM, chromium, page_text
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.webrtc import WebRTCCaller
 
@@ -53,10 +55,14 @@ async def _status(url: str) -> dict:
 
 
 async def _settled(desk: ClusterDesk, calls: int, within: float = 15) -> None:
+    """Until the cluster holds ``calls`` calls, its nodes' load read afresh (webhooks that
+    handed out stream URLs count against a node's room until then)."""
     deadline = time.monotonic() + within
+    await desk.poll()
     while len(desk.sessions) != calls:
         assert time.monotonic() < deadline, desk.sessions
         await asyncio.sleep(0.2)
+        await desk.poll()
 
 
 async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_wavs):
@@ -224,3 +230,34 @@ async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, ses
     caller.mic.say(question, 16000)
     assert len(await caller.wait_for_reply(started, timeout=90)) > 8000
     await caller.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+async def test_a_browser_call_on_a_lost_node_shows_it_has_ended(cluster, tmp_path):
+    """The page in Chromium calls through the front door; its node is killed; the page,
+    whose media went to that node alone, says the connection is gone and offers Talk."""
+    from agent.audio import write_wav
+
+    url, desk = cluster
+    await _settled(desk, 0)
+    assert desk.nodes, "no node left to call"
+    mic = write_wav(tmp_path / "mic.wav", np.zeros(16000 * 2, np.int16), 16000)
+    with chromium(f"{url}/?autostart=1", mic, tmp_path / "profile") as devtools:
+        deadline = time.monotonic() + 30
+        while not desk.sessions:
+            assert time.monotonic() < deadline, "the page never called"
+            await asyncio.sleep(0.2)
+            await desk.poll()
+        node = desk.nodes[next(iter(desk.sessions.values()))]
+        assert "Listening" in await page_text(devtools, "status")
+        ray.kill(node.actor, no_restart=True)
+        killed_at = time.monotonic()
+        status = ""
+        while not any(s in status for s in ("disconnected", "failed", "closed")):
+            assert time.monotonic() - killed_at < 30, f"the page still says {status!r}"
+            await asyncio.sleep(0.2)
+            status = await page_text(devtools, "status")
+        shown_after = time.monotonic() - killed_at
+        assert await page_text(devtools, "talk") == "Talk"
+    print(f"the page showed {status!r} {shown_after:.1f} s after its node was killed")
+    assert shown_after < 15
