@@ -401,7 +401,7 @@ async def _serve_cluster(address: str, config, token, serving) -> int:
             f"Cluster: {len(cluster.nodes)} node(s), ready in {cluster.ready_secs:.0f} s: "
             + ", ".join(n.url for n in cluster.nodes)
         )
-        desk = ClusterDesk(config, cluster.nodes)
+        desk = ClusterDesk(config, cluster.nodes, cluster.placer)
         await serving(create_cluster_app(desk, access_token=token)).serve()
     finally:
         cluster.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -34,18 +35,27 @@ def session_logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 async def cluster(session_logs):
-    """(front door URL, desk): two nodes of one call each, writing their calls' logs in
+    """The front door of two nodes of one call each, writing their calls' logs in
     ``session_logs``."""
     config = load_config("tiny")
     config.server.max_sessions = 1
     config.server.session_log_dir = str(session_logs)
     started = await start_cluster("local:2", config)
-    desk = ClusterDesk(config, started.nodes)
+    desk = ClusterDesk(config, started.nodes, started.placer)
     try:
         async with serving(create_cluster_app(desk)) as port:
-            yield f"http://127.0.0.1:{port}", desk
+            yield Front(f"http://127.0.0.1:{port}", desk, started.local)
     finally:
         started.close()
+
+
+@dataclass
+class Front:
+    """The front door's URL, its desk, and the local Ray cluster behind it."""
+
+    url: str
+    desk: ClusterDesk
+    local: object  # ray.cluster_utils.Cluster
 
 
 async def _status(url: str) -> dict:
@@ -66,7 +76,7 @@ async def _settled(desk: ClusterDesk, calls: int, within: float = 15) -> None:
 
 
 async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_wavs):
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     import soundfile as sf
 
@@ -96,7 +106,7 @@ async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_w
 
 
 async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(cluster):
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     caller = WebRTCCaller(url)
     await caller.connect()
@@ -123,7 +133,7 @@ async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(clust
 
 
 async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     first = WebRTCCaller(url)
     await first.connect()
@@ -155,7 +165,7 @@ async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
 
 
 async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, stack):
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     call = PhoneCall(url)
     stream_url = await _stream_url(url)
@@ -182,7 +192,7 @@ async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(clu
     bodies, deep JSON, mutated offers, bad candidates, webhook junk."""
     from pipelines.callers.fuzz import fuzz
 
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     report = await fuzz(url, 15, seed=3, streams=False)
     assert not report["findings"], report["findings"]
     assert len(desk.nodes) == 2 and not desk.lost
@@ -191,7 +201,7 @@ async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(clu
 
 async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, session_logs):
     """Last here: it kills one of the module's two nodes."""
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     browser = WebRTCCaller(url)
     await browser.connect()
@@ -238,7 +248,7 @@ async def test_a_browser_call_on_a_lost_node_shows_it_has_ended(cluster, tmp_pat
     whose media went to that node alone, says the connection is gone and offers Talk."""
     from agent.audio import write_wav
 
-    url, desk = cluster
+    url, desk = cluster.url, cluster.desk
     await _settled(desk, 0)
     assert desk.nodes, "no node left to call"
     mic = write_wav(tmp_path / "mic.wav", np.zeros(16000 * 2, np.int16), 16000)
@@ -261,3 +271,34 @@ async def test_a_browser_call_on_a_lost_node_shows_it_has_ended(cluster, tmp_pat
         assert await page_text(devtools, "talk") == "Talk"
     print(f"the page showed {status!r} {shown_after:.1f} s after its node was killed")
     assert shown_after < 15
+
+
+async def test_a_machine_that_joins_gets_an_agent_node_and_takes_calls(cluster, stack):
+    """Last here (after nodes were killed): a Ray node added to the running cluster gets
+    its agent node from the front door, and the next call is answered there."""
+    url, desk = cluster.url, cluster.desk
+    before = set(desk.nodes)
+    cluster.local.add_node(num_cpus=1)
+    deadline = time.monotonic() + 90
+    while set(desk.nodes) == before:
+        assert time.monotonic() < deadline, (await _status(url))["starting"]
+        await asyncio.sleep(0.5)
+    (joined,) = set(desk.nodes) - before
+    status = await _status(url)
+    assert joined in status["joined_ready_secs"]
+    print(f"node {joined} ready {status['joined_ready_secs'][joined]} s after it was seen")
+    for other in before:  # the call must land on the newcomer
+        await desk.drain(other)
+    caller = WebRTCCaller(url)
+    await caller.connect()
+    try:
+        await desk.poll()
+        assert desk.sessions[caller.pc_id] == joined
+        question = stack.speech.synthesize_all("What is the capital of France?", 16000)
+        started = time.monotonic()
+        caller.mic.say(question, 16000)
+        assert len(await caller.wait_for_reply(started, timeout=90)) > 8000
+    finally:
+        await caller.close()
+        for other in before:
+            await desk.drain(other, False)

@@ -54,11 +54,16 @@ class Node:
 class ClusterDesk:
     """What pipelines/serve/server.front_door_app asks of a desk, over a cluster's nodes."""
 
-    def __init__(self, config: AgentConfig, nodes: list[Node]):
+    def __init__(self, config: AgentConfig, nodes: list[Node], placer=None):
+        """``placer`` (pipelines/cluster/start.NodePlacer): starts agent nodes on Ray nodes
+        that join the cluster later; without it the nodes are those given."""
         self.config = config
         self.metrics = ServerMetrics()
         self.nodes = {n.node_id: n for n in nodes}
         self.lost: dict[str, str] = {}  # node id → why
+        self.ready_secs: dict[str, float] = {}  # a node that joined later → its start-up
+        self._placer = placer
+        self._starting: dict[str, asyncio.Task] = {}  # node id → its agent node starting
         self._rate = OfferRate(config)
         self._call_node: dict[str, str] = {}  # a browser call's pc_id → its node's id
         self._poller: asyncio.Task | None = None
@@ -116,6 +121,8 @@ class ClusterDesk:
         """Every node lets its replies finish and ends its calls."""
         if self._poller is not None:
             self._poller.cancel()
+        for starting in list(self._starting.values()):
+            starting.cancel()
         await asyncio.gather(
             *(n.actor.stop.remote() for n in self.nodes.values()), return_exceptions=True
         )
@@ -138,6 +145,8 @@ class ClusterDesk:
                 for n in self.nodes.values()
             ],
             "lost": self.lost,
+            "starting": sorted(self._starting),
+            "joined_ready_secs": self.ready_secs,
             "sessions": len(self.sessions),
             "free": sum(max(0, n.free) for n in self.nodes.values()),
         }
@@ -162,6 +171,33 @@ class ClusterDesk:
                 self.metrics.node_sessions.labels(node.node_id).set(len(result["sessions"]))
         live = self.sessions
         self._call_node = {p: n for p, n in self._call_node.items() if p in live}
+        if self._placer is not None:
+            await self._welcome_new_nodes()
+
+    async def _welcome_new_nodes(self) -> None:
+        """Start an agent node on every Ray node that has joined since (in the
+        background: its models take seconds to load, and calls go on meanwhile)."""
+        from pipelines.cluster.start import node_key
+
+        for info in await asyncio.to_thread(self._placer.alive):
+            key = node_key(info)
+            if key not in self.nodes and key not in self.lost and key not in self._starting:
+                self._starting[key] = asyncio.create_task(self._join(key, info))
+
+    async def _join(self, key: str, info: dict) -> None:
+        started = time.monotonic()
+        try:
+            node = await self._placer.start(info)
+            node.load = await asyncio.wait_for(node.actor.load.remote(), NODE_TIMEOUT_SECS)
+        except Exception as e:  # noqa: BLE001 - a node that cannot start is left out
+            self.lost[key] = f"could not start: {type(e).__name__}: {e}"[:200]
+            logger.warning(f"node {key} could not start: {e!r}")
+            return
+        finally:
+            self._starting.pop(key, None)
+        self.nodes[key] = node
+        self.ready_secs[key] = round(time.monotonic() - started, 2)
+        logger.info(f"node {key} joined, ready in {self.ready_secs[key]:.1f} s")
 
     def start_polling(self) -> None:
         if self._poller is None or self._poller.done():

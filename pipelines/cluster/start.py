@@ -6,7 +6,8 @@
 
 Each alive Ray node gets one AgentNode actor, pinned to it (Ray's node affinity), which
 loads its own model stack and serves the calls placed on it. The nodes' start-up (the
-models' loading) runs in parallel.
+models' loading) runs in parallel; a Ray node that joins later gets its agent node from
+the front door (pipelines/cluster/front_door.py), which looks for new ones as it polls.
 """
 
 from __future__ import annotations
@@ -27,11 +28,42 @@ class ClusterError(RuntimeError):
     """The cluster could not be joined or started (the message says why)."""
 
 
+class NodePlacer:
+    """Starts an agent node on a Ray node (pinned there by Ray's node affinity)."""
+
+    def __init__(self, config: AgentConfig):
+        import ray
+
+        self._ray = ray
+        self._config = config
+        self._remote = ray.remote(num_cpus=0, max_restarts=0)(AgentNode)
+
+    def alive(self) -> list[dict]:
+        """The cluster's alive Ray nodes (Ray's ``ray.nodes()`` records); blocking."""
+        return [n for n in self._ray.nodes() if n["Alive"]]
+
+    async def start(self, info: dict) -> Node:
+        """An agent node on the Ray node ``info``, once its models are loaded."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor = self._remote.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(info["NodeID"], soft=False)
+        ).remote(self._config, info["NodeManagerAddress"])
+        return Node(node_key(info), actor, await actor.start.remote())
+
+
+def node_key(info: dict) -> str:
+    """How the front door names a Ray node: the start of its id."""
+    return info["NodeID"][:12]
+
+
 @dataclass
 class Cluster:
-    """A joined cluster and its agent nodes; ``close()`` leaves it (and stops a local one)."""
+    """A joined cluster and its agent nodes; ``close()`` leaves it (and stops a local one).
+    ``placer`` starts agent nodes on Ray nodes that join later."""
 
     nodes: list[Node]
+    placer: NodePlacer
     local: object | None  # ray.cluster_utils.Cluster when started here
     joined_secs: float
     ready_secs: float
@@ -60,7 +92,6 @@ async def start_cluster(value: str, config: AgentConfig) -> Cluster:
     """Join or start the cluster ``value`` names and start an AgentNode on every node."""
     try:
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     except ImportError:
         raise ClusterError("Ray is not installed: run ./setup.sh --cluster") from None
     kind, count = parse_address(value)
@@ -86,16 +117,8 @@ async def start_cluster(value: str, config: AgentConfig) -> Cluster:
             local.shutdown()
         raise ClusterError(f"could not join the Ray cluster at {address}: {e}") from None
     joined = time.monotonic() - started
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    remote = ray.remote(num_cpus=0, max_restarts=0)(AgentNode)
-    actors = [
-        remote.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(config, n["NodeManagerAddress"])
-        for n in alive
-    ]
-    urls = await asyncio.gather(*(a.start.remote() for a in actors))
-    nodes = [Node(n["NodeID"][:12], a, u) for n, a, u in zip(alive, actors, urls, strict=True)]
+    placer = NodePlacer(config)
+    nodes = await asyncio.gather(*(placer.start(info) for info in placer.alive()))
     ready = time.monotonic() - started
     logger.info(f"cluster: {len(nodes)} node(s) joined in {joined:.1f} s, ready in {ready:.1f} s")
-    return Cluster(nodes, local, round(joined, 2), round(ready, 2))
+    return Cluster(list(nodes), placer, local, round(joined, 2), round(ready, 2))
