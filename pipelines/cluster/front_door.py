@@ -65,7 +65,8 @@ class ClusterDesk:
         self._placer = placer
         self._starting: dict[str, asyncio.Task] = {}  # node id → its agent node starting
         self._rate = OfferRate(config)
-        self._call_node: dict[str, str] = {}  # a browser call's pc_id → its node's id
+        # A browser call's pc_id → (its node's id, when it was placed).
+        self._call_node: dict[str, tuple[str, float]] = {}
         self._poller: asyncio.Task | None = None
 
     # -- what front_door asks -----------------------------------------------------------
@@ -96,7 +97,7 @@ class ClusterDesk:
             if status == 503:  # it filled up meanwhile: the next one
                 continue
             if status == 200:
-                self._call_node[body["pc_id"]] = node.node_id
+                self._call_node[body["pc_id"]] = (node.node_id, time.monotonic())
             return status, body
         return 503, {"error": self.config.server.busy_message}
 
@@ -170,7 +171,12 @@ class ClusterDesk:
                 node.load, node.placed = result, 0
                 self.metrics.node_sessions.labels(node.node_id).set(len(result["sessions"]))
         live = self.sessions
-        self._call_node = {p: n for p, n in self._call_node.items() if p in live}
+        # Calls that have ended are forgotten; one just placed may not be in a load read
+        # that began before it (its ICE candidates may follow its answer at once).
+        recent = time.monotonic() - 3 * POLL_SECS
+        self._call_node = {
+            p: (n, at) for p, (n, at) in self._call_node.items() if p in live or at > recent
+        }
         if self._placer is not None:
             await self._welcome_new_nodes()
 
@@ -230,8 +236,8 @@ class ClusterDesk:
             logger.warning(f"node {node.node_id} lost ({why[:200]}); {len(self.nodes)} left")
 
     def _node_of(self, pc_id: str) -> Node | None:
-        node_id = self._call_node.get(pc_id)
-        return self.nodes.get(node_id) if node_id else None
+        placed = self._call_node.get(pc_id)
+        return self.nodes.get(placed[0]) if placed else None
 
     def _by_room(self) -> list[Node]:
         """Nodes with a free slot, the most room (then the least CPU) first."""
