@@ -338,15 +338,13 @@ def _run_webrtc(stack, args, starting: CtrlCWhileStarting, config=None) -> int:
 
     from agent.models import cache_dir
     from pipelines.serve.access import certificate_fingerprint, is_loopback, self_signed_certificate
-    from pipelines.serve.uvicorn_server import AgentServer, uvicorn_config
+    from pipelines.serve.uvicorn_server import AgentServer, free_port, uvicorn_config
 
     config = config or stack.config
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     if port == 0:  # any free port, chosen now so the address printed is the real one
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
+        port = free_port(host)
     token = args.token or os.environ.get("VOICE_AGENT_TOKEN")
     if not token and not is_loopback(host) and not args.no_auth:
         token = secrets.token_urlsafe(16)

@@ -53,6 +53,14 @@ async def hang_up(caller: WebRTCCaller | PhoneCall):
     await (caller.hang_up() if isinstance(caller, PhoneCall) else caller.close())
 
 
+async def one_call(caller: WebRTCCaller | PhoneCall, question: np.ndarray):
+    """A call that asks the question, hears the answer and hangs up."""
+    await caller.connect()
+    await asyncio.sleep(0.5)
+    await ask(caller, question)
+    await hang_up(caller)
+
+
 async def run(args) -> dict:
     config = load_config(args.config)
     engine = load_engine(config)
@@ -99,11 +107,7 @@ async def run(args) -> dict:
             report["rss_after_hangups_mib"] = mib(process)
             # A second round of the same sessions: memory that is reused, not leaked, stays.
             for _ in range(args.sessions):
-                caller = new_caller()
-                await caller.connect()
-                await asyncio.sleep(0.5)
-                await ask(caller, question)
-                await hang_up(caller)
+                await one_call(new_caller(), question)
             await asyncio.sleep(3)
             report["rss_after_second_round_mib"] = mib(process)
             if args.sequential:
@@ -121,11 +125,7 @@ async def sequential(new_caller, question: np.ndarray, process, args) -> dict:
     """``args.sequential`` calls one after another: RSS after each, growth per call."""
     rss = [mib(process)]
     for _ in range(args.sequential):
-        caller = new_caller()
-        await caller.connect()
-        await asyncio.sleep(0.5)
-        await ask(caller, question)
-        await hang_up(caller)
+        await one_call(new_caller(), question)
         await asyncio.sleep(2)  # aiortc winds a closed connection down
         rss.append(mib(process))
     half = args.sequential // 2

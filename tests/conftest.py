@@ -16,6 +16,7 @@ from agent.config import load_config
 from agent.models import cache_dir
 from pipelines.callers.answer_set import CONVERSATION_QUESTIONS
 from pipelines.callers.human_speech import asterisk_prompts
+from pipelines.callers.phone import PhoneCall
 from pipelines.callers.scoring import transcribe as transcribe_reply
 from pipelines.callers.scoring import wer  # noqa: F401 (the tests' one WER)
 from pipelines.callers.webrtc import free_loopback_port
@@ -105,6 +106,16 @@ async def no_sessions(app, timeout: float = 15) -> None:
             f"sessions still running: {list(app.state.server.sessions)}"
         )
         await asyncio.sleep(0.1)
+
+
+async def dial(app, url: str, provider: str = "twilio") -> PhoneCall:
+    """A new phone call, once the calls of earlier tests have ended, settled for half a
+    second."""
+    await no_sessions(app)
+    call = PhoneCall(url, provider=provider)
+    await call.connect()
+    await asyncio.sleep(0.5)
+    return call
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from loguru import logger
 from pipelines.callers.agent_process import agent_server
 from pipelines.callers.phone import PhoneCall
 from pipelines.callers.webrtc import WebRTCCaller, unconnected_offer
-from tests.conftest import no_sessions
+from tests.conftest import dial, no_sessions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,10 +111,7 @@ async def test_a_phone_stream_that_goes_quiet_frees_its_slot(server, short_peer_
     """A provider streams audio all the time; a stream that stops (its socket left open)
     is a line that has gone."""
     app, url = server
-    await no_sessions(app)
-    call = PhoneCall(url)
-    await call.connect()
-    await asyncio.sleep(1.0)
+    call = await dial(app, url)
     (session_id,) = app.state.server.sessions
     call.go_quiet()
     held = await _session_gone(app, session_id, within=short_peer_silence + 5)
@@ -126,10 +123,7 @@ async def test_a_phone_stream_that_goes_quiet_frees_its_slot(server, short_peer_
 async def test_a_phone_message_of_six_megabytes_ends_that_call_at_once(server):
     """One 6 MB media message kept its call's slot ~18 s."""
     app, url = server
-    await no_sessions(app)
-    call = PhoneCall(url)
-    await call.connect()
-    await asyncio.sleep(0.5)
+    call = await dial(app, url)
     (session_id,) = app.state.server.sessions
     payload = "A" * (6 * 1024 * 1024)
     message = f'{{"event": "media", "streamSid": "{call.stream_id}", "media": {{"payload": "{payload}"}}}}'

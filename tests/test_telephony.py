@@ -15,7 +15,7 @@ from pipelines.callers.phone import RATE, PhoneCall, phone_line, ulaw_decode, ul
 from pipelines.callers.webrtc import WebRTCCaller
 from pipelines.serve.telephony.routes import StreamTokens
 from pipelines.serve.telephony.twilio import twilio_signature, twiml
-from tests.conftest import BARGE_IN, no_sessions, replies, speak, wer
+from tests.conftest import BARGE_IN, dial, no_sessions, replies, speak, wer
 
 
 def test_ulaw_is_g711_as_audioop_writes_it():
@@ -120,7 +120,7 @@ async def test_a_malformed_handshake_closes_that_call_and_the_server_goes_on(ser
 async def test_a_phone_call_gets_a_spoken_answer(server, stack, transcribe):
     app, url = server
     question = "What is the capital of France?"
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         sent = await call.say(speak(stack, question), 16000)
         reply = await call.wait_for_reply(sent, timeout=90)
@@ -159,7 +159,7 @@ async def test_speech_once_the_reply_plays_never_reaches_the_transcript(server, 
     app, url = server
     # A question with a long answer, so the barge-in while it plays ends before it does.
     question = "Can you tell me a story about a dog?"
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         sent = await call.say(speak(stack, question), 16000)
         (session,) = app.state.server.sessions.values()
@@ -188,19 +188,10 @@ async def test_speech_once_the_reply_plays_never_reaches_the_transcript(server, 
         await call.hang_up()
 
 
-async def _dial(app, url: str, provider: str = "twilio") -> PhoneCall:
-    """A new call, once the calls of earlier tests have ended, settled for half a second."""
-    await no_sessions(app)
-    call = PhoneCall(url, provider=provider)
-    await call.connect()
-    await asyncio.sleep(0.5)
-    return call
-
-
 async def test_a_call_in_real_telephone_speech(server, asterisk, transcribe):
     """Two turns of a human voice recorded at 8 kHz, each heard and answered."""
     app, url = server
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         said = []
         for name in ("conf-onlyperson", "pls-hold-while-try"):
@@ -294,7 +285,7 @@ async def test_three_calls_and_a_browser_session_each_get_their_own_answer(
 )
 async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, bad):
     app, url = server
-    call = await _dial(app, url)
+    call = await dial(app, url)
     assert len(app.state.server.sessions) == 1
     await call.send_raw(bad)
     await asyncio.wait_for(call.closed.wait(), 15)
@@ -311,7 +302,7 @@ async def test_a_malformed_message_mid_call_ends_that_call_only(server, stack, b
 
 async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
     app, url = server
-    call = await _dial(app, url)
+    call = await dial(app, url)
     assert len(app.state.server.sessions) == 1
     await call.stop()
     await asyncio.wait_for(call.closed.wait(), 15)  # the server closed it
@@ -321,7 +312,7 @@ async def test_stop_ends_the_call_even_if_the_socket_stays_open(server):
 
 async def test_two_streams_claiming_one_call_id_are_two_sessions(server):
     app, url = server
-    first = await _dial(app, url)
+    first = await dial(app, url)
     second = PhoneCall(url)
     second.call_id = first.call_id  # the start message's call id is the caller's word
     await second.connect()
@@ -358,7 +349,7 @@ async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
     await refused.close()
     assert refused.close_code == 1008 and not app.state.server.sessions
     monkeypatch.setattr(config.server, "phone_providers", ["twilio", provider])
-    call = await _dial(app, url, provider=provider)
+    call = await dial(app, url, provider=provider)
     try:
         (session_id,) = app.state.server.sessions
         assert session_id.startswith(f"{provider}-{call.call_id}-")
@@ -385,7 +376,7 @@ async def test_a_call_through_each_other_provider_gets_a_spoken_answer(
 
 async def test_keys_pressed_on_the_keypad_are_a_turn_of_their_own(server):
     app, url = server
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         pressed = time.monotonic()
         for key in "42#":
@@ -410,7 +401,7 @@ async def test_a_key_pressed_while_the_bot_speaks_cuts_the_reply_short(server, s
     """Half-duplex: the caller's voice cannot cut in, a key can. The unplayed reply is
     dropped (Twilio's ``clear``), and the key is the next turn."""
     app, url = server
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         sent = await call.say(speak(stack, "Can you tell me a long story about a dog?"), 16000)
         for _ in range(600):
@@ -454,7 +445,7 @@ async def test_a_call_is_hung_up_after_max_call_secs(server, monkeypatch):
     config = app.state.server.config
     monkeypatch.setattr(config.server, "max_call_secs", 10)
     started = time.monotonic()
-    call = await _dial(app, url)
+    call = await dial(app, url)
     try:
         await asyncio.wait_for(call.closed.wait(), 30)
         assert 9.5 <= time.monotonic() - started < 20

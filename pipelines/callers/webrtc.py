@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
-import socket
 import time
 
 import aiohttp
@@ -18,14 +17,14 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import AudioFrame
 from av.audio.resampler import AudioResampler
 
+from pipelines.serve.uvicorn_server import free_port
+
 FRAME_SECS = 0.02
 
 
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on, for a server to call."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port("127.0.0.1")
 
 
 async def unconnected_offer(**extra) -> tuple[RTCPeerConnection, dict]:

@@ -80,7 +80,6 @@ class ClusterDesk:
         return self._rate.admit(client)
 
     async def offer(self, data: dict, client: str) -> tuple[int, dict]:
-        self.start_polling()
         try:
             parse_offer(data)  # a bad offer is refused here, not sent to a node
         except OfferError as e:
@@ -111,7 +110,6 @@ class ClusterDesk:
     async def stream_url(self, request: Request, secure: bool) -> str:
         """A new phone call's stream URL, on the node with the most room (when every node
         is full, any node: its stream plays the busy message)."""
-        self.start_polling()
         nodes = self._by_room() or list(self.nodes.values())
         if not nodes:
             raise RuntimeError("no node in the cluster")
@@ -156,7 +154,7 @@ class ClusterDesk:
         """No new calls on the node (its calls go on to their end); ``draining=False``
         takes it back. KeyError for a node the cluster does not have."""
         node = self.nodes[node_id]
-        await (node.actor.drain if draining else node.actor.undrain).remote()
+        await node.actor.drain.remote(draining)
         node.load["draining"] = draining
 
     async def poll(self) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import os
 import resource
 import secrets
-import socket
 import time
 
 from agent.config import AgentConfig
@@ -45,14 +44,12 @@ class AgentNode:
     async def start(self) -> str:
         """Load the models and serve; the node's base URL."""
         from pipelines.serve.server import create_app
-        from pipelines.serve.uvicorn_server import AgentServer, uvicorn_config
+        from pipelines.serve.uvicorn_server import AgentServer, free_port, uvicorn_config
         from pipelines.stack import load_stack
 
         stack = await asyncio.to_thread(load_stack, self._config)
         self._app = create_app(stack, access_token=self._token)
-        with socket.socket() as probe:
-            probe.bind((self._host, 0))
-            self._port = probe.getsockname()[1]
+        self._port = free_port(self._host)
         self._uvicorn = AgentServer(
             uvicorn_config(self._app, host=self._host, port=self._port, log_level="warning")
         )
@@ -101,13 +98,10 @@ class AgentNode:
         """A one-time phone media stream URL that reaches this node."""
         return f"ws://{self._host}:{self._port}/ws/{self._app.state.stream_tokens.issue()}"
 
-    def drain(self) -> None:
-        """No new calls here; the calls it holds go on to their end."""
-        self._calls.draining = True
-
-    def undrain(self) -> None:
-        """Take new calls again."""
-        self._calls.draining = False
+    def drain(self, draining: bool = True) -> None:
+        """No new calls here (the calls it holds go on to their end); with ``False``, new
+        calls again."""
+        self._calls.draining = draining
 
     async def stop(self) -> None:
         """Let replies being spoken finish, end every call, stop serving."""

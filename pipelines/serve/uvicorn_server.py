@@ -13,12 +13,22 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
 from pipelines.serve.deadlines import header_deadline
 
 WS_MAX_BYTES = 64 * 1024
+
+
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that nothing listens on, chosen before serving so the
+    address printed or handed out is the real one."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def uvicorn_config(app: FastAPI, *, host: str, port: int, **options) -> uvicorn.Config:
