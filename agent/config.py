@@ -312,6 +312,43 @@ class ServerConfig(_Section):
     phone_providers: list[str] = ["twilio"]
 
 
+class SharedEngineConfig(_Section):
+    """A model engine served once for a whole cluster (a Ray Serve deployment) instead of
+    loaded by every node (pipelines/cluster/engines.py). Its replicas follow load: Ray
+    Serve adds one when the calls' requests in flight (replies being written or spoken,
+    averaged over ``load_window_secs``) pass ``target_ongoing`` per replica for
+    ``upscale_delay_secs``, and removes one after
+    ``downscale_delay_secs`` below it; ``min_replicas`` == ``max_replicas`` fixes them."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing: float = Field(2.0, gt=0)
+    load_window_secs: float = Field(10.0, gt=0)  # requests in flight averaged over it
+    upscale_delay_secs: float = Field(10.0, ge=0)
+    downscale_delay_secs: float = Field(120.0, ge=0)
+    # What one replica reserves on its Ray node: a MisoTTS replica wants a GPU (num_gpus:
+    # 1, or a fraction for several per GPU); Ray places it only on a node that has one.
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    # The LLM's: how many conversations one replica keeps read (each holds
+    # llm.context_tokens of its KV cache); a call beyond it has its prompt read afresh.
+    sessions: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas is less than min_replicas")
+        return self
+
+
+class ClusterConfig(_Section):
+    """With --cluster: which engines the nodes share (unset: each node loads its own, as
+    on one machine). Whisper, Silero and the turn-end model stay with each node's calls."""
+
+    llm: SharedEngineConfig | None = None  # the llama-cpp backend's engine
+    tts: SharedEngineConfig | None = None  # the voice (tts.engine's), MisoTTS on GPU nodes
+
+
 class AgentConfig(_Section):
     asr: ASRConfig
     vad: VADConfig = VADConfig()
@@ -320,6 +357,7 @@ class AgentConfig(_Section):
     tts: TTSConfig
     tone: ToneConfig = ToneConfig()
     server: ServerConfig = ServerConfig()
+    cluster: ClusterConfig = ClusterConfig()
     # Rate of the audio the pipeline works with inside; Whisper and Silero want 16 kHz.
     audio_in_sample_rate: Literal[16000] = 16000
     audio_out_sample_rate: int = Field(24000, ge=8000, le=48000)

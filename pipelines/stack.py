@@ -36,8 +36,16 @@ class ModelStack:
     load_secs: dict[str, float] = field(default_factory=dict)
 
 
-def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
-    """Resolve, load and warm up every model the config names; errors name what is missing."""
+def load_stack(
+    config: AgentConfig,
+    *,
+    warm_up: bool = True,
+    llm: object | None = None,
+    speech: SpeechEngine | None = None,
+) -> ModelStack:
+    """Resolve, load and warm up every model the config names; errors name what is missing.
+    ``llm`` (with the llama-cpp backend) and ``speech``: engines to use instead of loading
+    them (a cluster's shared ones, pipelines/cluster/remote.py)."""
     # llama.cpp's and Whisper's threads are OpenMP's, which spin while they wait by default,
     # each runtime beside the other's. On 2 cores the spinning starved the rest: in the
     # conversation benchmark the LLM's first token had 4-6 s outliers (p95 5.1 s); waiting
@@ -54,9 +62,10 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
 
     # The voice first: it is the part most likely to be missing or not fit this machine
     # (a GPU voice without a GPU fails now, not after the other models have loaded).
-    start = time.perf_counter()
-    speech = load_engine(config)
-    times["tts"] = time.perf_counter() - start
+    if speech is None:
+        start = time.perf_counter()
+        speech = load_engine(config)
+        times["tts"] = time.perf_counter() - start
 
     start = time.perf_counter()
     asr_path = resolve_model(config.asr.model, "asr")
@@ -68,10 +77,11 @@ def load_stack(config: AgentConfig, *, warm_up: bool = True) -> ModelStack:
     )
     times["asr"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    llm = llm_backend.load(config, cpu)
-    if llm is not None:
-        times["llm"] = time.perf_counter() - start
+    if llm is None:
+        start = time.perf_counter()
+        llm = llm_backend.load(config, cpu)
+        if llm is not None:
+            times["llm"] = time.perf_counter() - start
 
     from pipelines.services.analyzers import load_silero_session
 

@@ -7,6 +7,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 import uvicorn
@@ -147,3 +148,26 @@ def asterisk():
 
     prompt.folder = folder  # the WAVs themselves, for loading at another rate
     return prompt
+
+
+async def cluster_status(url: str) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/cluster") as r:
+        assert r.status == 200
+        return await r.json()
+
+
+async def cluster_settled(desk, calls: int, within: float = 15) -> None:
+    """Until the cluster holds ``calls`` calls, its nodes' load read afresh (webhooks that
+    handed out stream URLs count against a node's room until then)."""
+    deadline = time.monotonic() + within
+    await desk.poll()
+    while len(desk.sessions) != calls:
+        assert time.monotonic() < deadline, desk.sessions
+        await asyncio.sleep(0.2)
+        await desk.poll()
+
+
+async def cluster_stream_url(url: str) -> str:
+    """A phone stream URL from the front door at ``url`` (its Twilio webhook)."""
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/") as r:
+        return (await r.text()).split('url="')[1].split('"')[0]

@@ -3,6 +3,10 @@ real vocabularies (Llama-3 text, 32 x 2051 audio) and tiny transformers, and a s
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from tts.miso import MisoConfig, TransformerSizes
 
 TINY_MISO = MisoConfig(
@@ -43,3 +47,30 @@ def tiny_parts(directory, model_seed: int, codec_seed: int):
     checkpoint = write_random_checkpoint(directory / "ckpt", TINY_MISO, seed=model_seed)
     codec = MimiCodec.random(SMALL_MIMI, seed=codec_seed)
     return load_model(checkpoint), TextTokenizer.load(), codec
+
+
+def miso_config_file(tmp_path, **miso_overrides):
+    """The tiny stack's config file (configs/tiny.yaml) speaking with a tiny random MisoTTS
+    on the CPU, written in ``tmp_path``."""
+    from tts.miso import write_random_checkpoint
+    from tts.miso.codec import MimiCodec
+
+    checkpoint = write_random_checkpoint(tmp_path / "miso-tiny", TINY_MISO, seed=1)
+    codec_dir = tmp_path / "mimi-small"
+    MimiCodec.random(SMALL_MIMI, seed=2).model.save_pretrained(codec_dir)
+    config = yaml.safe_load(Path("configs/tiny.yaml").read_text())
+    config["tts"] = {
+        "engine": "miso",
+        "miso": {
+            "checkpoint": str(checkpoint),
+            "codec": str(codec_dir),
+            "device": "cpu",
+            "dtype": "float32",
+            "max_audio_secs": 0.64,
+            "seed": 0,
+            **miso_overrides,
+        },
+    }
+    path = tmp_path / "miso.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

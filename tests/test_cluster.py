@@ -25,7 +25,7 @@ from agent.config import load_config
 from pipelines.cluster.front_door import ClusterDesk, create_cluster_app
 from pipelines.cluster.start import start_cluster
 from pipelines.serve.session_log import read_log
-from tests.conftest import serving
+from tests.conftest import cluster_settled, cluster_status, cluster_stream_url, serving
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +58,9 @@ class Front:
     local: object  # ray.cluster_utils.Cluster
 
 
-async def _status(url: str) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/cluster") as r:
-        assert r.status == 200
-        return await r.json()
-
-
-async def _settled(desk: ClusterDesk, calls: int, within: float = 15) -> None:
-    """Until the cluster holds ``calls`` calls, its nodes' load read afresh (webhooks that
-    handed out stream URLs count against a node's room until then)."""
-    deadline = time.monotonic() + within
-    await desk.poll()
-    while len(desk.sessions) != calls:
-        assert time.monotonic() < deadline, desk.sessions
-        await asyncio.sleep(0.2)
-        await desk.poll()
-
-
 async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_wavs):
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     import soundfile as sf
 
     samples, rate = sf.read(str(question_wavs[0][0]), dtype="int16")
@@ -86,7 +69,7 @@ async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_w
         for caller in callers:
             await caller.connect()
         await desk.poll()
-        per_node = [len(n["sessions"]) for n in (await _status(url))["nodes"]]
+        per_node = [len(n["sessions"]) for n in (await cluster_status(url))["nodes"]]
         assert per_node == [1, 1]
         # Each call's media goes to its node: the answer's ICE candidates are the node's.
         for caller in callers:
@@ -102,12 +85,12 @@ async def test_calls_land_on_both_nodes_and_each_is_answered(cluster, question_w
     finally:
         for caller in callers:
             await caller.close()
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
 
 
 async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(cluster):
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     caller = WebRTCCaller(url)
     await caller.connect()
     try:
@@ -129,12 +112,12 @@ async def test_a_calls_requests_reach_its_node_and_only_its_owner_is_heard(clust
         assert caller.pc.connectionState == "connected"
     finally:
         await caller.close()
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
 
 
 async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     first = WebRTCCaller(url)
     await first.connect()
     await desk.poll()
@@ -149,7 +132,7 @@ async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
         second = WebRTCCaller(url)
         await second.connect()  # placed on the other node
         await desk.poll()
-        status = await _status(url)
+        status = await cluster_status(url)
         drained = next(n for n in status["nodes"] if n["node"] == holding.node_id)
         assert drained["draining"] and drained["sessions"] == [first.pc_id]
         assert first.pc.connectionState == "connected"
@@ -161,14 +144,14 @@ async def test_a_drained_node_takes_no_new_call_and_its_call_goes_on(cluster):
     finally:
         await first.close()
         await desk.drain(holding.node_id, False)
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
 
 
 async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, stack):
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     call = PhoneCall(url)
-    stream_url = await _stream_url(url)
+    stream_url = await cluster_stream_url(url)
     node_hosts = {n.url.removeprefix("http://") for n in desk.nodes.values()}
     assert stream_url.split("/")[2] in node_hosts  # not the front door's address
     await call.connect(stream_url)
@@ -179,12 +162,7 @@ async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, 
         assert len(reply) > 4000
     finally:
         await call.hang_up()
-    await _settled(desk, 0)
-
-
-async def _stream_url(url: str) -> str:
-    async with aiohttp.ClientSession() as http, http.post(f"{url}/") as r:
-        return (await r.text()).split('url="')[1].split('"')[0]
+    await cluster_settled(desk, 0)
 
 
 async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(cluster):
@@ -196,17 +174,17 @@ async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(clu
     report = await fuzz(url, 15, seed=3, streams=False)
     assert not report["findings"], report["findings"]
     assert len(desk.nodes) == 2 and not desk.lost
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
 
 
 async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, session_logs):
     """Last here: it kills one of the module's two nodes."""
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     browser = WebRTCCaller(url)
     await browser.connect()
     phone = PhoneCall(url)
-    await phone.connect(await _stream_url(url))  # the node with room: the other one
+    await phone.connect(await cluster_stream_url(url))  # the node with room: the other one
     question = stack.speech.synthesize_all("What is the capital of France?", 16000)
     try:
         sent = await phone.say(question, 16000)
@@ -217,7 +195,7 @@ async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, ses
         ray.kill(doomed.actor, no_restart=True)
         killed_at = time.monotonic()
         await asyncio.wait_for(phone.closed.wait(), 10)  # its stream closes with the node
-        while doomed.node_id not in (await _status(url))["lost"]:
+        while doomed.node_id not in (await cluster_status(url))["lost"]:
             assert time.monotonic() - killed_at < 10, "the lost node was not noticed"
             await asyncio.sleep(0.2)
         # The other node's call goes on and is answered.
@@ -233,7 +211,7 @@ async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, ses
     turns = [r for r in read_log(log) if r["event"] == "turn"]
     assert turns and turns[0]["heard"] and turns[0]["reply"]
     # The next call is answered, on the node that is left.
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     caller = WebRTCCaller(url)
     await caller.connect()
     started = time.monotonic()
@@ -249,7 +227,7 @@ async def test_a_browser_call_on_a_lost_node_shows_it_has_ended(cluster, tmp_pat
     from agent.audio import write_wav
 
     url, desk = cluster.url, cluster.desk
-    await _settled(desk, 0)
+    await cluster_settled(desk, 0)
     assert desk.nodes, "no node left to call"
     mic = write_wav(tmp_path / "mic.wav", np.zeros(16000 * 2, np.int16), 16000)
     with chromium(f"{url}/?autostart=1", mic, tmp_path / "profile") as devtools:
@@ -281,10 +259,10 @@ async def test_a_machine_that_joins_gets_an_agent_node_and_takes_calls(cluster, 
     cluster.local.add_node(num_cpus=1)
     deadline = time.monotonic() + 90
     while set(desk.nodes) == before:
-        assert time.monotonic() < deadline, (await _status(url))["starting"]
+        assert time.monotonic() < deadline, (await cluster_status(url))["starting"]
         await asyncio.sleep(0.5)
     (joined,) = set(desk.nodes) - before
-    status = await _status(url)
+    status = await cluster_status(url)
     assert joined in status["joined_ready_secs"]
     print(f"node {joined} ready {status['joined_ready_secs'][joined]} s after it was seen")
     for other in before:  # the call must land on the newcomer

@@ -20,34 +20,9 @@ from agent.audio import write_wav
 from agent.config import load_config
 from pipelines.local.file_mode import FileTurn, run_files
 from tests.conftest import BARGE_IN, speak, wer
-from tests.miso_setup import SMALL_MIMI, TINY_MISO
+from tests.miso_setup import miso_config_file
 from tts import load_engine
 from tts.base import EngineUnavailableError
-from tts.miso import write_random_checkpoint
-from tts.miso.codec import MimiCodec
-
-
-def miso_config_file(tmp_path, **miso_overrides):
-    checkpoint = write_random_checkpoint(tmp_path / "miso-tiny", TINY_MISO, seed=1)
-    codec_dir = tmp_path / "mimi-small"
-    MimiCodec.random(SMALL_MIMI, seed=2).model.save_pretrained(codec_dir)
-    config = yaml.safe_load(Path("configs/tiny.yaml").read_text())
-    config["tts"] = {
-        "engine": "miso",
-        "miso": {
-            "checkpoint": str(checkpoint),
-            "codec": str(codec_dir),
-            "device": "cpu",
-            "dtype": "float32",
-            "max_audio_secs": 0.64,
-            "seed": 0,
-            **miso_overrides,
-        },
-    }
-    path = tmp_path / "miso.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
 
 VOICE_PROMPT_TEXT = "This is how the assistant sounds."
 

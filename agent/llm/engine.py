@@ -248,6 +248,10 @@ class BatchedEngine:
             lambda: list(self._owner[session].tokens) if session in self._owner else []
         )
 
+    def sessions(self) -> list[Hashable]:
+        """The sessions whose conversations the cache holds."""
+        return self.call(lambda: [k for k, seq in self._owner.items() if seq.tokens])
+
     def close(self) -> None:
         with self._changed:
             self._closed = True

@@ -238,6 +238,10 @@ class LocalLLM:
         """The tokens the KV cache holds for ``session``."""
         return self.engine.cached_tokens(session)
 
+    def sessions(self) -> list[Hashable]:
+        """The sessions whose conversations are kept read."""
+        return self.engine.sessions()
+
     def warm_up(self) -> None:
         """Run one tiny completion so the first user does not pay for lazy set-up."""
         for _ in self.stream_chat(

@@ -251,7 +251,12 @@ def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) ->
 
     @app.get("/api/cluster")
     async def cluster():
-        return desk.status()
+        status = desk.status()
+        if desk.config.cluster.llm is not None or desk.config.cluster.tts is not None:
+            from pipelines.cluster.engines import replicas
+
+            status["engines"] = await asyncio.to_thread(replicas)
+        return status
 
     @app.post("/api/cluster/nodes/{node_id}/{action}")
     async def drain(node_id: str, action: str):

@@ -47,7 +47,9 @@ class AgentNode:
         from pipelines.serve.uvicorn_server import AgentServer, free_port, uvicorn_config
         from pipelines.stack import load_stack
 
-        stack = await asyncio.to_thread(load_stack, self._config)
+        stack = await asyncio.to_thread(
+            lambda: load_stack(self._config, **self._shared_engines())
+        )
         self._app = create_app(stack, access_token=self._token)
         self._port = free_port(self._host)
         self._uvicorn = AgentServer(
@@ -59,6 +61,19 @@ class AgentNode:
                 self._serving.result()  # raises why it could not serve
             await asyncio.sleep(0.05)
         return self.url
+
+    def _shared_engines(self) -> dict:
+        """The cluster's shared engines this node's calls use instead of loading their own
+        (config.cluster; pipelines/cluster/engines.py). Blocking."""
+        from pipelines.cluster.remote import RemoteLLM, RemoteSpeech
+
+        shared = self._config.cluster
+        engines = {}
+        if shared.llm is not None:
+            engines["llm"] = RemoteLLM.connect()
+        if shared.tts is not None:
+            engines["speech"] = RemoteSpeech.connect()
+        return engines
 
     @property
     def url(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -67,10 +67,21 @@ class Cluster:
     local: object | None  # ray.cluster_utils.Cluster when started here
     joined_secs: float
     ready_secs: float
+    shared_engines: dict[str, str] = field(default_factory=dict)  # deploy_engines'
 
     def close(self) -> None:
         import ray
 
+        if self.shared_engines:
+            from ray import serve
+
+            if self.local is not None:
+                # Serve's handles keep a thread that would join the cluster again once
+                # this process has left it, and a local cluster will not stop under it.
+                serve.shutdown()
+            else:  # the engines' replicas give their GPUs back; other apps stay
+                for app in self.shared_engines.values():
+                    serve.delete(app)
         ray.shutdown()
         if self.local is not None:
             self.local.shutdown()
@@ -95,6 +106,11 @@ async def start_cluster(value: str, config: AgentConfig) -> Cluster:
     except ImportError:
         raise ClusterError("Ray is not installed: run ./setup.sh --cluster") from None
     kind, count = parse_address(value)
+    if config.cluster.llm is not None and config.llm.backend != "llama-cpp":
+        raise ClusterError(
+            "cluster.llm shares the llama-cpp backend's engine; with llm.backend "
+            f"'{config.llm.backend}' the nodes already share its server: leave cluster.llm unset"
+        )
     started = time.monotonic()
     local = None
     if kind == "local":
@@ -117,8 +133,20 @@ async def start_cluster(value: str, config: AgentConfig) -> Cluster:
             local.shutdown()
         raise ClusterError(f"could not join the Ray cluster at {address}: {e}") from None
     joined = time.monotonic() - started
+    apps = {}
+    if config.cluster.llm is not None or config.cluster.tts is not None:
+        from pipelines.cluster.engines import deploy_engines
+
+        try:
+            apps = await asyncio.to_thread(deploy_engines, config)
+        except Exception as e:  # noqa: BLE001 - Serve's errors say which replica failed
+            ray.shutdown()
+            if local is not None:
+                local.shutdown()
+            raise ClusterError(f"the shared engines did not start: {e}") from None
+        logger.info(f"cluster: shared engines {', '.join(apps)} ready")
     placer = NodePlacer(config)
     nodes = await asyncio.gather(*(placer.start(info) for info in placer.alive()))
     ready = time.monotonic() - started
     logger.info(f"cluster: {len(nodes)} node(s) joined in {joined:.1f} s, ready in {ready:.1f} s")
-    return Cluster(list(nodes), placer, local, round(joined, 2), round(ready, 2))
+    return Cluster(list(nodes), placer, local, round(joined, 2), round(ready, 2), apps)
