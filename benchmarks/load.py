@@ -11,7 +11,9 @@ voice-to-voice at the caller (end of speech sent → first reply audio heard) p5
 max over the finished turns, turns left unanswered, callers turned away, the server's CPU
 (cores) and peak RSS. The capacity is the largest K with p95 ≤ 2 s and nothing unanswered
 or turned away. ``--cluster local:2`` calls a cluster's front door instead
-(``--max-sessions`` is then per node) and reports the most calls each node held.
+(``--max-sessions`` is then per node) and reports the most calls each node held; with
+``--shared llm [tts]`` the nodes share one LLM engine (and voice) instead of loading their
+own (config cluster.llm / cluster.tts, one replica each: pipelines/cluster/engines.py).
 
 ``--soak-minutes``: K callers call again and again (M turns, hang up, call again) for that
 long; RSS is sampled after every call, and its slope per call is reported (a leak shows as
@@ -78,6 +80,7 @@ class ServerWatch:
         self.process = process
         self.peak_mib = 0.0
         self.node_sessions: dict[str, int] = {}
+        self.node_peak_mib: dict[str, float] = {}  # each agent node's process
         self._url = url
         self._task: asyncio.Task | None = None
 
@@ -99,6 +102,7 @@ class ServerWatch:
                             self.node_sessions[node["node"]] = max(
                                 held, self.node_sessions.get(node["node"], 0)
                             )
+                            self.node_peak_mib[node["node"]] = node["peak_rss_mib"]
                 await asyncio.sleep(0.5)
 
     async def __aexit__(self, *exc):
@@ -146,6 +150,7 @@ async def at_once(url: str, k: int, clips: list[dict], args, process) -> dict:
     }
     if args.cluster:
         result["most_calls_per_node"] = watch.node_sessions
+        result["node_peak_rss_mib"] = watch.node_peak_mib
     p95 = result["voice_to_voice_finished"]["p95"]
     result["within_target"] = bool(
         p95 is not None
@@ -204,6 +209,8 @@ async def run(args) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     extra = ["--max-sessions", str(args.max_sessions)] if args.max_sessions else []
     extra += ["--cluster", args.cluster] if args.cluster else []
+    if args.shared:
+        args.config = shared_config(args.config, args.shared, Path(args.out))
     async with agent_server(args.config, log=log, extra_args=extra) as (url, server):
         process = psutil.Process(server.pid)
         report: dict = {"config": args.config, "transport": args.transport, "turns": args.turns}
@@ -224,6 +231,23 @@ async def run(args) -> dict:
         return report
 
 
+def shared_config(name: str, engines: list[str], out: Path) -> str:
+    """A copy of the config ``name`` whose cluster shares ``engines``, written beside
+    ``out``; its path."""
+    import yaml
+
+    from agent.config import resolve_config_path
+
+    data = yaml.safe_load(resolve_config_path(name).read_text())
+    # No CPU reserved: the local cluster's nodes have a core each, which the agent nodes
+    # share with the engine's replica as on one machine.
+    data["cluster"] = {engine: {"num_cpus": 0} for engine in engines}
+    path = out.with_suffix(".config.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,6 +265,12 @@ def main():
         "--cluster",
         help="serve from a Ray cluster (run_agent.py --cluster), e.g. local:2; the CPU and "
         "RSS then cover the front door and the nodes it started",
+    )
+    parser.add_argument(
+        "--shared",
+        nargs="+",
+        choices=["llm", "tts"],
+        help="with --cluster: the engines the nodes share (one Serve replica each)",
     )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between turns")
     parser.add_argument("--level", type=int, default=300, help="int16 level of audible audio")

@@ -165,6 +165,41 @@ async def test_a_phone_call_streams_straight_to_a_node_and_is_answered(cluster, 
     await cluster_settled(desk, 0)
 
 
+async def _relayed_stream_url(url: str, desk) -> str:
+    """A stream URL the front door hands a provider when it is reached by wss:// (its
+    ``public_host`` set, as behind a TLS tunnel), made reachable here: the tunnel's
+    address replaced by the front door's own."""
+    desk.config.server.public_host = "voice.example.org"
+    try:
+        stream_url = await cluster_stream_url(url)
+    finally:
+        desk.config.server.public_host = ""
+    assert stream_url.startswith("wss://voice.example.org/ws/")  # not a node's address
+    return stream_url.replace("wss://voice.example.org", url.replace("http://", "ws://"))
+
+
+async def test_a_phone_call_behind_tls_is_relayed_by_the_front_door(cluster, stack):
+    url, desk = cluster.url, cluster.desk
+    await cluster_settled(desk, 0)
+    stream_url = await _relayed_stream_url(url, desk)
+    call = PhoneCall(url)
+    await call.connect(stream_url)
+    try:
+        question = stack.speech.synthesize_all("What is the capital of France?", 16000)
+        sent = await call.say(question, 16000)
+        assert len(await call.wait_for_reply(sent, timeout=90)) > 4000
+        await cluster_settled(desk, 1)
+        # Its token opened one stream: used again, it is refused.
+        intruder = PhoneCall(url)
+        await intruder.connect(stream_url)
+        await asyncio.wait_for(intruder.closed.wait(), 10)
+        await intruder.close()
+    finally:
+        await call.hang_up()
+    # The caller hung up at the front door: the node's side of the stream ends too.
+    await cluster_settled(desk, 0)
+
+
 async def test_hostile_requests_at_the_front_door_get_no_500_and_it_stays_up(cluster):
     """pipelines/callers/fuzz.py, a short round, at the cluster's front door: malformed
     bodies, deep JSON, mutated offers, bad candidates, webhook junk."""
@@ -184,7 +219,8 @@ async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, ses
     browser = WebRTCCaller(url)
     await browser.connect()
     phone = PhoneCall(url)
-    await phone.connect(await cluster_stream_url(url))  # the node with room: the other one
+    # Relayed by the front door (behind TLS), to the node with room: the other one.
+    await phone.connect(await _relayed_stream_url(url, desk))
     question = stack.speech.synthesize_all("What is the capital of France?", 16000)
     try:
         sent = await phone.say(question, 16000)
@@ -194,7 +230,8 @@ async def test_a_lost_node_ends_its_calls_and_the_rest_go_on(cluster, stack, ses
         (phone_session,) = doomed.load["sessions"]
         ray.kill(doomed.actor, no_restart=True)
         killed_at = time.monotonic()
-        await asyncio.wait_for(phone.closed.wait(), 10)  # its stream closes with the node
+        # Its stream closes with the node, through the relay.
+        await asyncio.wait_for(phone.closed.wait(), 10)
         while doomed.node_id not in (await cluster_status(url))["lost"]:
             assert time.monotonic() - killed_at < 10, "the lost node was not noticed"
             await asyncio.sleep(0.2)

@@ -52,12 +52,14 @@ def test_tone_is_read_alike_from_telephone_audio(stack):
 def test_stream_tokens_open_one_stream_once_and_expire():
     tokens = StreamTokens(ttl_secs=0.2)
     token = tokens.issue()
-    assert tokens.redeem(token)
-    assert not tokens.redeem(token)  # used
-    assert not tokens.redeem("made-up")
+    assert tokens.redeem(token) == ""
+    assert tokens.redeem(token) is None  # used
+    assert tokens.redeem("made-up") is None
+    relayed = tokens.issue("ws://node:1234/ws/abc")
+    assert tokens.redeem(relayed) == "ws://node:1234/ws/abc"
     late = tokens.issue()
     time.sleep(0.25)
-    assert not tokens.redeem(late)
+    assert tokens.redeem(late) is None
 
 
 def test_twiml_connects_the_call_to_the_stream_url():

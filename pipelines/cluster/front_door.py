@@ -6,6 +6,8 @@ server, with every call placed on a node (pipelines/cluster/node.py).
        └───────────── RTP / DTLS, straight ◄─────────────────┘  candidates)
     phone provider ──POST /──► front door ──stream_url()──► node: ws://NODE/ws/TOKEN
        └──────────────────── media websocket, straight ───────► node
+    (or, when the provider needs wss:// and the nodes have no certificate, through the
+    front door: wss://FRONT/ws/TOKEN ═► front door ─► node, pipelines/cluster/stream_relay.py)
 
 Admission is shared: a new call goes to the node with the most free slots (then the
 least CPU), and the caller is refused (503, or the busy message) only when every node
@@ -19,14 +21,20 @@ import asyncio
 import contextlib
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from loguru import logger
 
 from agent.config import AgentConfig
+from pipelines.cluster.stream_relay import relay
 from pipelines.serve.metrics import ServerMetrics
 from pipelines.serve.server import OfferError, OfferRate, front_door_app, parse_offer
-from pipelines.serve.telephony.routes import add_webhooks
+from pipelines.serve.telephony.routes import (
+    CLOSE_POLICY,
+    StreamTokens,
+    add_webhooks,
+    close_quietly,
+)
 
 # How often the front door asks every node for its load (and notices a lost one).
 POLL_SECS = 1.0
@@ -67,6 +75,7 @@ class ClusterDesk:
         self._rate = OfferRate(config)
         # A browser call's pc_id → (its node's id, when it was placed).
         self._call_node: dict[str, tuple[str, float]] = {}
+        self.relayed_streams = StreamTokens()  # a relayed phone stream's token → node URL
         self._poller: asyncio.Task | None = None
 
     # -- what front_door asks -----------------------------------------------------------
@@ -109,12 +118,18 @@ class ClusterDesk:
 
     async def stream_url(self, request: Request, secure: bool) -> str:
         """A new phone call's stream URL, on the node with the most room (when every node
-        is full, any node: its stream plays the busy message)."""
+        is full, any node: its stream plays the busy message). Straight to the node, or,
+        when the provider must be given wss:// (``secure``), through this front door's
+        relay (pipelines/cluster/stream_relay.py): the nodes have no certificate."""
         nodes = self._by_room() or list(self.nodes.values())
         if not nodes:
             raise RuntimeError("no node in the cluster")
         nodes[0].placed += 1
-        return await nodes[0].actor.stream_url.remote()
+        node_url = await nodes[0].actor.stream_url.remote()
+        if not secure:
+            return node_url
+        host = self.config.server.public_host or request.headers.get("host", "")
+        return f"wss://{host}/ws/{self.relayed_streams.issue(node_url)}"
 
     async def close(self):
         """Every node lets its replies finish and ends its calls."""
@@ -268,6 +283,17 @@ def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) ->
         except KeyError:
             return JSONResponse({"error": f"no node {node_id} in the cluster"}, status_code=404)
         return {"node": node_id, "draining": action == "drain"}
+
+    @app.websocket("/ws/{token}")
+    async def relayed_stream(websocket: WebSocket, token: str):
+        """A phone call's media stream, carried to and from its node."""
+        await websocket.accept()
+        target = desk.relayed_streams.redeem(token)
+        if not target:
+            desk.metrics.refused.labels("bad_stream_token").inc()
+            await close_quietly(websocket, CLOSE_POLICY, "unknown or used stream token")
+            return
+        await relay(websocket, target)
 
     @app.on_event("startup")
     async def _first_poll():

@@ -51,23 +51,24 @@ CLOSE_FULL = 1013
 
 
 class StreamTokens:
-    """One-time tokens for stream URLs."""
+    """One-time tokens for stream URLs, each with what its stream goes to (a cluster's
+    front door: the node's own stream URL; one server: nothing)."""
 
     def __init__(self, ttl_secs: float = TOKEN_TTL_SECS):
         self._ttl_secs = ttl_secs
-        self._expiry: dict[str, float] = {}
+        self._issued: dict[str, tuple[float, str]] = {}  # token → (expiry, target)
 
-    def issue(self) -> str:
+    def issue(self, target: str = "") -> str:
         now = time.monotonic()
-        self._expiry = {t: e for t, e in self._expiry.items() if e > now}
+        self._issued = {t: v for t, v in self._issued.items() if v[0] > now}
         token = secrets.token_urlsafe(24)
-        self._expiry[token] = now + self._ttl_secs
+        self._issued[token] = (now + self._ttl_secs, target)
         return token
 
-    def redeem(self, token: str) -> bool:
-        """True once for a token issued less than the TTL ago."""
-        expiry = self._expiry.pop(token, None)
-        return expiry is not None and expiry > time.monotonic()
+    def redeem(self, token: str) -> str | None:
+        """Once for a token issued less than the TTL ago, its target; else None."""
+        expiry, target = self._issued.pop(token, (0.0, ""))
+        return target if expiry > time.monotonic() else None
 
 
 def make_serializer(
@@ -104,7 +105,7 @@ def add_phone_routes(app: FastAPI, server) -> None:
     @app.websocket("/ws/{token}")
     async def media_stream(websocket: WebSocket, token: str):
         await websocket.accept()
-        if not tokens.redeem(token):
+        if tokens.redeem(token) is None:
             logger.warning("refused a media stream: unknown, used or expired token")
             server.metrics.refused.labels("bad_stream_token").inc()
             await close_quietly(websocket, CLOSE_POLICY, "unknown or used stream token")
