@@ -40,6 +40,13 @@ from pipelines.serve.telephony.routes import (
 POLL_SECS = 1.0
 # A node that does not answer a load request within this is taken for lost.
 NODE_TIMEOUT_SECS = 5.0
+# An agent node lost while its Ray node lives on (its process died: out of memory, a
+# crash, killed) is started there again this long after, doubling for each time in a
+# row it is lost within RESTART_STABLE_SECS of its start (a crash loop), up to
+# RESTART_MAX_SECS.
+RESTART_AFTER_SECS = 5.0
+RESTART_STABLE_SECS = 120.0
+RESTART_MAX_SECS = 300.0
 
 
 class Node:
@@ -72,6 +79,10 @@ class ClusterDesk:
         self.ready_secs: dict[str, float] = {}  # a node that joined later → its start-up
         self._placer = placer
         self._starting: dict[str, asyncio.Task] = {}  # node id → its agent node starting
+        self.restarts: dict[str, int] = {}  # node id → agent nodes started there again
+        self._lost_at: dict[str, float] = {}
+        self._started_at: dict[str, float] = {n.node_id: time.monotonic() for n in nodes}
+        self._quick_losses: dict[str, int] = {}  # node id → lost soon after start, in a row
         self._rate = OfferRate(config)
         # A browser call's pc_id → (its node's id, when it was placed).
         self._call_node: dict[str, tuple[str, float]] = {}
@@ -160,6 +171,7 @@ class ClusterDesk:
             ],
             "lost": self.lost,
             "starting": sorted(self._starting),
+            "restarts": self.restarts,
             "joined_ready_secs": self.ready_secs,
             "sessions": len(self.sessions),
             "free": sum(max(0, n.free) for n in self.nodes.values()),
@@ -194,14 +206,25 @@ class ClusterDesk:
             await self._welcome_new_nodes()
 
     async def _welcome_new_nodes(self) -> None:
-        """Start an agent node on every Ray node that has joined since (in the
-        background: its models take seconds to load, and calls go on meanwhile)."""
+        """Start an agent node on every Ray node that has joined since, and again on one
+        whose agent node was lost while it lives on (in the background: its models take
+        seconds to load, and calls go on meanwhile)."""
         from pipelines.cluster.start import node_key
 
         for info in await asyncio.to_thread(self._placer.alive):
             key = node_key(info)
-            if key not in self.nodes and key not in self.lost and key not in self._starting:
-                self._starting[key] = asyncio.create_task(self._join(key, info))
+            if key in self.nodes or key in self._starting:
+                continue
+            if key in self.lost:
+                if time.monotonic() - self._lost_at.get(key, 0.0) < self._restart_delay(key):
+                    continue
+                self.restarts[key] = self.restarts.get(key, 0) + 1
+                logger.info(f"node {key}: starting its agent node again")
+            self._starting[key] = asyncio.create_task(self._join(key, info))
+
+    def _restart_delay(self, key: str) -> float:
+        doublings = max(0, self._quick_losses.get(key, 0) - 1)
+        return min(RESTART_MAX_SECS, RESTART_AFTER_SECS * 2**doublings)
 
     async def _join(self, key: str, info: dict) -> None:
         started = time.monotonic()
@@ -210,10 +233,14 @@ class ClusterDesk:
             node.load = await asyncio.wait_for(node.actor.load.remote(), NODE_TIMEOUT_SECS)
         except Exception as e:  # noqa: BLE001 - a node that cannot start is left out
             self.lost[key] = f"could not start: {type(e).__name__}: {e}"[:200]
+            self._lost_at[key] = time.monotonic()
+            self._quick_losses[key] = self._quick_losses.get(key, 0) + 1
             logger.warning(f"node {key} could not start: {e!r}")
             return
         finally:
             self._starting.pop(key, None)
+        self.lost.pop(key, None)
+        self._started_at[key] = time.monotonic()
         self.nodes[key] = node
         self.ready_secs[key] = round(time.monotonic() - started, 2)
         logger.info(f"node {key} joined, ready in {self.ready_secs[key]:.1f} s")
@@ -244,8 +271,18 @@ class ClusterDesk:
     def _lose(self, node: Node, why: str) -> None:
         if self.nodes.pop(node.node_id, None) is not None:
             self.lost[node.node_id] = why[:200]
+            now = time.monotonic()
+            self._lost_at[node.node_id] = now
+            quick = now - self._started_at.get(node.node_id, 0.0) < RESTART_STABLE_SECS
+            self._quick_losses[node.node_id] = (
+                self._quick_losses.get(node.node_id, 0) + 1 if quick else 0
+            )
             with contextlib.suppress(KeyError):  # never polled
                 self.metrics.node_sessions.remove(node.node_id)
+            if self._placer is not None:
+                # One that stopped answering but lives on would hold its memory beside
+                # the agent node started there again.
+                self._placer.stop(node)
             logger.warning(f"node {node.node_id} lost ({why[:200]}); {len(self.nodes)} left")
 
     def _node_of(self, pc_id: str) -> Node | None:

@@ -52,6 +52,14 @@ class NodePlacer:
         return Node(node_key(info), actor, await actor.start.remote())
 
 
+    def stop(self, node: Node) -> None:
+        """End an agent node's process (it may be gone already)."""
+        try:
+            self._ray.kill(node.actor, no_restart=True)
+        except Exception as e:  # noqa: BLE001 - gone already, or its Ray node is
+            logger.info(f"node {node.node_id}: could not stop its agent node: {e}")
+
+
 def node_key(info: dict) -> str:
     """How the front door names a Ray node: the start of its id."""
     return info["NodeID"][:12]
