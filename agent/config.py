@@ -328,6 +328,7 @@ class SharedEngineConfig(_Section):
     downscale_delay_secs: float = Field(120.0, ge=0)
     # What one replica reserves on its Ray node: a MisoTTS replica wants a GPU (num_gpus:
     # 1, or a fraction for several per GPU); Ray places it only on a node that has one.
+    # An LLM replica runs on num_cpus threads (unless llm.threads says otherwise).
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     # The LLM's: how many conversations one replica keeps read (each holds

@@ -16,7 +16,10 @@ grows less in the second), after ``gc.collect()`` and glibc's ``malloc_trim(0)``
 * smart_turn: a call's Smart Turn analyzer on the shared session, judging one turn;
 * tone: the pitch tracker on one turn;
 * resampler: Pipecat's stream resampler (soxr), made for a call, 3 s through it;
-* opus: aiortc's Opus encoder and decoder (PyAV / libopus) made for a call, 3 s each way.
+* opus: aiortc's Opus encoder and decoder (PyAV / libopus) made for a call, 3 s each way;
+* av_resampler: PyAV's resampler made for a call (the WebRTC transport's), 3 s through it;
+* webrtc: two aiortc peer connections over loopback (ICE, DTLS, SRTP), 3 s of audio sent
+  from one to the other, both closed: a browser call without the pipeline.
 """
 
 from __future__ import annotations
@@ -136,6 +139,22 @@ def parts(stack, clip: np.ndarray) -> dict:
 
                 decoder.decode(JitterFrame(data=packet, timestamp=start // 2))
 
+    def av_resampler():
+        from av import AudioFrame
+        from av.audio.resampler import AudioResampler
+
+        resampler = AudioResampler("s16", "mono", 16000)
+        stereo = np.repeat(np.resize(clip, 960 * 50 * CLIP_SECS), 2).reshape(1, -1)
+        for start in range(0, stereo.shape[1] - 1920, 1920):
+            frame = AudioFrame.from_ndarray(stereo[:, start : start + 1920], "s16", "stereo")
+            frame.sample_rate = 48000
+            resampler.resample(frame)
+
+    def webrtc():
+        import asyncio
+
+        asyncio.run(_loopback_call(clip))
+
     return {
         "whisper": whisper,
         "llm": llm,
@@ -145,7 +164,59 @@ def parts(stack, clip: np.ndarray) -> dict:
         "tone": tone,
         "resampler": resampler,
         "opus": opus,
+        "av_resampler": av_resampler,
+        "webrtc": webrtc,
     }
+
+
+async def _loopback_call(clip: np.ndarray) -> None:
+    """Two aiortc peers connected over loopback; ``clip`` (16 kHz) sent from one to the
+    other as 20 ms frames, then both closed."""
+    import asyncio
+    import fractions
+
+    from aiortc import MediaStreamTrack, RTCPeerConnection
+    from av import AudioFrame
+
+    class Clip(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self):
+            super().__init__()
+            self._at = 0
+
+        async def recv(self):
+            await asyncio.sleep(0.02)
+            samples = np.resize(clip[self._at : self._at + 320], 320).reshape(1, -1)
+            frame = AudioFrame.from_ndarray(samples, "s16", "mono")
+            frame.sample_rate, frame.pts = 16000, self._at
+            frame.time_base = fractions.Fraction(1, 16000)
+            self._at += 320
+            return frame
+
+    caller, callee = RTCPeerConnection(), RTCPeerConnection()
+    heard = asyncio.Event()
+    frames = 0
+
+    @callee.on("track")
+    def on_track(track):
+        async def listen():
+            nonlocal frames
+            while frames < 50 * CLIP_SECS:
+                await track.recv()
+                frames += 1
+            heard.set()
+
+        asyncio.ensure_future(listen())
+
+    caller.addTrack(Clip())
+    await caller.setLocalDescription(await caller.createOffer())
+    await callee.setRemoteDescription(caller.localDescription)
+    await callee.setLocalDescription(await callee.createAnswer())
+    await caller.setRemoteDescription(callee.localDescription)
+    await asyncio.wait_for(heard.wait(), 30)
+    await caller.close()
+    await callee.close()
 
 
 def measure(work, calls: int) -> dict:

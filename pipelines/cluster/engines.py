@@ -76,10 +76,14 @@ class LLMReplica:
     """The llama-cpp backend's engine (agent/llm/local.py) for the calls of every node;
     its methods are LocalLLM's that a call's LLM service uses."""
 
-    def __init__(self, config: AgentConfig, sessions: int):
+    def __init__(self, config: AgentConfig):
         from agent.llm.local import LocalLLM
 
-        self._llm = LocalLLM.from_config(config.llm, sessions=sessions)
+        shared, llm = config.cluster.llm, config.llm
+        if llm.threads is None and shared.num_cpus >= 1:
+            # The cores Ray reserved for it, not every core of a machine it shares.
+            llm = llm.model_copy(update={"threads": int(shared.num_cpus)})
+        self._llm = LocalLLM.from_config(llm, sessions=shared.sessions)
         self._llm.warm_up()
 
     def name(self) -> str:
@@ -174,7 +178,7 @@ def deploy_engines(config: AgentConfig) -> dict[str, str]:
     serve.start(proxy_location="Disabled")
     if shared.llm is not None:
         llm = serve.deployment(LLMReplica, name="llm").options(**_options(shared.llm))
-        serve.run(llm.bind(config, shared.llm.sessions), name=LLM_APP, route_prefix=None)
+        serve.run(llm.bind(config), name=LLM_APP, route_prefix=None)
         apps["llm"] = LLM_APP
     if shared.tts is not None:
         speech = serve.deployment(SpeechReplica, name="voice").options(**_options(shared.tts))
