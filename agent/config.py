@@ -349,6 +349,10 @@ class ClusterConfig(_Section):
     llm: SharedEngineConfig | None = None  # the llama-cpp backend's engine
     tts: SharedEngineConfig | None = None  # the voice (tts.engine's), MisoTTS on GPU nodes
 
+    @property
+    def shares_engines(self) -> bool:
+        return self.llm is not None or self.tts is not None
+
 
 class AgentConfig(_Section):
     asr: ASRConfig

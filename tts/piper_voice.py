@@ -75,8 +75,9 @@ class PiperEngine(SpeechEngine):
 def _load_voice(model_path: Path, config_path: Path):
     """What piper's ``PiperVoice.load`` makes, with onnxruntime's memory pattern off: it
     plans memory for every input shape it meets and keeps each plan, and every sentence
-    is a new length, so a server grew ~1 MiB per call spoken (1021 KiB a call with it,
-    34 without, ~5 % slower: python -m benchmarks.memory_by_part)."""
+    is a new length, so a server grew 1-2 MiB per call spoken (698 then 1954 KiB a call
+    over 60 calls with it, 54 then 26 without, no slower: python -m
+    benchmarks.memory_by_part --parts piper)."""
     import json
 
     import onnxruntime

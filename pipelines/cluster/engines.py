@@ -10,7 +10,8 @@ read the caller's audio, which would otherwise cross the network twice.
 A conversation stays on one replica while it lasts (a replica keeps a conversation's
 prompt read, or MisoTTS its context, between turns): each request names its session, and
 SessionRouter sends every request of a session to the same replica. A request whose
-replica is gone goes to another, which reads the conversation afresh: slower, never wrong. Replica counts follow the requests in flight (Serve's autoscaling, cluster.llm /
+replica is gone goes to another, which reads the conversation afresh: slower, never
+wrong. Replica counts follow the requests in flight (Serve's autoscaling, cluster.llm /
 cluster.tts in the config).
 """
 
@@ -27,7 +28,8 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, R
 from agent.config import AgentConfig, SharedEngineConfig
 from pipelines.services.threads import ThreadFedIterator, start_thread
 
-LLM_APP, SPEECH_APP = "voice-agent-llm", "voice-agent-voice"
+# Each shared engine (config.cluster's field): its deployment's name and its Serve app's.
+DEPLOYMENTS = {"llm": ("llm", "voice-agent-llm"), "tts": ("voice", "voice-agent-voice")}
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class SessionRouter(FIFOMixin, RequestRouter):
     there. A request with no session goes to the least busy replica."""
 
     async def choose_replicas(
-        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
         session = pending_request.metadata.multiplexed_model_id if pending_request else ""
         if not session:
@@ -173,18 +177,23 @@ def _options(shared: SharedEngineConfig) -> dict:
 def deploy_engines(config: AgentConfig) -> dict[str, str]:
     """Start the shared engines ``config.cluster`` names on the joined cluster (blocking
     until their first replicas are ready); which apps were started ({"llm": app, ...})."""
-    shared = config.cluster
     apps = {}
     serve.start(proxy_location="Disabled")
-    if shared.llm is not None:
-        llm = serve.deployment(LLMReplica, name="llm").options(**_options(shared.llm))
-        serve.run(llm.bind(config), name=LLM_APP, route_prefix=None)
-        apps["llm"] = LLM_APP
-    if shared.tts is not None:
-        speech = serve.deployment(SpeechReplica, name="voice").options(**_options(shared.tts))
-        serve.run(speech.bind(config), name=SPEECH_APP, route_prefix=None)
-        apps["tts"] = SPEECH_APP
+    for kind, replica in (("llm", LLMReplica), ("tts", SpeechReplica)):
+        shared = getattr(config.cluster, kind)
+        if shared is None:
+            continue
+        name, app = DEPLOYMENTS[kind]
+        deployment = serve.deployment(replica, name=name).options(**_options(shared))
+        serve.run(deployment.bind(config), name=app, route_prefix=None)
+        apps[kind] = app
     return apps
+
+
+def handle(kind: str):
+    """A handle to the shared engine ``kind`` ("llm" or "tts") of the joined cluster."""
+    name, app = DEPLOYMENTS[kind]
+    return serve.get_deployment_handle(name, app_name=app)
 
 
 def replicas() -> dict[str, dict[str, int]]:
@@ -195,7 +204,7 @@ def replicas() -> dict[str, dict[str, int]]:
     except Exception:  # noqa: BLE001 - no Serve on this cluster: no shared engines
         return {}
     out = {}
-    for kind, app in (("llm", LLM_APP), ("tts", SPEECH_APP)):
+    for kind, (_, app) in DEPLOYMENTS.items():
         if app in status.applications:
             for deployment in status.applications[app].deployments.values():
                 out[kind] = {str(k): v for k, v in deployment.replica_states.items()}

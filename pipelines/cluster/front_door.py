@@ -232,9 +232,7 @@ class ClusterDesk:
             node = await self._placer.start(info)
             node.load = await asyncio.wait_for(node.actor.load.remote(), NODE_TIMEOUT_SECS)
         except Exception as e:  # noqa: BLE001 - a node that cannot start is left out
-            self.lost[key] = f"could not start: {type(e).__name__}: {e}"[:200]
-            self._lost_at[key] = time.monotonic()
-            self._quick_losses[key] = self._quick_losses.get(key, 0) + 1
+            self._mark_lost(key, f"could not start: {type(e).__name__}: {e}", quick=True)
             logger.warning(f"node {key} could not start: {e!r}")
             return
         finally:
@@ -270,13 +268,8 @@ class ClusterDesk:
 
     def _lose(self, node: Node, why: str) -> None:
         if self.nodes.pop(node.node_id, None) is not None:
-            self.lost[node.node_id] = why[:200]
-            now = time.monotonic()
-            self._lost_at[node.node_id] = now
-            quick = now - self._started_at.get(node.node_id, 0.0) < RESTART_STABLE_SECS
-            self._quick_losses[node.node_id] = (
-                self._quick_losses.get(node.node_id, 0) + 1 if quick else 0
-            )
+            lived = time.monotonic() - self._started_at.get(node.node_id, 0.0)
+            self._mark_lost(node.node_id, why, quick=lived < RESTART_STABLE_SECS)
             with contextlib.suppress(KeyError):  # never polled
                 self.metrics.node_sessions.remove(node.node_id)
             if self._placer is not None:
@@ -284,6 +277,13 @@ class ClusterDesk:
                 # the agent node started there again.
                 self._placer.stop(node)
             logger.warning(f"node {node.node_id} lost ({why[:200]}); {len(self.nodes)} left")
+
+    def _mark_lost(self, key: str, why: str, *, quick: bool) -> None:
+        """``key``'s agent node is lost (``quick``: soon after its start, which delays
+        its next start the more, the more times in a row)."""
+        self.lost[key] = why[:200]
+        self._lost_at[key] = time.monotonic()
+        self._quick_losses[key] = self._quick_losses.get(key, 0) + 1 if quick else 0
 
     def _node_of(self, pc_id: str) -> Node | None:
         placed = self._call_node.get(pc_id)
@@ -304,7 +304,7 @@ def create_cluster_app(desk: ClusterDesk, *, access_token: str | None = None) ->
     @app.get("/api/cluster")
     async def cluster():
         status = desk.status()
-        if desk.config.cluster.llm is not None or desk.config.cluster.tts is not None:
+        if desk.config.cluster.shares_engines:
             from pipelines.cluster.engines import replicas
 
             status["engines"] = await asyncio.to_thread(replicas)

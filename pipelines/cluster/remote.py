@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Generator, Hashable, Iterator
 
 import numpy as np
-from ray import serve
 
-from pipelines.cluster.engines import LLM_APP, SPEECH_APP, SpeechDone
+from pipelines.cluster.engines import SpeechDone, handle
 from tts.base import SpeechContext, SpeechEngine
 
 
@@ -50,8 +49,8 @@ class RemoteLLM:
     @classmethod
     def connect(cls) -> RemoteLLM:
         """The shared LLM of the cluster this process has joined (blocking)."""
-        handle = serve.get_deployment_handle("llm", app_name=LLM_APP)
-        return cls(handle, handle.name.remote().result())
+        llm = handle("llm")
+        return cls(llm, llm.name.remote().result())
 
     def stream_chat(self, messages: list[dict], *, session: Hashable = None, **options):
         """LocalLLM.stream_chat's reply, written by the session's replica."""
@@ -96,8 +95,8 @@ class RemoteSpeech(SpeechEngine):
     @classmethod
     def connect(cls) -> RemoteSpeech:
         """The shared voice of the cluster this process has joined (blocking)."""
-        handle = serve.get_deployment_handle("voice", app_name=SPEECH_APP)
-        return cls(handle, handle.sample_rate.remote().result())
+        voice = handle("tts")
+        return cls(voice, voice.sample_rate.remote().result())
 
     def synthesize(self, text: str, context: SpeechContext) -> Generator[np.ndarray, None, object]:
         handle = _for_session(self._handle, context.session_id, stream=True)

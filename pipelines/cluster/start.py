@@ -51,7 +51,6 @@ class NodePlacer:
         ).remote(self._config, info["NodeManagerAddress"])
         return Node(node_key(info), actor, await actor.start.remote())
 
-
     def stop(self, node: Node) -> None:
         """End an agent node's process (it may be gone already)."""
         try:
@@ -142,7 +141,7 @@ async def start_cluster(value: str, config: AgentConfig) -> Cluster:
         raise ClusterError(f"could not join the Ray cluster at {address}: {e}") from None
     joined = time.monotonic() - started
     apps = {}
-    if config.cluster.llm is not None or config.cluster.tts is not None:
+    if config.cluster.shares_engines:
         from pipelines.cluster.engines import deploy_engines
 
         try:
